@@ -1,0 +1,466 @@
+//! The block device under a volume: an image file in production, memory in
+//! tests, and wrappers that simulate crashes and I/O faults.
+//!
+//! The trait is deliberately small (read, write, flush) so that the crash
+//! simulator can model exactly what a disk promises: a write is durable only
+//! after a later `flush` returns.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+use crate::types::{BlockAddr, BLOCK_SIZE, BLOCK_SIZE_U64};
+
+/// Storage addressed in whole blocks.
+pub trait BlockDevice: Send + Sync {
+    /// Number of blocks the device holds.
+    fn num_blocks(&self) -> u64;
+    /// Reads `buf.len() / BLOCK_SIZE` consecutive blocks starting at `addr`.
+    fn read(&self, addr: BlockAddr, buf: &mut [u8]) -> io::Result<()>;
+    /// Writes `data.len() / BLOCK_SIZE` consecutive blocks starting at `addr`.
+    /// Not durable until a later [`BlockDevice::flush`] returns.
+    fn write(&self, addr: BlockAddr, data: &[u8]) -> io::Result<()>;
+    /// Makes every write issued before this call durable.
+    fn flush(&self) -> io::Result<()>;
+}
+
+fn check_range(dev_blocks: u64, addr: BlockAddr, len: usize) -> io::Result<()> {
+    if len % BLOCK_SIZE != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("I/O length {len} is not a multiple of the block size"),
+        ));
+    }
+    let n = (len / BLOCK_SIZE) as u64;
+    if addr.0.checked_add(n).is_none_or(|end| end > dev_blocks) {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!(
+                "blocks {}..{} lie beyond the end of the device ({dev_blocks} blocks): is the image truncated?",
+                addr.0,
+                addr.0.saturating_add(n)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// An image file (or block device node), locked against a second user.
+pub struct FileDevice {
+    file: File,
+    blocks: u64,
+}
+
+impl FileDevice {
+    /// Opens an existing image. Takes an exclusive `flock` so that a second
+    /// mount of the same image fails instead of corrupting it.
+    pub fn open(path: &Path, writable: bool) -> io::Result<FileDevice> {
+        let file = OpenOptions::new().read(true).write(writable).open(path)?;
+        Self::lock(&file, path, writable)?;
+        let blocks = Self::size_of(&file)? / BLOCK_SIZE_U64;
+        Ok(FileDevice { file, blocks })
+    }
+
+    /// Creates (or resizes) a sparse image file of `size_bytes`.
+    pub fn create(path: &Path, size_bytes: u64) -> io::Result<FileDevice> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        Self::lock(&file, path, true)?;
+        if file.metadata()?.file_type().is_file() {
+            file.set_len(0)?;
+            file.set_len(size_bytes)?;
+        }
+        let blocks = Self::size_of(&file)?.min(size_bytes) / BLOCK_SIZE_U64;
+        Ok(FileDevice { file, blocks })
+    }
+
+    fn lock(file: &File, path: &Path, exclusive: bool) -> io::Result<()> {
+        let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH } | libc::LOCK_NB;
+        // SAFETY: flock on a valid, owned file descriptor.
+        if unsafe { libc::flock(file.as_raw_fd(), op) } != 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!(
+                        "{} is in use by another twinfs process (mounted or being checked); unmount it first",
+                        path.display()
+                    ),
+                ));
+            }
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    fn size_of(file: &File) -> io::Result<u64> {
+        let meta = file.metadata()?;
+        if meta.file_type().is_file() {
+            return Ok(meta.len());
+        }
+        // A block device node: ask the kernel for its size.
+        let mut size: u64 = 0;
+        // SAFETY: BLKGETSIZE64 writes one u64 into `size`.
+        let rc = unsafe { libc::ioctl(file.as_raw_fd(), 0x8008_1272, &mut size) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(size)
+    }
+}
+
+impl BlockDevice for FileDevice {
+    fn num_blocks(&self) -> u64 {
+        self.blocks
+    }
+
+    fn read(&self, addr: BlockAddr, buf: &mut [u8]) -> io::Result<()> {
+        check_range(self.blocks, addr, buf.len())?;
+        self.file.read_exact_at(buf, addr.byte_offset())
+    }
+
+    fn write(&self, addr: BlockAddr, data: &[u8]) -> io::Result<()> {
+        check_range(self.blocks, addr, data.len())?;
+        self.file.write_all_at(data, addr.byte_offset())
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+}
+
+type Sparse = HashMap<u64, Box<[u8]>>;
+
+fn sparse_read(map: &Sparse, addr: BlockAddr, buf: &mut [u8]) {
+    for (i, chunk) in buf.chunks_mut(BLOCK_SIZE).enumerate() {
+        match map.get(&(addr.0 + i as u64)) {
+            Some(b) => chunk.copy_from_slice(b),
+            None => chunk.fill(0),
+        }
+    }
+}
+
+fn sparse_write(map: &mut Sparse, addr: BlockAddr, data: &[u8]) {
+    for (i, chunk) in data.chunks(BLOCK_SIZE).enumerate() {
+        map.insert(addr.0 + i as u64, chunk.into());
+    }
+}
+
+/// A sparse in-memory device: unwritten blocks read as zeros.
+pub struct MemDevice {
+    blocks: u64,
+    data: Mutex<Sparse>,
+}
+
+impl MemDevice {
+    pub fn new(blocks: u64) -> MemDevice {
+        MemDevice {
+            blocks,
+            data: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Overwrites part of a block directly, bypassing the volume: for corruption tests.
+    pub fn poke(&self, addr: BlockAddr, offset: usize, bytes: &[u8]) {
+        let mut map = self.data.lock();
+        let block = map
+            .entry(addr.0)
+            .or_insert_with(|| vec![0u8; BLOCK_SIZE].into_boxed_slice());
+        block[offset..offset + bytes.len()].copy_from_slice(bytes);
+    }
+
+    /// A copy of one block, for tests that inspect the image.
+    pub fn peek(&self, addr: BlockAddr) -> Vec<u8> {
+        let mut buf = vec![0u8; BLOCK_SIZE];
+        sparse_read(&self.data.lock(), addr, &mut buf);
+        buf
+    }
+}
+
+impl BlockDevice for MemDevice {
+    fn num_blocks(&self) -> u64 {
+        self.blocks
+    }
+
+    fn read(&self, addr: BlockAddr, buf: &mut [u8]) -> io::Result<()> {
+        check_range(self.blocks, addr, buf.len())?;
+        sparse_read(&self.data.lock(), addr, buf);
+        Ok(())
+    }
+
+    fn write(&self, addr: BlockAddr, data: &[u8]) -> io::Result<()> {
+        check_range(self.blocks, addr, data.len())?;
+        sparse_write(&mut self.data.lock(), addr, data);
+        Ok(())
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What happens to a write that was not flushed when the simulated power fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LostWrite {
+    /// The write never reached the disk.
+    Dropped,
+    /// The write reached the disk whole.
+    Kept,
+    /// Some 512-byte sectors of the block are new, the others old.
+    Torn,
+}
+
+struct CrashState {
+    durable: Sparse,
+    /// Writes since the last flush, oldest first, one entry per block.
+    pending: Vec<(u64, Box<[u8]>)>,
+}
+
+/// A memory device that remembers which writes are durable, so that a test can
+/// cut the power at any moment and see what a real disk might have kept.
+pub struct CrashDevice {
+    blocks: u64,
+    state: Mutex<CrashState>,
+    flushes: AtomicU64,
+}
+
+impl CrashDevice {
+    pub fn new(blocks: u64) -> CrashDevice {
+        CrashDevice {
+            blocks,
+            state: Mutex::new(CrashState {
+                durable: HashMap::new(),
+                pending: Vec::new(),
+            }),
+            flushes: AtomicU64::new(0),
+        }
+    }
+
+    /// Number of writes not yet made durable by a flush.
+    pub fn pending_writes(&self) -> usize {
+        self.state.lock().pending.len()
+    }
+
+    /// Number of flushes so far.
+    pub fn flush_count(&self) -> u64 {
+        self.flushes.load(Ordering::Relaxed)
+    }
+
+    /// Simulates a power failure: every unflushed write is dropped, kept or torn
+    /// as `fate` decides (it is called once per pending block write, in order).
+    /// The device then holds only what survived, and nothing is pending.
+    pub fn crash(&self, mut fate: impl FnMut(u64) -> (LostWrite, u8)) {
+        let mut st = self.state.lock();
+        let pending = std::mem::take(&mut st.pending);
+        for (addr, data) in pending {
+            let (what, sector_mask) = fate(addr);
+            match what {
+                LostWrite::Dropped => {}
+                LostWrite::Kept => {
+                    st.durable.insert(addr, data);
+                }
+                LostWrite::Torn => {
+                    let block = st
+                        .durable
+                        .entry(addr)
+                        .or_insert_with(|| vec![0u8; BLOCK_SIZE].into_boxed_slice());
+                    for sector in 0..8 {
+                        if sector_mask & (1 << sector) != 0 {
+                            let r = sector * 512..(sector + 1) * 512;
+                            block[r.clone()].copy_from_slice(&data[r]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Overwrites part of a durable block directly: for corruption tests.
+    pub fn poke(&self, addr: BlockAddr, offset: usize, bytes: &[u8]) {
+        let mut st = self.state.lock();
+        let block = st
+            .durable
+            .entry(addr.0)
+            .or_insert_with(|| vec![0u8; BLOCK_SIZE].into_boxed_slice());
+        block[offset..offset + bytes.len()].copy_from_slice(bytes);
+    }
+}
+
+impl BlockDevice for CrashDevice {
+    fn num_blocks(&self) -> u64 {
+        self.blocks
+    }
+
+    fn read(&self, addr: BlockAddr, buf: &mut [u8]) -> io::Result<()> {
+        check_range(self.blocks, addr, buf.len())?;
+        let st = self.state.lock();
+        sparse_read(&st.durable, addr, buf);
+        // Later pending writes win over earlier ones and over durable data.
+        for (i, chunk) in buf.chunks_mut(BLOCK_SIZE).enumerate() {
+            let a = addr.0 + i as u64;
+            if let Some((_, data)) = st.pending.iter().rev().find(|(pa, _)| *pa == a) {
+                chunk.copy_from_slice(data);
+            }
+        }
+        Ok(())
+    }
+
+    fn write(&self, addr: BlockAddr, data: &[u8]) -> io::Result<()> {
+        check_range(self.blocks, addr, data.len())?;
+        let mut st = self.state.lock();
+        for (i, chunk) in data.chunks(BLOCK_SIZE).enumerate() {
+            st.pending.push((addr.0 + i as u64, chunk.into()));
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        let mut st = self.state.lock();
+        let pending = std::mem::take(&mut st.pending);
+        for (addr, data) in pending {
+            st.durable.insert(addr, data);
+        }
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Wraps a device and fails I/O once a countdown of operations runs out,
+/// to test that errors surface as EIO and corrupt nothing.
+pub struct FaultDevice<D: BlockDevice> {
+    inner: D,
+    /// Operations left before every read/write/flush starts failing; u64::MAX = never.
+    remaining: AtomicU64,
+}
+
+impl<D: BlockDevice> FaultDevice<D> {
+    pub fn new(inner: D) -> FaultDevice<D> {
+        FaultDevice {
+            inner,
+            remaining: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    /// Fails every operation after the next `ops` succeed.
+    pub fn fail_after(&self, ops: u64) {
+        self.remaining.store(ops, Ordering::SeqCst);
+    }
+
+    /// Stops failing.
+    pub fn heal(&self) {
+        self.remaining.store(u64::MAX, Ordering::SeqCst);
+    }
+
+    pub fn inner(&self) -> &D {
+        &self.inner
+    }
+
+    fn tick(&self) -> io::Result<()> {
+        let r = self.remaining.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |r| {
+            if r == u64::MAX || r == 0 {
+                None
+            } else {
+                Some(r - 1)
+            }
+        });
+        match r {
+            Err(0) => Err(io::Error::other("injected I/O fault")),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl<D: BlockDevice> BlockDevice for FaultDevice<D> {
+    fn num_blocks(&self) -> u64 {
+        self.inner.num_blocks()
+    }
+
+    fn read(&self, addr: BlockAddr, buf: &mut [u8]) -> io::Result<()> {
+        self.tick()?;
+        self.inner.read(addr, buf)
+    }
+
+    fn write(&self, addr: BlockAddr, data: &[u8]) -> io::Result<()> {
+        self.tick()?;
+        self.inner.write(addr, data)
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        self.tick()?;
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crash_device_keeps_only_flushed_writes_when_all_are_dropped() {
+        let dev = CrashDevice::new(16);
+        dev.write(BlockAddr(3), &[1u8; BLOCK_SIZE]).unwrap();
+        dev.flush().unwrap();
+        dev.write(BlockAddr(3), &[2u8; BLOCK_SIZE]).unwrap();
+        dev.write(BlockAddr(4), &[2u8; BLOCK_SIZE]).unwrap();
+        let mut buf = vec![0u8; BLOCK_SIZE];
+        dev.read(BlockAddr(3), &mut buf).unwrap();
+        assert_eq!(buf[0], 2, "reads see pending writes");
+        dev.crash(|_| (LostWrite::Dropped, 0));
+        dev.read(BlockAddr(3), &mut buf).unwrap();
+        assert!(buf.iter().all(|&b| b == 1));
+        dev.read(BlockAddr(4), &mut buf).unwrap();
+        assert!(buf.iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn crash_device_tears_a_write_by_sector() {
+        let dev = CrashDevice::new(4);
+        dev.write(BlockAddr(1), &[7u8; BLOCK_SIZE]).unwrap();
+        dev.crash(|_| (LostWrite::Torn, 0b0000_0101));
+        let mut buf = vec![0u8; BLOCK_SIZE];
+        dev.read(BlockAddr(1), &mut buf).unwrap();
+        assert!(buf[..512].iter().all(|&b| b == 7));
+        assert!(buf[512..1024].iter().all(|&b| b == 0));
+        assert!(buf[1024..1536].iter().all(|&b| b == 7));
+        assert!(buf[1536..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn out_of_range_io_is_an_error_not_a_panic() {
+        let dev = MemDevice::new(2);
+        let mut buf = vec![0u8; BLOCK_SIZE * 2];
+        assert!(dev.read(BlockAddr(1), &mut buf).is_err());
+        assert!(dev.write(BlockAddr(u64::MAX), &buf[..BLOCK_SIZE]).is_err());
+        assert!(dev.read(BlockAddr(0), &mut buf[..100]).is_err());
+    }
+
+    #[test]
+    fn fault_device_fails_after_countdown() {
+        let dev = FaultDevice::new(MemDevice::new(4));
+        dev.fail_after(1);
+        let buf = [0u8; BLOCK_SIZE];
+        assert!(dev.write(BlockAddr(0), &buf).is_ok());
+        assert!(dev.write(BlockAddr(0), &buf).is_err());
+        dev.heal();
+        assert!(dev.write(BlockAddr(0), &buf).is_ok());
+    }
+
+    #[test]
+    fn second_open_of_an_image_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("img");
+        let _a = FileDevice::create(&path, 1 << 20).unwrap();
+        let err = FileDevice::open(&path, true).err().expect("second open must fail");
+        assert!(err.to_string().contains("in use"), "{err}");
+    }
+}

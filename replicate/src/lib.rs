@@ -1,0 +1,1 @@
+//! twinfs-replicate: mirroring of a twinfs volume to a peer.
