@@ -1,0 +1,450 @@
+//! The messages of an established session and the limits they must keep.
+//!
+//! Numbers on the wire are plain integers (MessagePack picks the shortest form), byte
+//! payloads are MessagePack `bin` (serde_bytes), hashes are fixed-size `bin`. Every
+//! received message is checked against the limits below before the caller sees it, so
+//! nothing sized by the network grows past them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::error::{Direction, FrameFault, Result};
+use crate::frame::MAX_FRAME_BYTES;
+
+/// Size of a volume block; `Full` blocks and superblocks are exactly this long.
+pub const BLOCK_BYTES: usize = twinfs_fs::BLOCK_SIZE;
+
+/// Size of the superblock carried by `CpEnd`.
+pub const SUPERBLOCK_BYTES: usize = BLOCK_BYTES;
+
+/// Room kept in a frame for the envelope around the largest payload (variant name,
+/// integers, sequence number, AEAD tag).
+pub const FRAME_HEADROOM_BYTES: usize = 64 * 1024;
+
+/// Largest NVLOG batch one `Transfer` may carry. The forwarder must cut batches to fit.
+pub const MAX_BATCH_BYTES: usize = MAX_FRAME_BYTES - FRAME_HEADROOM_BYTES;
+
+/// Most blocks in one `CpBlocks` frame: a CP of many MiB is streamed as many frames of
+/// at most about `MAX_BLOCKS_PER_CP_FRAME * BLOCK_BYTES` bytes each.
+pub const MAX_BLOCKS_PER_CP_FRAME: usize = 1024;
+
+/// Most patches in one `Recipe` (more than this, and `Full` is cheaper anyway).
+pub const MAX_PATCHES_PER_BLOCK: usize = 256;
+
+/// Most byte ranges in one `Delta`.
+pub const MAX_RANGES_PER_BLOCK: usize = 256;
+
+/// Most addresses in one `CpMissing` frame; longer lists go in several frames.
+pub const MAX_MISSING_ADDRS: usize = 65_536;
+
+/// Longest human-readable reason (`Refused`, `CpRejected`, `Error`), in bytes.
+pub const MAX_REASON_BYTES: usize = 1024;
+
+/// Longest `deep_hash` in a `VerifyReply`, in bytes.
+pub const MAX_DEEP_HASH_BYTES: usize = 64;
+
+/// "No transfer": transfer IDs start at 1, so 0 in `covers_transfer` or in a resume
+/// point's `durable_transfer` means that no transfer is included or durable.
+pub const NO_TRANSFER: u64 = 0;
+
+/// A message of an established, sealed session.
+///
+/// Source → peer: `Transfer`, `CpBegin`, `CpBlocks`, `CpEnd`, `VerifyRequest`.
+/// Peer → source: `TransferAck`, `CpApplied`, `CpMissing`, `CpRejected`, `VerifyReply`.
+/// Either way: `Ping`, `Pong`, `Error`, `Bye`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// One sealed NVLOG batch, opaque to this layer. Many may be in flight.
+    Transfer {
+        /// Transfer ID: strictly increasing, starting at 1.
+        id: u64,
+        /// The batch as the volume wrote it to its log (at most `MAX_BATCH_BYTES`).
+        #[serde(with = "serde_bytes")]
+        batch: Vec<u8>,
+    },
+    /// Cumulative acknowledgement: every transfer with an ID `<= id` is durable at the peer.
+    TransferAck {
+        /// Highest durable transfer ID.
+        id: u64,
+    },
+    /// Starts the stream of CP `cp`; `CpBlocks` frames follow, then `CpEnd`.
+    CpBegin {
+        /// Number of the CP being sent.
+        cp: u64,
+        /// CP the peer must hold for the non-`Full` encodings to resolve against
+        /// (the peer's last applied CP); `None` for a resync from nothing.
+        base_cp: Option<u64>,
+        /// Every transfer with an ID `<=` this is included in the CP (`NO_TRANSFER`: none);
+        /// once the CP is applied the peer may release them.
+        covers_transfer: u64,
+        /// True when the CP is a resync (after a gap, or to a new peer) rather than the
+        /// next CP of a connected peer.
+        resync: bool,
+    },
+    /// A slice of the CP's blocks (at most `MAX_BLOCKS_PER_CP_FRAME`).
+    CpBlocks {
+        /// The CP these blocks belong to (must match the open `CpBegin`).
+        cp: u64,
+        /// The blocks, each with its address, hash and encoding.
+        blocks: Vec<CpBlock>,
+    },
+    /// Ends the CP stream: the peer writes the superblock after all blocks are durable.
+    CpEnd {
+        /// The CP being closed.
+        cp: u64,
+        /// The new superblock, exactly `SUPERBLOCK_BYTES`.
+        #[serde(with = "serde_bytes")]
+        superblock: Vec<u8>,
+        /// Root hash the applied CP must have.
+        #[serde(with = "serde_bytes")]
+        root_hash: [u8; 32],
+    },
+    /// The peer applied and committed the CP.
+    CpApplied {
+        /// The CP applied.
+        cp: u64,
+        /// Its root hash, as computed by the peer.
+        #[serde(with = "serde_bytes")]
+        root_hash: [u8; 32],
+    },
+    /// Blocks the peer could not rebuild; the source answers with `CpBlocks` of `Full`
+    /// blocks and, after the last `CpMissing` (`more == false`), repeats `CpEnd`.
+    CpMissing {
+        /// The CP concerned.
+        cp: u64,
+        /// Addresses of the blocks to send in full (at most `MAX_MISSING_ADDRS`).
+        addrs: Vec<u64>,
+        /// True if another `CpMissing` for the same CP follows.
+        more: bool,
+    },
+    /// The peer will not apply the CP (e.g. its base is not the peer's CP). The source
+    /// should resync.
+    CpRejected {
+        /// The CP concerned.
+        cp: u64,
+        /// Why, for the logs and `twinfs status`.
+        reason: String,
+    },
+    /// Keepalive and round-trip probe; the other side answers `Pong` with the same nonce.
+    Ping {
+        /// Chosen by the sender to match the `Pong`.
+        nonce: u64,
+    },
+    /// Answer to `Ping`.
+    Pong {
+        /// The nonce of the `Ping` answered.
+        nonce: u64,
+    },
+    /// Asks the peer for the root hash of its applied CP (`twinfs verify`).
+    VerifyRequest {
+        /// The CP to compare.
+        cp: u64,
+        /// Also rehash every block of the peer's image.
+        deep: bool,
+    },
+    /// Answer to `VerifyRequest`.
+    VerifyReply {
+        /// The CP the peer reports on (its last applied CP if it differs from the request).
+        cp: u64,
+        /// Root hash of that CP at the peer.
+        #[serde(with = "serde_bytes")]
+        root_hash: [u8; 32],
+        /// Hash over all blocks rehashed from disk, when `deep` was asked (at most
+        /// `MAX_DEEP_HASH_BYTES`).
+        #[serde(with = "serde_bytes")]
+        deep_hash: Option<Vec<u8>>,
+    },
+    /// The sender hit an error and is closing the session; the reason says which.
+    Error {
+        /// What went wrong (at most `MAX_REASON_BYTES`).
+        reason: String,
+    },
+    /// Clean end of the session: the sender sends nothing more.
+    Bye,
+}
+
+/// One block written by a CP.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpBlock {
+    /// Address of the block in the image.
+    pub addr: u64,
+    /// Truncated blake3 of the block's content (`twinfs_fs::Hash128`); the peer
+    /// checks the block it rebuilt against it.
+    #[serde(with = "serde_bytes")]
+    pub hash: [u8; 16],
+    /// How the peer gets the content.
+    pub enc: Encoding,
+}
+
+/// How the peer obtains a block's content (DESIGN "CP encodings").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Encoding {
+    /// The block itself, exactly `BLOCK_BYTES`.
+    Full(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The patent's reference: block `block_no` of the block area of transfer `transfer`.
+    Ref {
+        /// Transfer ID holding the block.
+        transfer: u64,
+        /// Block number inside that transfer's block area.
+        block_no: u32,
+    },
+    /// The block rebuilt from a base overlaid, in order, with patches.
+    Recipe {
+        /// What to start from.
+        base: Base,
+        /// Applied in order; later patches overwrite earlier ones.
+        patches: Vec<Patch>,
+    },
+    /// A block already at the peer plus the changed byte ranges.
+    Delta {
+        /// Address, in the peer's mirror of the base CP, of the block to start from.
+        base_addr: u64,
+        /// Changed ranges, sorted by offset, not overlapping.
+        ranges: Vec<DeltaRange>,
+    },
+}
+
+/// Starting content of a `Recipe`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Base {
+    /// A block of zeros.
+    Zero,
+    /// The block at `addr` in the peer's mirror of the base CP (the block's previous
+    /// address: copy-on-write moved it).
+    Prev {
+        /// Address in the base CP.
+        addr: u64,
+    },
+}
+
+/// One overlay of a `Recipe`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Patch {
+    /// Copy `len` bytes from byte `src_offset` of transfer `transfer`'s batch to byte
+    /// `offset` of the block.
+    Bytes {
+        /// Offset in the block.
+        offset: u16,
+        /// Transfer ID holding the bytes.
+        transfer: u64,
+        /// Offset of the bytes inside the batch as sent in `Transfer::batch`.
+        src_offset: u32,
+        /// Number of bytes.
+        len: u16,
+    },
+    /// Zero `len` bytes at byte `offset` of the block.
+    Zero {
+        /// Offset in the block.
+        offset: u16,
+        /// Number of bytes.
+        len: u16,
+    },
+}
+
+/// One changed range of a `Delta`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeltaRange {
+    /// Offset in the block.
+    pub offset: u16,
+    /// The new bytes.
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+
+impl Message {
+    /// The variant's name, for logs and errors (never the payload).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Transfer { .. } => "Transfer",
+            Message::TransferAck { .. } => "TransferAck",
+            Message::CpBegin { .. } => "CpBegin",
+            Message::CpBlocks { .. } => "CpBlocks",
+            Message::CpEnd { .. } => "CpEnd",
+            Message::CpApplied { .. } => "CpApplied",
+            Message::CpMissing { .. } => "CpMissing",
+            Message::CpRejected { .. } => "CpRejected",
+            Message::Ping { .. } => "Ping",
+            Message::Pong { .. } => "Pong",
+            Message::VerifyRequest { .. } => "VerifyRequest",
+            Message::VerifyReply { .. } => "VerifyReply",
+            Message::Error { .. } => "Error",
+            Message::Bye => "Bye",
+        }
+    }
+
+    /// Whether this message may travel in `direction` (a peer never sends a
+    /// `Transfer`, a source never sends a `TransferAck`, ...).
+    pub fn may_travel(&self, direction: Direction) -> bool {
+        match self {
+            Message::Transfer { .. }
+            | Message::CpBegin { .. }
+            | Message::CpBlocks { .. }
+            | Message::CpEnd { .. }
+            | Message::VerifyRequest { .. } => direction == Direction::SourceToPeer,
+            Message::TransferAck { .. }
+            | Message::CpApplied { .. }
+            | Message::CpMissing { .. }
+            | Message::CpRejected { .. }
+            | Message::VerifyReply { .. } => direction == Direction::PeerToSource,
+            Message::Ping { .. } | Message::Pong { .. } | Message::Error { .. } | Message::Bye => {
+                true
+            }
+        }
+    }
+
+    /// Checks the protocol limits; the error says which one is broken.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            Message::Transfer { id, batch } => {
+                check_transfer_id(*id, "Transfer id")?;
+                check_max(batch.len(), MAX_BATCH_BYTES, "Transfer batch bytes")
+            }
+            Message::TransferAck { id } => check_transfer_id(*id, "TransferAck id"),
+            Message::CpBegin { cp, base_cp, .. } => match base_cp {
+                Some(base) if base >= cp => {
+                    Err(format!("CpBegin base_cp {base} is not older than cp {cp}"))
+                }
+                _ => Ok(()),
+            },
+            Message::CpBlocks { blocks, .. } => {
+                check_max(blocks.len(), MAX_BLOCKS_PER_CP_FRAME, "CpBlocks blocks")?;
+                blocks.iter().try_for_each(CpBlock::validate)
+            }
+            Message::CpEnd { superblock, .. } => {
+                check_exact(superblock.len(), SUPERBLOCK_BYTES, "CpEnd superblock bytes")
+            }
+            Message::CpMissing { addrs, .. } => {
+                check_max(addrs.len(), MAX_MISSING_ADDRS, "CpMissing addrs")
+            }
+            Message::CpRejected { reason, .. } | Message::Error { reason } => {
+                check_max(reason.len(), MAX_REASON_BYTES, "reason bytes")
+            }
+            Message::VerifyReply { deep_hash, .. } => match deep_hash {
+                Some(h) => check_max(h.len(), MAX_DEEP_HASH_BYTES, "VerifyReply deep_hash bytes"),
+                None => Ok(()),
+            },
+            Message::CpApplied { .. }
+            | Message::Ping { .. }
+            | Message::Pong { .. }
+            | Message::VerifyRequest { .. }
+            | Message::Bye => Ok(()),
+        }
+    }
+
+    /// Decodes and validates one message from a frame's plaintext.
+    pub fn decode(bytes: &[u8]) -> Result<Message, FrameFault> {
+        let msg: Message = codec::decode(bytes)?;
+        msg.validate().map_err(FrameFault::Limit)?;
+        Ok(msg)
+    }
+
+    /// Its MessagePack encoding.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        codec::encode(self)
+    }
+
+    /// Bytes of its MessagePack encoding, for packing `CpBlocks` frames to a budget.
+    /// A sealed frame adds `SEALED_OVERHEAD_BYTES` to this.
+    pub fn encoded_len(&self) -> Result<usize> {
+        Ok(self.encode()?.len())
+    }
+}
+
+impl CpBlock {
+    /// Checks the encoding's limits (sizes, counts, ranges inside the block).
+    pub fn validate(&self) -> Result<(), String> {
+        let at = self.addr;
+        match &self.enc {
+            Encoding::Full(data) => check_exact(data.len(), BLOCK_BYTES, "Full block bytes")
+                .map_err(|e| format!("block {at}: {e}")),
+            Encoding::Ref { transfer, .. } => {
+                check_transfer_id(*transfer, "Ref transfer").map_err(|e| format!("block {at}: {e}"))
+            }
+            Encoding::Recipe { patches, .. } => {
+                check_max(patches.len(), MAX_PATCHES_PER_BLOCK, "Recipe patches")
+                    .and_then(|()| patches.iter().try_for_each(Patch::validate))
+                    .map_err(|e| format!("block {at}: {e}"))
+            }
+            Encoding::Delta { ranges, .. } => {
+                check_delta_ranges(ranges).map_err(|e| format!("block {at}: {e}"))
+            }
+        }
+    }
+}
+
+impl Patch {
+    fn validate(&self) -> Result<(), String> {
+        let (offset, len) = match *self {
+            Patch::Bytes {
+                offset,
+                len,
+                transfer,
+                ..
+            } => {
+                check_transfer_id(transfer, "Recipe patch transfer")?;
+                (offset, len)
+            }
+            Patch::Zero { offset, len } => (offset, len),
+        };
+        check_range(usize::from(offset), usize::from(len), "Recipe patch")
+    }
+}
+
+fn check_delta_ranges(ranges: &[DeltaRange]) -> Result<(), String> {
+    check_max(ranges.len(), MAX_RANGES_PER_BLOCK, "Delta ranges")?;
+    let mut end_of_previous = 0usize;
+    for range in ranges {
+        let offset = usize::from(range.offset);
+        if offset < end_of_previous {
+            return Err(format!(
+                "Delta range at offset {offset} overlaps or precedes the previous one (ranges must be sorted and disjoint)"
+            ));
+        }
+        check_range(offset, range.data.len(), "Delta range")?;
+        end_of_previous = offset + range.data.len();
+    }
+    Ok(())
+}
+
+fn check_range(offset: usize, len: usize, what: &str) -> Result<(), String> {
+    if len == 0 || offset + len > BLOCK_BYTES {
+        return Err(format!(
+            "{what} of {len} bytes at offset {offset} is empty or runs past the {BLOCK_BYTES}-byte block"
+        ));
+    }
+    Ok(())
+}
+
+fn check_max(value: usize, max: usize, what: &str) -> Result<(), String> {
+    if value > max {
+        return Err(format!("{what}: {value} is above the limit of {max}"));
+    }
+    Ok(())
+}
+
+fn check_exact(value: usize, expected: usize, what: &str) -> Result<(), String> {
+    if value != expected {
+        return Err(format!("{what}: {value}, must be exactly {expected}"));
+    }
+    Ok(())
+}
+
+fn check_transfer_id(id: u64, what: &str) -> Result<(), String> {
+    if id == NO_TRANSFER {
+        return Err(format!("{what} is 0; transfer IDs start at 1"));
+    }
+    Ok(())
+}
+
+/// Cuts `reason` to at most `MAX_REASON_BYTES` on a character boundary, so any text
+/// can be put in a `Refused`, `CpRejected` or `Error`.
+pub fn clip_reason(reason: &str) -> String {
+    if reason.len() <= MAX_REASON_BYTES {
+        return reason.to_string();
+    }
+    let mut end = MAX_REASON_BYTES;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_string()
+}

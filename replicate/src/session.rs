@@ -1,0 +1,234 @@
+//! An established session: sealed frames in both directions, splittable into a send
+//! half and a receive half so that a forwarder can send transfers while another task
+//! receives acknowledgements.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
+
+use crate::codec;
+use crate::error::{Direction, FrameFault, ReplicateError, Result};
+use crate::frame::{FrameReader, FrameWriter};
+use crate::message::Message;
+use crate::seal::{Sealer, SEQ_BYTES};
+
+/// Both halves of a session over one stream `S` (a `TcpStream` in production, an
+/// in-memory or fault-injecting stream in tests).
+pub struct Session<S> {
+    tx: SendHalf<WriteHalf<S>>,
+    rx: RecvHalf<ReadHalf<S>>,
+}
+
+impl<S: AsyncRead + AsyncWrite> Session<S> {
+    pub(crate) fn new(tx: SendHalf<WriteHalf<S>>, rx: RecvHalf<ReadHalf<S>>) -> Self {
+        Session { tx, rx }
+    }
+
+    /// Seals and sends one message; returns the wire bytes it took.
+    pub async fn send(&mut self, msg: &Message) -> Result<usize> {
+        self.tx.send(msg).await
+    }
+
+    /// Receives, opens and validates the next message.
+    pub async fn recv(&mut self) -> Result<Message> {
+        self.rx.recv().await
+    }
+
+    /// Sends `Bye` and shuts the write direction down.
+    pub async fn close(&mut self) -> Result<()> {
+        self.tx.close().await
+    }
+
+    /// The two halves, to be driven by different tasks.
+    pub fn split(self) -> (SendHalf<WriteHalf<S>>, RecvHalf<ReadHalf<S>>) {
+        (self.tx, self.rx)
+    }
+
+    /// The send half (counters).
+    pub fn sender(&self) -> &SendHalf<WriteHalf<S>> {
+        &self.tx
+    }
+
+    /// The receive half (counters).
+    pub fn receiver(&self) -> &RecvHalf<ReadHalf<S>> {
+        &self.rx
+    }
+}
+
+/// The sending half of a session. Not cancel-safe: dropping a `send` future half-way
+/// closes the half (the other side could no longer find frame boundaries).
+pub struct SendHalf<W> {
+    frames: FrameWriter<W>,
+    sealer: Sealer,
+}
+
+impl<W: AsyncWrite + Unpin> SendHalf<W> {
+    pub(crate) fn new(frames: FrameWriter<W>, key: &[u8; 32]) -> Self {
+        SendHalf {
+            frames,
+            sealer: Sealer::new(key),
+        }
+    }
+
+    /// Seals and sends one message; returns the wire bytes it took (for the
+    /// `log_sent`/`cp_sent` counters). A message that breaks a limit or belongs to the
+    /// other direction is refused with [`ReplicateError::InvalidOutgoing`]; nothing is
+    /// sent and the half stays usable.
+    pub async fn send(&mut self, msg: &Message) -> Result<usize> {
+        let invalid = |problem: String| ReplicateError::InvalidOutgoing {
+            what: msg.kind(),
+            problem,
+        };
+        msg.validate().map_err(invalid)?;
+        if !msg.may_travel(self.frames.direction()) {
+            return Err(invalid(format!(
+                "it is not sent {}",
+                self.frames.direction()
+            )));
+        }
+        self.send_sealed(msg, msg.kind()).await
+    }
+
+    /// Sends `Bye`, then shuts the write direction down.
+    pub async fn close(&mut self) -> Result<()> {
+        self.send(&Message::Bye).await?;
+        self.frames.shutdown().await
+    }
+
+    /// Seals any serializable value as the next frame.
+    pub(crate) async fn send_sealed<T: Serialize>(
+        &mut self,
+        msg: &T,
+        what: &'static str,
+    ) -> Result<usize> {
+        let seq = self.frames.frames_written();
+        if seq == u64::MAX {
+            return Err(ReplicateError::InvalidOutgoing {
+                what,
+                problem: "the frame counter is exhausted; reconnect for fresh session keys".into(),
+            });
+        }
+        let buf = self.frames.start_frame();
+        buf.extend_from_slice(&[0; SEQ_BYTES]);
+        codec::encode_into(msg, buf)?;
+        self.sealer.seal_in_place(seq, buf, what)?;
+        self.frames.write_started_frame().await
+    }
+
+    /// Test hook: seals `plaintext` as the next frame without encoding or checking it,
+    /// to show that the receiver rejects authentic frames that are not valid messages.
+    #[cfg(test)]
+    pub(crate) async fn send_sealed_raw(&mut self, plaintext: &[u8]) -> Result<usize> {
+        let seq = self.frames.frames_written();
+        let buf = self.frames.start_frame();
+        buf.extend_from_slice(&[0; SEQ_BYTES]);
+        buf.extend_from_slice(plaintext);
+        self.sealer.seal_in_place(seq, buf, "raw")?;
+        self.frames.write_started_frame().await
+    }
+
+    /// Direction of the frames sent.
+    pub fn direction(&self) -> Direction {
+        self.frames.direction()
+    }
+
+    /// Frames sent on this connection so far, handshake included; also the sequence
+    /// number of the next frame.
+    pub fn frames_sent(&self) -> u64 {
+        self.frames.frames_written()
+    }
+
+    /// Wire bytes sent on this connection so far, handshake included.
+    pub fn bytes_sent(&self) -> u64 {
+        self.frames.bytes_written()
+    }
+}
+
+/// The receiving half of a session. `recv` is cancel-safe (usable in `tokio::select!`).
+/// After any error the half is closed: every later `recv` fails, so nothing that
+/// follows a damaged frame is ever returned.
+pub struct RecvHalf<R> {
+    frames: FrameReader<R>,
+    sealer: Sealer,
+    closed: bool,
+}
+
+impl<R: AsyncRead + Unpin> RecvHalf<R> {
+    pub(crate) fn new(frames: FrameReader<R>, key: &[u8; 32]) -> Self {
+        RecvHalf {
+            frames,
+            sealer: Sealer::new(key),
+            closed: false,
+        }
+    }
+
+    /// Receives the next message. Errors name the direction, the frame number and what
+    /// failed ([`ReplicateError::Frame`]); a clean end of stream is
+    /// [`ReplicateError::ConnectionClosed`].
+    pub async fn recv(&mut self) -> Result<Message> {
+        let direction = self.frames.direction();
+        self.recv_sealed(|plaintext| {
+            let msg = Message::decode(plaintext)?;
+            if !msg.may_travel(direction) {
+                return Err(FrameFault::Limit(format!(
+                    "{} is never sent {direction}",
+                    msg.kind()
+                )));
+            }
+            Ok(msg)
+        })
+        .await
+    }
+
+    /// Receives the next sealed frame and decodes it as a `T` (handshake use).
+    pub(crate) async fn recv_sealed_as<T: DeserializeOwned>(&mut self) -> Result<T> {
+        self.recv_sealed(codec::decode).await
+    }
+
+    async fn recv_sealed<T>(
+        &mut self,
+        decode: impl FnOnce(&[u8]) -> Result<T, FrameFault>,
+    ) -> Result<T> {
+        let direction = self.frames.direction();
+        if self.closed {
+            return Err(ReplicateError::SessionClosed { direction });
+        }
+        let seq = self.frames.frames_read();
+        let result = match self.frames.read_frame().await {
+            Ok(Some(body)) => self
+                .sealer
+                .open_in_place(seq, body)
+                .and_then(decode)
+                .map_err(|fault| ReplicateError::Frame {
+                    direction,
+                    frame: seq,
+                    fault,
+                }),
+            Ok(None) => Err(ReplicateError::ConnectionClosed {
+                direction,
+                frame: seq,
+            }),
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            self.closed = true;
+        }
+        result
+    }
+
+    /// Direction of the frames received.
+    pub fn direction(&self) -> Direction {
+        self.frames.direction()
+    }
+
+    /// Frames received on this connection so far, handshake included; also the
+    /// sequence number of the next frame due.
+    pub fn frames_received(&self) -> u64 {
+        self.frames.frames_read()
+    }
+
+    /// Wire bytes received on this connection so far, handshake included.
+    pub fn bytes_received(&self) -> u64 {
+        self.frames.bytes_read()
+    }
+}
