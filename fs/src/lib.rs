@@ -4,6 +4,7 @@
 //!
 //! The on-disk format is documented in `fs/FORMAT.md`.
 
+pub mod btree;
 pub mod device;
 pub mod error;
 pub mod types;
