@@ -31,7 +31,7 @@ pub trait BlockDevice: Send + Sync {
 }
 
 fn check_range(dev_blocks: u64, addr: BlockAddr, len: usize) -> io::Result<()> {
-    if len % BLOCK_SIZE != 0 {
+    if !len.is_multiple_of(BLOCK_SIZE) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("I/O length {len} is not a multiple of the block size"),
@@ -85,7 +85,11 @@ impl FileDevice {
     }
 
     fn lock(file: &File, path: &Path, exclusive: bool) -> io::Result<()> {
-        let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH } | libc::LOCK_NB;
+        let op = if exclusive {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_SH
+        } | libc::LOCK_NB;
         // SAFETY: flock on a valid, owned file descriptor.
         if unsafe { libc::flock(file.as_raw_fd(), op) } != 0 {
             let err = io::Error::last_os_error();
@@ -366,13 +370,15 @@ impl<D: BlockDevice> FaultDevice<D> {
     }
 
     fn tick(&self) -> io::Result<()> {
-        let r = self.remaining.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |r| {
-            if r == u64::MAX || r == 0 {
-                None
-            } else {
-                Some(r - 1)
-            }
-        });
+        let r = self
+            .remaining
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |r| {
+                if r == u64::MAX || r == 0 {
+                    None
+                } else {
+                    Some(r - 1)
+                }
+            });
         match r {
             Err(0) => Err(io::Error::other("injected I/O fault")),
             _ => Ok(()),
@@ -460,7 +466,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("img");
         let _a = FileDevice::create(&path, 1 << 20).unwrap();
-        let err = FileDevice::open(&path, true).err().expect("second open must fail");
+        let err = FileDevice::open(&path, true)
+            .err()
+            .expect("second open must fail");
         assert!(err.to_string().contains("in use"), "{err}");
     }
 }

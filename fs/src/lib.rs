@@ -4,10 +4,25 @@
 //!
 //! The on-disk format is documented in `fs/FORMAT.md`.
 
+pub mod alloc;
+pub mod apply;
 pub mod btree;
+pub mod cache;
+pub mod cp;
+pub mod descriptor;
 pub mod device;
 pub mod error;
+pub mod filetree;
+pub mod items;
+pub mod nvlog;
+pub mod overlay;
+pub mod rangeset;
+pub mod superblock;
 pub mod types;
+pub mod volume;
 
 pub use error::{FsError, Result};
 pub use types::*;
+pub use volume::{
+    Attr, AttrChanges, Listing, MkfsOptions, StatFs, TimeSet, View, Volume, VolumeConfig,
+};

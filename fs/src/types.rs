@@ -146,7 +146,11 @@ impl fmt::Debug for BlockPtr {
         if self.is_null() {
             write!(f, "BlockPtr(null)")
         } else {
-            write!(f, "BlockPtr({} @cp{} {:?})", self.addr.0, self.birth.0, self.hash)
+            write!(
+                f,
+                "BlockPtr({} @cp{} {:?})",
+                self.addr.0, self.birth.0, self.hash
+            )
         }
     }
 }
@@ -312,7 +316,11 @@ mod tests {
 
     #[test]
     fn timestamps_before_1970_round_trip_through_system_time() {
-        for ts in [Timestamp::new(-5, 250), Timestamp::new(0, 0), Timestamp::new(1_700_000_000, 999_999_999)] {
+        for ts in [
+            Timestamp::new(-5, 250),
+            Timestamp::new(0, 0),
+            Timestamp::new(1_700_000_000, 999_999_999),
+        ] {
             assert_eq!(Timestamp::from_system_time(ts.to_system_time()), ts);
         }
     }

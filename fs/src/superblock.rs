@@ -1,0 +1,358 @@
+//! The superblock: two checksummed slots at blocks 0 and 1 (DESIGN invariant 2).
+//!
+//! A CP commits by writing the slot it does not share with the previous CP
+//! (slot = cp % 2) after all its blocks are durable. Opening picks the valid
+//! slot with the highest CP number; a torn slot fails its own checksum.
+//!
+//! The *root hash* of a CP is blake3 over the image body (bytes
+//! [`BODY_START`]..[`BODY_END`]): it covers every pointer into the tree, so it
+//! identifies the whole image, but leaves out the NVLOG position, which depends
+//! on how the log was batched rather than on the file system's contents.
+
+use crate::btree::TreeRoot;
+use crate::error::{FsError, Result};
+use crate::types::*;
+
+pub const MAGIC: &[u8; 8] = b"TWINFS\0\x01";
+pub const FORMAT_VERSION: u32 = 1;
+
+// Byte offsets of the fields, built from each other (see FORMAT.md).
+const OFF_MAGIC: usize = 0;
+const OFF_VERSION: usize = OFF_MAGIC + 8;
+const OFF_BLOCK_SIZE: usize = OFF_VERSION + 4;
+/// Start of the hashed image body.
+pub const BODY_START: usize = OFF_BLOCK_SIZE + 4;
+const OFF_UUID: usize = BODY_START;
+const OFF_TOTAL_BLOCKS: usize = OFF_UUID + 16;
+const OFF_LOG_START: usize = OFF_TOTAL_BLOCKS + 8;
+const OFF_LOG_BLOCKS: usize = OFF_LOG_START + 8;
+const OFF_CP: usize = OFF_LOG_BLOCKS + 8;
+const OFF_NEXT_INO: usize = OFF_CP + 8;
+const OFF_ALLOC_CURSOR: usize = OFF_NEXT_INO + 8;
+const OFF_USED_BLOCKS: usize = OFF_ALLOC_CURSOR + 8;
+const OFF_INODES: usize = OFF_USED_BLOCKS + 8;
+const OFF_META_ROOT: usize = OFF_INODES + 8;
+const OFF_META_HEIGHT: usize = OFF_META_ROOT + BlockPtr::SIZE;
+const OFF_ALLOC_ROOT: usize = OFF_META_HEIGHT + 8;
+const OFF_ALLOC_HEIGHT: usize = OFF_ALLOC_ROOT + BlockPtr::SIZE;
+/// End of the hashed image body.
+pub const BODY_END: usize = OFF_ALLOC_HEIGHT + 8;
+const OFF_NEXT_TRANSFER: usize = BODY_END;
+const OFF_REPLAY_OFFSET: usize = OFF_NEXT_TRANSFER + 8;
+const OFF_LAST_BATCH_HASH: usize = OFF_REPLAY_OFFSET + 8;
+const OFF_CP_TIME: usize = OFF_LAST_BATCH_HASH + 32;
+/// End of the fields; the rest up to the checksum is zero.
+pub const FIELDS_END: usize = OFF_CP_TIME + Timestamp::SIZE;
+/// The checksum: blake3 of every byte before it.
+pub const OFF_CHECKSUM: usize = BLOCK_SIZE - 32;
+
+/// Where the NVLOG continues after this CP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct LogPosition {
+    /// First transfer ID that this CP does not contain.
+    pub next_transfer: TransferId,
+    /// Block offset, inside the log region, where that transfer starts (or
+    /// would start; replay also tries offset 0, see nvlog).
+    pub replay_offset: u64,
+    /// Checksum of the last batch this CP contains: the anchor of the hash
+    /// chain that keeps replay from picking up a stale batch.
+    pub last_batch_hash: [u8; 32],
+}
+
+/// Decoded superblock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Superblock {
+    pub uuid: [u8; 16],
+    pub total_blocks: u64,
+    /// First block of the NVLOG region.
+    pub log_start: u64,
+    pub log_blocks: u64,
+    pub cp: CpNumber,
+    pub next_ino: Ino,
+    /// Where the allocator continues searching (part of the image so that
+    /// CPs are deterministic).
+    pub alloc_cursor: u64,
+    /// Blocks referenced by this image (statfs).
+    pub used_blocks: u64,
+    /// Inodes in this image (statfs).
+    pub inodes: u64,
+    /// The metadata B-tree.
+    pub meta: TreeRoot,
+    /// The allocation map file (one bit per block).
+    pub alloc: TreeRoot,
+    pub log: LogPosition,
+    /// When the CP was taken (not part of the root hash).
+    pub cp_time: Timestamp,
+}
+
+fn get_u64(b: &[u8], off: usize) -> u64 {
+    u64::from_le_bytes(b[off..off + 8].try_into().expect("8 bytes"))
+}
+
+fn put_u64(b: &mut [u8], off: usize, v: u64) {
+    b[off..off + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+impl Superblock {
+    /// First block that data may use: after both slots and the log.
+    pub fn data_start(&self) -> u64 {
+        self.log_start + self.log_blocks
+    }
+
+    pub fn encode(&self) -> Box<Block> {
+        let mut b = new_block();
+        b[OFF_MAGIC..OFF_MAGIC + 8].copy_from_slice(MAGIC);
+        b[OFF_VERSION..OFF_VERSION + 4].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b[OFF_BLOCK_SIZE..OFF_BLOCK_SIZE + 4].copy_from_slice(&(BLOCK_SIZE as u32).to_le_bytes());
+        b[OFF_UUID..OFF_UUID + 16].copy_from_slice(&self.uuid);
+        put_u64(&mut b[..], OFF_TOTAL_BLOCKS, self.total_blocks);
+        put_u64(&mut b[..], OFF_LOG_START, self.log_start);
+        put_u64(&mut b[..], OFF_LOG_BLOCKS, self.log_blocks);
+        put_u64(&mut b[..], OFF_CP, self.cp.0);
+        put_u64(&mut b[..], OFF_NEXT_INO, self.next_ino.0);
+        put_u64(&mut b[..], OFF_ALLOC_CURSOR, self.alloc_cursor);
+        put_u64(&mut b[..], OFF_USED_BLOCKS, self.used_blocks);
+        put_u64(&mut b[..], OFF_INODES, self.inodes);
+        self.meta.ptr.encode(&mut b[OFF_META_ROOT..]);
+        b[OFF_META_HEIGHT] = self.meta.height;
+        self.alloc.ptr.encode(&mut b[OFF_ALLOC_ROOT..]);
+        b[OFF_ALLOC_HEIGHT] = self.alloc.height;
+        put_u64(&mut b[..], OFF_NEXT_TRANSFER, self.log.next_transfer.0);
+        put_u64(&mut b[..], OFF_REPLAY_OFFSET, self.log.replay_offset);
+        b[OFF_LAST_BATCH_HASH..OFF_LAST_BATCH_HASH + 32].copy_from_slice(&self.log.last_batch_hash);
+        self.cp_time.encode(&mut b[OFF_CP_TIME..]);
+        let sum = blake3::hash(&b[..OFF_CHECKSUM]);
+        b[OFF_CHECKSUM..].copy_from_slice(sum.as_bytes());
+        b
+    }
+
+    /// Decodes and validates one slot. `slot` only names it in errors.
+    pub fn decode(b: &Block, slot: u64) -> Result<Superblock> {
+        let bad = |what: String| {
+            FsError::corrupt(BlockAddr(slot), format!("superblock slot {slot}: {what}"))
+        };
+        if &b[OFF_MAGIC..OFF_MAGIC + 8] != MAGIC {
+            return Err(bad(
+                "no twinfs magic (not a twinfs volume, or the slot was overwritten)".into(),
+            ));
+        }
+        let sum = blake3::hash(&b[..OFF_CHECKSUM]);
+        if sum.as_bytes()[..] != b[OFF_CHECKSUM..] {
+            return Err(bad("checksum mismatch (torn or damaged write)".into()));
+        }
+        let version =
+            u32::from_le_bytes(b[OFF_VERSION..OFF_VERSION + 4].try_into().expect("4 bytes"));
+        if version != FORMAT_VERSION {
+            return Err(bad(format!(
+                "format version {version}, this twinfs reads version {FORMAT_VERSION}"
+            )));
+        }
+        let bs = u32::from_le_bytes(
+            b[OFF_BLOCK_SIZE..OFF_BLOCK_SIZE + 4]
+                .try_into()
+                .expect("4 bytes"),
+        );
+        if bs as usize != BLOCK_SIZE {
+            return Err(bad(format!("block size {bs}, expected {BLOCK_SIZE}")));
+        }
+        let mut uuid = [0u8; 16];
+        uuid.copy_from_slice(&b[OFF_UUID..OFF_UUID + 16]);
+        let mut last_batch_hash = [0u8; 32];
+        last_batch_hash.copy_from_slice(&b[OFF_LAST_BATCH_HASH..OFF_LAST_BATCH_HASH + 32]);
+        let sb = Superblock {
+            uuid,
+            total_blocks: get_u64(b, OFF_TOTAL_BLOCKS),
+            log_start: get_u64(b, OFF_LOG_START),
+            log_blocks: get_u64(b, OFF_LOG_BLOCKS),
+            cp: CpNumber(get_u64(b, OFF_CP)),
+            next_ino: Ino(get_u64(b, OFF_NEXT_INO)),
+            alloc_cursor: get_u64(b, OFF_ALLOC_CURSOR),
+            used_blocks: get_u64(b, OFF_USED_BLOCKS),
+            inodes: get_u64(b, OFF_INODES),
+            meta: TreeRoot {
+                ptr: BlockPtr::decode(&b[OFF_META_ROOT..]),
+                height: b[OFF_META_HEIGHT],
+            },
+            alloc: TreeRoot {
+                ptr: BlockPtr::decode(&b[OFF_ALLOC_ROOT..]),
+                height: b[OFF_ALLOC_HEIGHT],
+            },
+            log: LogPosition {
+                next_transfer: TransferId(get_u64(b, OFF_NEXT_TRANSFER)),
+                replay_offset: get_u64(b, OFF_REPLAY_OFFSET),
+                last_batch_hash,
+            },
+            cp_time: Timestamp::decode(&b[OFF_CP_TIME..]),
+        };
+        sb.validate().map_err(bad)?;
+        Ok(sb)
+    }
+
+    /// Checks the geometry so that later arithmetic cannot overflow or point outside the image.
+    fn validate(&self) -> std::result::Result<(), String> {
+        if self.log_start != 2 {
+            return Err(format!(
+                "log starts at block {}, expected 2",
+                self.log_start
+            ));
+        }
+        if self.log_blocks == 0 || self.data_start() >= self.total_blocks {
+            return Err(format!(
+                "log of {} blocks does not fit a volume of {} blocks",
+                self.log_blocks, self.total_blocks
+            ));
+        }
+        if self.total_blocks > MAX_VOLUME_BLOCKS {
+            return Err(format!(
+                "{} blocks is beyond the supported volume size",
+                self.total_blocks
+            ));
+        }
+        if self.log.replay_offset >= self.log_blocks {
+            return Err(format!(
+                "replay offset {} outside the log",
+                self.log.replay_offset
+            ));
+        }
+        for (name, ptr) in [
+            ("metadata root", &self.meta.ptr),
+            ("allocation map root", &self.alloc.ptr),
+        ] {
+            if !ptr.is_null() && (ptr.addr.0 < self.data_start() || ptr.addr.0 >= self.total_blocks)
+            {
+                return Err(format!(
+                    "{name} points at block {}, outside the data area",
+                    ptr.addr.0
+                ));
+            }
+            if ptr.birth > self.cp {
+                return Err(format!(
+                    "{name} was born at CP {} after this CP {}",
+                    ptr.birth.0, self.cp.0
+                ));
+            }
+        }
+        if self.meta.height > 16 || self.alloc.height > 8 {
+            return Err("tree height out of range".into());
+        }
+        Ok(())
+    }
+
+    /// The root hash of this CP: blake3 of the encoded image body.
+    pub fn root_hash(&self) -> RootHash {
+        RootHash(*blake3::hash(&self.encode()[BODY_START..BODY_END]).as_bytes())
+    }
+
+    /// The slot this CP is written to.
+    pub fn slot(&self) -> u64 {
+        self.cp.0 % 2
+    }
+}
+
+/// Largest volume supported: 2^40 blocks = 4 PiB (keeps bitmaps and offsets in range).
+pub const MAX_VOLUME_BLOCKS: u64 = 1 << 40;
+
+/// Reads both slots and returns the valid superblock with the highest CP, and
+/// the problems found with the other slot (empty if both are fine).
+pub fn read_latest(dev: &dyn crate::device::BlockDevice) -> Result<(Superblock, Vec<String>)> {
+    let mut found = Vec::new();
+    let mut problems = Vec::new();
+    for slot in 0..2u64 {
+        let mut b = new_block();
+        match dev.read(BlockAddr(slot), &mut b[..]) {
+            Ok(()) => match Superblock::decode(&b, slot) {
+                Ok(sb) if sb.slot() != slot => problems.push(format!(
+                    "superblock slot {slot} holds CP {} which belongs in slot {}",
+                    sb.cp.0,
+                    sb.slot()
+                )),
+                Ok(sb) => found.push(sb),
+                Err(e) => problems.push(e.to_string()),
+            },
+            Err(e) => problems.push(format!("superblock slot {slot}: read failed: {e}")),
+        }
+    }
+    let best = found.into_iter().max_by_key(|sb| sb.cp);
+    match best {
+        Some(sb) => {
+            if sb.total_blocks > dev.num_blocks() {
+                return Err(FsError::CorruptVolume(format!(
+                    "the superblock describes {} blocks but the image holds only {}: the image is truncated",
+                    sb.total_blocks,
+                    dev.num_blocks()
+                )));
+            }
+            Ok((sb, problems))
+        }
+        None => Err(FsError::CorruptVolume(format!(
+            "no valid superblock: {}",
+            problems.join("; ")
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Superblock {
+        Superblock {
+            uuid: [7; 16],
+            total_blocks: 10_000,
+            log_start: 2,
+            log_blocks: 1000,
+            cp: CpNumber(5),
+            next_ino: Ino(100),
+            alloc_cursor: 1500,
+            used_blocks: 40,
+            inodes: 3,
+            meta: TreeRoot {
+                ptr: BlockPtr {
+                    addr: BlockAddr(1200),
+                    birth: CpNumber(5),
+                    hash: Hash128([1; 16]),
+                },
+                height: 1,
+            },
+            alloc: TreeRoot::default(),
+            log: LogPosition {
+                next_transfer: TransferId(9),
+                replay_offset: 17,
+                last_batch_hash: [3; 32],
+            },
+            cp_time: Timestamp::new(1_700_000_000, 5),
+        }
+    }
+
+    #[test]
+    fn round_trips_and_fields_fit_before_checksum() {
+        const { assert!(FIELDS_END <= OFF_CHECKSUM) };
+        let sb = sample();
+        let b = sb.encode();
+        assert_eq!(Superblock::decode(&b, 1).unwrap(), sb);
+    }
+
+    #[test]
+    fn any_flipped_byte_is_detected() {
+        let b = sample().encode();
+        for off in (0..BLOCK_SIZE).step_by(97) {
+            let mut c = b.clone();
+            c[off] ^= 0x40;
+            assert!(
+                Superblock::decode(&c, 0).is_err(),
+                "flip at {off} went unnoticed"
+            );
+        }
+    }
+
+    #[test]
+    fn root_hash_ignores_log_position_but_not_contents() {
+        let a = sample();
+        let mut b = a.clone();
+        b.log.replay_offset = 99;
+        b.cp_time = Timestamp::new(1, 1);
+        assert_eq!(a.root_hash(), b.root_hash());
+        b.next_ino = Ino(101);
+        assert_ne!(a.root_hash(), b.root_hash());
+    }
+}

@@ -1,0 +1,1905 @@
+//! The volume: the public API over the image, the NVLOG and consistency points.
+//!
+//! Threads: callers (FUSE threads) change the active overlay and append to
+//! the open log batch under the state lock; a log writer thread writes sealed
+//! batches and makes them durable; a CP thread (or a caller asking for a
+//! checkpoint) turns the frozen overlay into blocks without holding the state
+//! lock, so operations continue into the next generation meanwhile.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use crate::alloc::{self, Allocator};
+use crate::apply::{self, Applier};
+use crate::btree::{self, Key, TreeRoot};
+use crate::cache::BlockCache;
+use crate::cp::{self, CpInput, CpSink, CpWriter, RetainedChanges};
+use crate::device::BlockDevice;
+use crate::error::{FsError, Result};
+use crate::filetree::{self, MAX_FILE_SIZE};
+use crate::items::{self, InodeAttrs, InodeRecord, RetainedImage};
+use crate::nvlog::batch::{OpenBatch, SealedBatch, BATCH_TARGET_BYTES, MAX_BATCH_BLOCKS};
+use crate::nvlog::record::{self, Create, Record, SetAttr, Write};
+use crate::nvlog::{self, LogRegion};
+use crate::overlay::{Layers, Overlay};
+use crate::superblock::{self, LogPosition, Superblock};
+use crate::types::*;
+
+/// Source of time stamps; injectable so that tests are deterministic.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> Timestamp;
+}
+
+/// The wall clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::from_system_time(std::time::SystemTime::now())
+    }
+}
+
+/// Receives what the mirroring layer needs from the log.
+pub trait Replicator: Send + Sync {
+    /// A batch became durable locally (called in transfer order).
+    fn batch_durable(&self, batch: &SealedBatch);
+    /// Returns once transfer `id` is durable at the peer, or fails when the
+    /// mode demands it and the peer cannot confirm.
+    fn wait_for_peer(&self, id: TransferId) -> Result<()>;
+}
+
+/// How a volume runs.
+#[derive(Clone)]
+pub struct VolumeConfig {
+    pub read_only: bool,
+    /// Time between CPs; `None` takes CPs only on request and at the bounds.
+    pub cp_interval: Option<Duration>,
+    /// Dirty data that triggers a CP; writers wait at twice this.
+    pub dirty_limit_bytes: u64,
+    /// Run the log writer and CP threads. Without them (tests), sealed
+    /// batches are written at once and CPs run on the calling thread.
+    pub background: bool,
+    pub cache_meta_blocks: usize,
+    pub cache_data_blocks: usize,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for VolumeConfig {
+    fn default() -> Self {
+        VolumeConfig {
+            read_only: false,
+            cp_interval: Some(Duration::from_secs(10)),
+            dirty_limit_bytes: DEFAULT_DIRTY_LIMIT,
+            background: true,
+            cache_meta_blocks: 8192,
+            cache_data_blocks: 8192,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// Default dirty-data bound per generation.
+pub const DEFAULT_DIRTY_LIMIT: u64 = 64 << 20;
+/// Smallest log region: room for two of the largest batches and more.
+pub const MIN_LOG_BLOCKS: u64 = 3 * MAX_BATCH_BLOCKS;
+/// Largest log region mkfs creates by default (512 MiB).
+pub const MAX_DEFAULT_LOG_BLOCKS: u64 = 131072;
+/// Blocks kept back so that deletions and CPs work on a full volume.
+const META_RESERVE_MIN: u64 = 64;
+/// How long an open batch may wait before the log writer seals it.
+const SEAL_AFTER: Duration = Duration::from_millis(20);
+/// Largest write the volume takes in one record (bigger ones are split).
+const MAX_WRITE_CHUNK: usize = 1 << 20;
+
+/// Options of `mkfs`.
+#[derive(Clone, Debug, Default)]
+pub struct MkfsOptions {
+    pub uuid: Option<[u8; 16]>,
+    pub log_blocks: Option<u64>,
+    pub root_uid: u32,
+    pub root_gid: u32,
+    pub time: Option<Timestamp>,
+}
+
+/// Which tree a read looks at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum View {
+    Live,
+    /// A snapshot, by id.
+    Snapshot(u64),
+}
+
+/// Attributes as reported to users.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: Ino,
+    pub kind: FileKind,
+    pub perm: u32,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u64,
+    pub size: u64,
+    /// Allocated space in 512-byte units.
+    pub blocks512: u64,
+    pub atime: Timestamp,
+    pub mtime: Timestamp,
+    pub ctime: Timestamp,
+    pub crtime: Timestamp,
+}
+
+impl Attr {
+    fn from(ino: Ino, a: &InodeAttrs) -> Attr {
+        Attr {
+            ino,
+            kind: a.kind,
+            perm: a.perm,
+            nlink: a.nlink,
+            uid: a.uid,
+            gid: a.gid,
+            rdev: a.rdev,
+            size: a.size,
+            blocks512: a.blocks * (BLOCK_SIZE_U64 / 512),
+            atime: a.atime,
+            mtime: a.mtime,
+            ctime: a.ctime,
+            crtime: a.crtime,
+        }
+    }
+}
+
+/// One directory entry as listed by readdir.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listing {
+    /// Pass this back to continue after this entry.
+    pub cookie: u64,
+    pub ino: Ino,
+    pub kind: FileKind,
+    pub name: Vec<u8>,
+}
+
+/// Attribute changes requested by a user (see [`Volume::setattr`]).
+#[derive(Clone, Debug, Default)]
+pub struct AttrChanges {
+    pub perm: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeSet>,
+    pub mtime: Option<TimeSet>,
+    pub crtime: Option<Timestamp>,
+}
+
+/// A time to set: a given value or "now".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeSet {
+    Now,
+    At(Timestamp),
+}
+
+/// File system statistics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatFs {
+    pub block_size: u32,
+    pub blocks: u64,
+    pub blocks_free: u64,
+    pub files: u64,
+    pub files_free: u64,
+    pub name_max: u32,
+}
+
+/// A snapshot as listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    pub id: u64,
+    pub name: String,
+    pub cp: CpNumber,
+    pub created: Timestamp,
+    pub root_hash: RootHash,
+}
+
+/// Counters since the volume was opened.
+#[derive(Default)]
+pub struct VolumeStats {
+    pub bytes_written: AtomicU64,
+    pub batches_sealed: AtomicU64,
+    pub cps: AtomicU64,
+    pub last_cp_ms: AtomicU64,
+    pub longest_cp_ms: AtomicU64,
+    pub writer_waits: AtomicU64,
+}
+
+/// What `status` reports about the volume itself.
+#[derive(Clone, Debug)]
+pub struct VolumeStatus {
+    pub cp: CpNumber,
+    pub root_hash: RootHash,
+    pub uuid: [u8; 16],
+    pub bytes_written: u64,
+    pub dirty_bytes: u64,
+    pub log_used_blocks: u64,
+    pub log_blocks: u64,
+    pub last_durable_transfer: TransferId,
+    pub next_transfer: TransferId,
+    pub used_blocks: u64,
+    pub total_blocks: u64,
+    pub peer_hold: Option<CpNumber>,
+    pub failed: Option<String>,
+    pub read_only: bool,
+}
+
+struct State {
+    image: Superblock,
+    active: Overlay,
+    frozen: Option<Arc<Overlay>>,
+    batch: OpenBatch,
+    batch_opened: Option<Instant>,
+    /// Checksum of the last sealed batch (the hash chain).
+    prev_hash: [u8; 32],
+    last_sealed: Option<TransferId>,
+    region: LogRegion,
+    open_files: HashMap<Ino, u32>,
+    retained: RetainedChanges,
+    snapshots: Vec<(u64, RetainedImage)>,
+}
+
+#[derive(Default)]
+struct LogQueue {
+    /// Sealed, placed, not yet written.
+    pending: std::collections::VecDeque<(u64, SealedBatch)>,
+    /// Written, not yet flushed.
+    written: Vec<SealedBatch>,
+    durable: TransferId,
+    shutdown: bool,
+    error: Option<String>,
+}
+
+struct CpCtl {
+    alloc: Allocator,
+    sink: Option<Box<dyn CpSink>>,
+}
+
+#[derive(Default)]
+struct Signals {
+    cp_wanted: bool,
+    shutdown: bool,
+    cps_done: u64,
+}
+
+struct Inner {
+    cfg: VolumeConfig,
+    cache: BlockCache,
+    uuid: [u8; 16],
+    key: [u8; 32],
+    state: RwLock<State>,
+    cp: Mutex<CpCtl>,
+    log: Mutex<LogQueue>,
+    log_cv: Condvar,
+    /// Serializes writing and flushing the log.
+    log_io: Mutex<()>,
+    signals: Mutex<Signals>,
+    signals_cv: Condvar,
+    failed: Mutex<Option<String>>,
+    free_blocks: AtomicU64,
+    meta_reserve: u64,
+    replicator: RwLock<Option<Arc<dyn Replicator>>>,
+    closed: AtomicBool,
+    stats: VolumeStats,
+}
+
+/// A mounted (opened) twinfs volume.
+pub struct Volume {
+    inner: Arc<Inner>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+fn random_uuid() -> [u8; 16] {
+    use std::io::Read;
+    let mut u = [0u8; 16];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut u))
+        .is_err()
+    {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        u = *blake3::hash(&t.as_nanos().to_le_bytes())
+            .as_bytes()
+            .first_chunk()
+            .expect("16 bytes");
+    }
+    u
+}
+
+/// Default log size for a volume of `total` blocks.
+pub fn default_log_blocks(total: u64) -> u64 {
+    (total / 8).clamp(MIN_LOG_BLOCKS, MAX_DEFAULT_LOG_BLOCKS)
+}
+
+/// Smallest volume mkfs accepts, in bytes.
+pub fn min_volume_bytes() -> u64 {
+    (2 + MIN_LOG_BLOCKS + 256) * BLOCK_SIZE_U64
+}
+
+/// Writes a new, empty volume onto `dev`: CP 0 with an empty root directory.
+pub fn mkfs(dev: Arc<dyn BlockDevice>, opts: &MkfsOptions) -> Result<Superblock> {
+    let total = dev.num_blocks();
+    let log_blocks = opts.log_blocks.unwrap_or_else(|| default_log_blocks(total));
+    if log_blocks < MIN_LOG_BLOCKS || 2 + log_blocks + 256 > total {
+        return Err(FsError::Invalid(
+            "the device is too small for a twinfs volume (at least 12 MiB)",
+        ));
+    }
+    if total > superblock::MAX_VOLUME_BLOCKS {
+        return Err(FsError::Invalid(
+            "the device is larger than twinfs supports (4 PiB)",
+        ));
+    }
+    let uuid = opts.uuid.unwrap_or_else(random_uuid);
+    let time = opts
+        .time
+        .unwrap_or_else(|| Timestamp::from_system_time(std::time::SystemTime::now()));
+    let data_start = 2 + log_blocks;
+    let cache = BlockCache::new(dev.clone(), 64, 64);
+    let mut alloc = Allocator::new(
+        total,
+        data_start,
+        data_start,
+        alloc::Bitmap::new(total),
+        Default::default(),
+    );
+    let root = InodeAttrs {
+        kind: FileKind::Directory,
+        perm: 0o755,
+        uid: opts.root_uid,
+        gid: opts.root_gid,
+        nlink: 2,
+        size: 0,
+        rdev: 0,
+        parent: ROOT_INO,
+        blocks: 0,
+        atime: time,
+        mtime: time,
+        ctime: time,
+        crtime: time,
+        symlink: None,
+    };
+    let rec = InodeRecord {
+        attrs: root,
+        data: TreeRoot::default(),
+    };
+    let mut w = CpWriter::new(&cache, &*dev, &mut alloc, CpNumber(0), None);
+    let meta = btree::apply(
+        &mut w,
+        &TreeRoot::default(),
+        &[(InodeRecord::key(ROOT_INO), Some(rec.encode()))],
+    )?;
+    w.finish()?;
+    drop(w);
+    let (map_writes, map_holes) = alloc.take_dirty();
+    let mut w = CpWriter::new(&cache, &*dev, &mut alloc, CpNumber(0), None);
+    // The map tree's blocks live outside the map (see alloc).
+    let alloc_root = mkfs_map(&mut w, &map_writes, &map_holes)?;
+    drop(w);
+    let sb = Superblock {
+        uuid,
+        total_blocks: total,
+        log_start: 2,
+        log_blocks,
+        cp: CpNumber(0),
+        next_ino: FIRST_USER_INO,
+        alloc_cursor: alloc.cursor(),
+        used_blocks: alloc.used_blocks(),
+        inodes: 1,
+        meta,
+        alloc: alloc_root,
+        log: LogPosition {
+            next_transfer: TransferId(1),
+            replay_offset: 0,
+            last_batch_hash: [0; 32],
+        },
+        cp_time: time,
+    };
+    // Wipe the other slot and the head of the log so that nothing of an
+    // earlier volume on this device can be mistaken for ours.
+    let zero = vec![0u8; BLOCK_SIZE];
+    let io = |e| FsError::io("writing the new volume", e);
+    dev.write(BlockAddr(1), &zero).map_err(io)?;
+    dev.write(BlockAddr(2), &zero).map_err(io)?;
+    dev.flush().map_err(io)?;
+    dev.write(BlockAddr(0), &sb.encode()[..]).map_err(io)?;
+    dev.flush().map_err(io)?;
+    Ok(sb)
+}
+
+fn mkfs_map(
+    w: &mut CpWriter<'_>,
+    writes: &std::collections::BTreeMap<u64, filetree::DirtyBlock>,
+    holes: &crate::rangeset::RangeSet,
+) -> Result<TreeRoot> {
+    w.set_map_mode(true);
+    let root = filetree::apply(w, &TreeRoot::default(), writes, holes)?;
+    w.finish()?;
+    Ok(root)
+}
+
+impl Volume {
+    /// Opens a volume, replays its log, and (unless read-only) commits the
+    /// replayed state in a CP.
+    pub fn open(dev: Arc<dyn BlockDevice>, cfg: VolumeConfig) -> Result<Volume> {
+        let (sb, problems) = superblock::read_latest(&*dev)?;
+        for p in problems {
+            log::warn!("{p} (using the other superblock slot, CP {})", sb.cp.0);
+        }
+        let cache = BlockCache::new(dev.clone(), cfg.cache_meta_blocks, cfg.cache_data_blocks);
+        let key = items::name_hash_key(&sb.uuid);
+        let (map, tree) = alloc::load_map(&cache, &sb.alloc, sb.total_blocks)?;
+        let mut allocator =
+            Allocator::new(sb.total_blocks, sb.data_start(), sb.alloc_cursor, map, tree);
+        let snapshots = read_snapshots(&cache, &sb.meta)?;
+        let images: Vec<RetainedImage> = snapshots.iter().map(|(_, s)| s.clone()).collect();
+        allocator.set_snapshots(cp::snapshot_union(&cache, &images, sb.total_blocks)?);
+        if let Some(hold) = read_peer_hold(&cache, &sb.meta)? {
+            allocator.hold_image(
+                hold.cp,
+                alloc::image_blocks(&cache, &hold.alloc, sb.total_blocks)?,
+            );
+        }
+        let meta_reserve = (sb.total_blocks / 100).max(META_RESERVE_MIN);
+        let free = allocator.free_blocks();
+        let state = State {
+            active: Overlay::new(sb.next_ino),
+            frozen: None,
+            batch: OpenBatch::new(sb.log.next_transfer),
+            batch_opened: None,
+            prev_hash: sb.log.last_batch_hash,
+            last_sealed: None,
+            region: LogRegion::new(sb.log_blocks, sb.log.replay_offset),
+            open_files: HashMap::new(),
+            retained: RetainedChanges::default(),
+            snapshots,
+            image: sb.clone(),
+        };
+        let inner = Arc::new(Inner {
+            cache,
+            uuid: sb.uuid,
+            key,
+            state: RwLock::new(state),
+            cp: Mutex::new(CpCtl {
+                alloc: allocator,
+                sink: None,
+            }),
+            log: Mutex::new(LogQueue {
+                durable: TransferId(sb.log.next_transfer.0.saturating_sub(1)),
+                ..Default::default()
+            }),
+            log_cv: Condvar::new(),
+            log_io: Mutex::new(()),
+            signals: Mutex::new(Signals::default()),
+            signals_cv: Condvar::new(),
+            failed: Mutex::new(None),
+            free_blocks: AtomicU64::new(free),
+            meta_reserve,
+            replicator: RwLock::new(None),
+            closed: AtomicBool::new(false),
+            stats: VolumeStats::default(),
+            cfg,
+        });
+        let replayed = inner.replay(&*dev, &sb)?;
+        let vol = Volume {
+            inner,
+            threads: Mutex::new(Vec::new()),
+        };
+        if !vol.inner.cfg.read_only {
+            let orphans = vol.inner.reclaim_orphans()?;
+            if replayed > 0 || orphans > 0 {
+                log::info!("replayed {replayed} log batches, reclaimed {orphans} orphans");
+                vol.checkpoint()?;
+            }
+            if vol.inner.cfg.background {
+                vol.start_threads();
+            }
+        }
+        Ok(vol)
+    }
+
+    fn start_threads(&self) {
+        let mut threads = self.threads.lock();
+        let inner = self.inner.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("twinfs-log".into())
+                .spawn(move || inner.log_writer_loop())
+                .expect("spawn log writer thread"),
+        );
+        let inner = self.inner.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("twinfs-cp".into())
+                .spawn(move || inner.cp_loop())
+                .expect("spawn CP thread"),
+        );
+    }
+
+    /// Takes a final CP and stops the threads. Further operations fail.
+    pub fn close(&self) -> Result<()> {
+        if self.inner.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let result = if self.inner.cfg.read_only || self.inner.failed.lock().is_some() {
+            Ok(())
+        } else {
+            self.checkpoint().map(|_| ())
+        };
+        self.stop_threads();
+        result
+    }
+
+    /// Stops without a final CP, as a crash would (tests).
+    pub fn crash(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        self.stop_threads();
+    }
+
+    fn stop_threads(&self) {
+        {
+            let mut s = self.inner.signals.lock();
+            s.shutdown = true;
+            self.inner.signals_cv.notify_all();
+        }
+        {
+            let mut q = self.inner.log.lock();
+            q.shutdown = true;
+            self.inner.log_cv.notify_all();
+        }
+        for t in self.threads.lock().drain(..) {
+            let _ = t.join();
+        }
+    }
+
+    /// Takes a CP now; returns once it is committed (or at once when nothing changed).
+    pub fn checkpoint(&self) -> Result<CpNumber> {
+        self.inner.run_cp()
+    }
+
+    /// Installs the mirroring layer's hooks.
+    pub fn set_replicator(&self, r: Option<Arc<dyn Replicator>>) {
+        *self.inner.replicator.write() = r;
+    }
+
+    /// Installs the receiver of each CP's change set.
+    pub fn set_cp_sink(&self, sink: Option<Box<dyn CpSink>>) {
+        self.inner.cp.lock().sink = sink;
+    }
+
+    pub fn uuid(&self) -> [u8; 16] {
+        self.inner.uuid
+    }
+
+    pub fn stats(&self) -> &VolumeStats {
+        &self.inner.stats
+    }
+
+    /// The block cache (verified reads of committed blocks).
+    pub fn cache(&self) -> &BlockCache {
+        &self.inner.cache
+    }
+
+    /// The last committed superblock.
+    pub fn committed(&self) -> Superblock {
+        self.inner.state.read().image.clone()
+    }
+
+    pub fn status(&self) -> VolumeStatus {
+        let st = self.inner.state.read();
+        let dirty = st.active.dirty_bytes() + st.frozen.as_ref().map_or(0, |f| f.dirty_bytes());
+        let durable = self.inner.log.lock().durable;
+        let peer_hold = self.inner.cp.try_lock().and_then(|c| c.alloc.peer_hold());
+        VolumeStatus {
+            cp: st.image.cp,
+            root_hash: st.image.root_hash(),
+            uuid: self.inner.uuid,
+            bytes_written: self.inner.stats.bytes_written.load(Ordering::Relaxed),
+            dirty_bytes: dirty,
+            log_used_blocks: st.region.used(),
+            log_blocks: st.region.capacity(),
+            last_durable_transfer: durable,
+            next_transfer: st.batch.id,
+            used_blocks: st.image.used_blocks,
+            total_blocks: st.image.total_blocks,
+            peer_hold,
+            failed: self.inner.failed.lock().clone(),
+            read_only: self.inner.cfg.read_only,
+        }
+    }
+
+    // ---- reads -------------------------------------------------------------
+
+    fn with_layers<T>(&self, view: View, f: impl FnOnce(&Layers<'_>) -> Result<T>) -> Result<T> {
+        let st = self.inner.state.read();
+        match view {
+            View::Live => {
+                let layers = Layers {
+                    top: Some(&st.active),
+                    mid: st.frozen.as_deref(),
+                    meta: st.image.meta,
+                    cache: &self.inner.cache,
+                    key: &self.inner.key,
+                };
+                f(&layers)
+            }
+            View::Snapshot(id) => {
+                let snap = st
+                    .snapshots
+                    .iter()
+                    .find(|(i, _)| *i == id)
+                    .map(|(_, s)| s.meta)
+                    .ok_or(FsError::NotFound)?;
+                let layers = Layers {
+                    top: None,
+                    mid: None,
+                    meta: snap,
+                    cache: &self.inner.cache,
+                    key: &self.inner.key,
+                };
+                f(&layers)
+            }
+        }
+    }
+
+    pub fn getattr(&self, view: View, ino: Ino) -> Result<Attr> {
+        self.with_layers(view, |l| {
+            let a = l.attrs(ino)?;
+            if a.nlink == 0 && view == View::Live && !self.is_open(ino) {
+                return Err(FsError::NotFound);
+            }
+            Ok(Attr::from(ino, &a))
+        })
+    }
+
+    fn is_open(&self, ino: Ino) -> bool {
+        self.inner.state.read().open_files.contains_key(&ino)
+    }
+
+    pub fn lookup(&self, view: View, parent: Ino, name: &[u8]) -> Result<Attr> {
+        if name.len() > items::NAME_MAX {
+            return Err(FsError::NameTooLong {
+                limit: items::NAME_MAX,
+            });
+        }
+        self.with_layers(view, |l| {
+            let p = l.attrs(parent)?;
+            if p.kind != FileKind::Directory {
+                return Err(FsError::NotDir);
+            }
+            let ino = match name {
+                b"." => parent,
+                b".." => p.parent,
+                _ => l.lookup(parent, name)?.ok_or(FsError::NotFound)?.0,
+            };
+            Ok(Attr::from(ino, &l.attrs(ino)?))
+        })
+    }
+
+    /// Lists a directory after `cookie` (0 = from the start, including "."
+    /// and ".."), calling `f` until it returns false.
+    pub fn readdir(
+        &self,
+        view: View,
+        dir: Ino,
+        cookie: u64,
+        f: &mut dyn FnMut(Listing) -> bool,
+    ) -> Result<()> {
+        self.with_layers(view, |l| {
+            let d = l.attrs(dir)?;
+            if d.kind != FileKind::Directory {
+                return Err(FsError::NotDir);
+            }
+            if cookie < 1
+                && !f(Listing {
+                    cookie: 1,
+                    ino: dir,
+                    kind: FileKind::Directory,
+                    name: b".".to_vec(),
+                })
+            {
+                return Ok(());
+            }
+            if cookie < 2
+                && !f(Listing {
+                    cookie: 2,
+                    ino: d.parent,
+                    kind: FileKind::Directory,
+                    name: b"..".to_vec(),
+                })
+            {
+                return Ok(());
+            }
+            l.readdir(dir, cookie.max(2), &mut |c, e| {
+                f(Listing {
+                    cookie: c,
+                    ino: e.ino,
+                    kind: e.kind,
+                    name: e.name.clone(),
+                })
+            })
+        })
+    }
+
+    /// Reads up to `size` bytes at `offset` (short at end of file).
+    pub fn read(&self, view: View, ino: Ino, offset: u64, size: u32) -> Result<Vec<u8>> {
+        self.with_layers(view, |l| {
+            let a = l.attrs(ino)?;
+            match a.kind {
+                FileKind::Regular => {}
+                FileKind::Directory => return Err(FsError::IsDir),
+                _ => return Err(FsError::Invalid("not a regular file")),
+            }
+            if offset >= a.size || size == 0 {
+                return Ok(Vec::new());
+            }
+            let end = a.size.min(offset + u64::from(size));
+            let first = offset / BLOCK_SIZE_U64;
+            let last = (end - 1) / BLOCK_SIZE_U64;
+            let blocks = l.read_blocks(ino, first, last - first + 1)?;
+            let mut out = Vec::with_capacity((end - offset) as usize);
+            for (i, b) in blocks.iter().enumerate() {
+                let bstart = (first + i as u64) * BLOCK_SIZE_U64;
+                let s = offset.max(bstart) - bstart;
+                let e = end.min(bstart + BLOCK_SIZE_U64) - bstart;
+                match b {
+                    Some(b) => out.extend_from_slice(&b[s as usize..e as usize]),
+                    None => out.resize(out.len() + (e - s) as usize, 0),
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    pub fn readlink(&self, view: View, ino: Ino) -> Result<Vec<u8>> {
+        self.with_layers(view, |l| {
+            let a = l.attrs(ino)?;
+            if a.kind != FileKind::Symlink {
+                return Err(FsError::Invalid("not a symlink"));
+            }
+            if let Some(t) = &a.symlink {
+                return Ok(t.to_vec());
+            }
+            let n = a.size.div_ceil(BLOCK_SIZE_U64);
+            let mut out = Vec::with_capacity(a.size as usize);
+            for b in l.read_blocks(ino, 0, n)? {
+                out.extend_from_slice(&b.as_deref().unwrap_or(&ZERO_BLOCK)[..]);
+            }
+            out.truncate(a.size as usize);
+            Ok(out)
+        })
+    }
+
+    pub fn getxattr(&self, view: View, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
+        self.with_layers(view, |l| {
+            l.attrs(ino)?;
+            l.xattr(ino, name)?.ok_or(FsError::NoAttr)
+        })
+    }
+
+    pub fn listxattr(&self, view: View, ino: Ino) -> Result<Vec<Vec<u8>>> {
+        self.with_layers(view, |l| {
+            l.attrs(ino)?;
+            l.xattr_names(ino)
+        })
+    }
+
+    /// SEEK_DATA (`want_data`) or SEEK_HOLE from `offset`. `None` = ENXIO.
+    pub fn seek(&self, view: View, ino: Ino, offset: u64, want_data: bool) -> Result<Option<u64>> {
+        self.with_layers(view, |l| {
+            let a = l.attrs(ino)?;
+            if offset >= a.size {
+                return Ok(None);
+            }
+            let bi = offset / BLOCK_SIZE_U64;
+            let found = l.seek(ino, bi, want_data)?;
+            Ok(match (want_data, found) {
+                (true, Some(b)) if b * BLOCK_SIZE_U64 < a.size => {
+                    Some((b * BLOCK_SIZE_U64).max(offset))
+                }
+                (true, _) => None,
+                (false, Some(b)) => Some((b * BLOCK_SIZE_U64).max(offset).min(a.size)),
+                (false, None) => Some(a.size),
+            })
+        })
+    }
+
+    pub fn statfs(&self) -> StatFs {
+        let st = self.inner.state.read();
+        let reserved = self.inner.reserved_blocks(&st);
+        let free = self
+            .inner
+            .free_blocks
+            .load(Ordering::Relaxed)
+            .saturating_sub(reserved);
+        let inodes = (st.image.inodes as i64
+            + st.active.inode_delta
+            + st.frozen.as_ref().map_or(0, |f| f.inode_delta))
+        .max(0) as u64;
+        StatFs {
+            block_size: BLOCK_SIZE as u32,
+            blocks: st.image.total_blocks - st.image.data_start(),
+            blocks_free: free.saturating_sub(self.inner.meta_reserve),
+            files: inodes + (1 << 32),
+            files_free: 1 << 32,
+            name_max: items::NAME_MAX as u32,
+        }
+    }
+
+    // ---- changes -----------------------------------------------------------
+
+    /// Creates a file, directory, device node, fifo or socket.
+    #[allow(clippy::too_many_arguments)]
+    pub fn create(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        kind: FileKind,
+        perm: u32,
+        uid: u32,
+        gid: u32,
+        rdev: u64,
+    ) -> Result<Attr> {
+        if kind == FileKind::Symlink {
+            return Err(FsError::Invalid("use symlink to create symlinks"));
+        }
+        self.make(parent, name, kind, perm, uid, gid, rdev, Vec::new())
+    }
+
+    pub fn symlink(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        target: &[u8],
+        uid: u32,
+        gid: u32,
+    ) -> Result<Attr> {
+        self.make(
+            parent,
+            name,
+            FileKind::Symlink,
+            0o777,
+            uid,
+            gid,
+            0,
+            target.to_vec(),
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn make(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        kind: FileKind,
+        perm: u32,
+        uid: u32,
+        gid: u32,
+        rdev: u64,
+        target: Vec<u8>,
+    ) -> Result<Attr> {
+        apply::check_name(name)?;
+        let mut ino = Ino(0);
+        self.inner.submit(Need::Create, |st, now| {
+            let layers = self.inner.layers(st);
+            let p = layers.attrs(parent)?;
+            // BSD group semantics for set-group-ID directories.
+            let (gid, perm) = if p.perm & libc::S_ISGID != 0 {
+                let perm = if kind == FileKind::Directory {
+                    perm | libc::S_ISGID
+                } else {
+                    perm
+                };
+                (p.gid, perm)
+            } else {
+                (gid, perm)
+            };
+            ino = st.active.next_ino;
+            Ok(vec![Record::Create(Create {
+                parent,
+                name: name.to_vec(),
+                ino,
+                kind,
+                perm: perm & 0o7777,
+                uid,
+                gid,
+                rdev: if matches!(kind, FileKind::CharDevice | FileKind::BlockDevice) {
+                    rdev
+                } else {
+                    0
+                },
+                time: now,
+                target: target.clone(),
+            })])
+        })?;
+        self.getattr(View::Live, ino)
+    }
+
+    pub fn link(&self, ino: Ino, parent: Ino, name: &[u8]) -> Result<Attr> {
+        self.inner.submit(Need::Create, |_, now| {
+            Ok(vec![Record::Link {
+                ino,
+                parent,
+                name: name.to_vec(),
+                time: now,
+            }])
+        })?;
+        self.getattr(View::Live, ino)
+    }
+
+    pub fn unlink(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        self.remove(parent, name, false)
+    }
+
+    pub fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        self.remove(parent, name, true)
+    }
+
+    fn remove(&self, parent: Ino, name: &[u8], dir: bool) -> Result<()> {
+        self.inner.submit(Need::Free, |st, now| {
+            let victim = self.inner.layers(st).lookup(parent, name)?;
+            let mut recs = vec![Record::Unlink {
+                parent,
+                name: name.to_vec(),
+                dir,
+                time: now,
+            }];
+            if let Some((ino, _)) = victim {
+                recs.push(Record::Reclaim { ino });
+            }
+            Ok(recs)
+        })
+    }
+
+    pub fn rename(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        flags: u32,
+    ) -> Result<()> {
+        self.inner.submit(Need::Free, |st, now| {
+            let victim = if flags & record::RENAME_EXCHANGE == 0 {
+                self.inner.layers(st).lookup(new_parent, new_name)?
+            } else {
+                None
+            };
+            let mut recs = vec![Record::Rename {
+                parent,
+                name: name.to_vec(),
+                new_parent,
+                new_name: new_name.to_vec(),
+                flags,
+                time: now,
+            }];
+            if let Some((ino, _)) = victim {
+                recs.push(Record::Reclaim { ino });
+            }
+            Ok(recs)
+        })
+    }
+
+    /// Changes attributes. A change of owner or group of a non-directory
+    /// clears set-user-ID (and set-group-ID when group-executable), as Linux does.
+    pub fn setattr(&self, ino: Ino, ch: &AttrChanges) -> Result<Attr> {
+        let need = if ch.size.is_some() {
+            Need::Free
+        } else {
+            Need::Meta
+        };
+        self.inner.submit(need, |st, now| {
+            let a = self.inner.layers(st).attrs(ino)?;
+            let mut perm = ch.perm;
+            let owner_change =
+                ch.uid.is_some_and(|u| u != a.uid) || ch.gid.is_some_and(|g| g != a.gid);
+            if perm.is_none() && owner_change && a.kind != FileKind::Directory {
+                let mut p = a.perm & !libc::S_ISUID;
+                if p & libc::S_IXGRP != 0 {
+                    p &= !libc::S_ISGID;
+                }
+                if p != a.perm {
+                    perm = Some(p);
+                }
+            }
+            let t = |s: Option<TimeSet>| s.map(|s| if let TimeSet::At(t) = s { t } else { now });
+            Ok(vec![Record::SetAttr(SetAttr {
+                ino,
+                perm,
+                uid: ch.uid,
+                gid: ch.gid,
+                size: ch.size,
+                atime: t(ch.atime),
+                mtime: t(ch.mtime),
+                crtime: ch.crtime,
+                time: now,
+            })])
+        })?;
+        self.getattr(View::Live, ino)
+    }
+
+    /// Writes `data` at `offset`. `kill_suid` clears set-user-ID (a write by
+    /// someone other than the owner).
+    pub fn write(&self, ino: Ino, offset: u64, data: &[u8], kill_suid: bool) -> Result<u32> {
+        if offset
+            .checked_add(data.len() as u64)
+            .is_none_or(|e| e > MAX_FILE_SIZE)
+        {
+            return Err(FsError::FileTooBig {
+                limit: MAX_FILE_SIZE,
+            });
+        }
+        let mut done = 0usize;
+        while done < data.len() || data.is_empty() {
+            let n = (data.len() - done).min(MAX_WRITE_CHUNK);
+            let off = offset + done as u64;
+            let chunk = &data[done..done + n];
+            let blocks = (off % BLOCK_SIZE_U64 + n as u64).div_ceil(BLOCK_SIZE_U64);
+            self.inner.submit(Need::Blocks(blocks), |_, now| {
+                Ok(vec![Record::Write(Write::split(
+                    ino, off, chunk, now, kill_suid,
+                ))])
+            })?;
+            done += n;
+            if data.is_empty() {
+                break;
+            }
+        }
+        self.inner
+            .stats
+            .bytes_written
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        Ok(data.len() as u32)
+    }
+
+    pub fn fallocate(&self, ino: Ino, offset: u64, len: u64, mode: u32) -> Result<()> {
+        self.inner.submit(Need::Free, |_, now| {
+            Ok(vec![Record::Fallocate {
+                ino,
+                offset,
+                len,
+                mode,
+                time: now,
+            }])
+        })
+    }
+
+    pub fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], flags: u32) -> Result<()> {
+        let blocks = (value.len() as u64).div_ceil(BLOCK_SIZE_U64);
+        self.inner.submit(Need::Blocks(blocks), |_, now| {
+            Ok(vec![Record::SetXattr {
+                ino,
+                name: name.to_vec(),
+                value: value.to_vec(),
+                flags,
+                time: now,
+            }])
+        })
+    }
+
+    pub fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
+        self.inner.submit(Need::Free, |_, now| {
+            Ok(vec![Record::RemoveXattr {
+                ino,
+                name: name.to_vec(),
+                time: now,
+            }])
+        })
+    }
+
+    /// Notes an open handle: an unlinked file lives until its last handle closes.
+    pub fn open_file(&self, ino: Ino) -> Result<()> {
+        let mut st = self.inner.state.write();
+        let a = self.inner.layers(&st).attrs(ino)?;
+        if a.nlink == 0 && !st.open_files.contains_key(&ino) {
+            return Err(FsError::NotFound);
+        }
+        *st.open_files.entry(ino).or_insert(0) += 1;
+        Ok(())
+    }
+
+    /// Drops an open handle; reclaims the inode if it was the last one of an unlinked file.
+    pub fn release_file(&self, ino: Ino) -> Result<()> {
+        let last = {
+            let mut st = self.inner.state.write();
+            match st.open_files.get_mut(&ino) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                Some(_) => {
+                    st.open_files.remove(&ino);
+                    true
+                }
+                None => false,
+            }
+        };
+        if last && !self.inner.cfg.read_only {
+            self.inner
+                .submit(Need::Free, |_, _| Ok(vec![Record::Reclaim { ino }]))?;
+        }
+        Ok(())
+    }
+
+    /// Returns once every change made so far is durable in the log (and, with
+    /// a replicator, at the peer as its mode demands).
+    pub fn fsync(&self) -> Result<()> {
+        if self.inner.cfg.read_only {
+            return Ok(());
+        }
+        let target = {
+            let mut st = self.inner.state.write();
+            self.inner.seal(&mut st)?;
+            st.last_sealed
+        };
+        let Some(target) = target else {
+            return Ok(());
+        };
+        self.inner.wait_durable(target)?;
+        let rep = self.inner.replicator.read().clone();
+        if let Some(r) = rep {
+            r.wait_for_peer(target)?;
+        }
+        Ok(())
+    }
+
+    // ---- snapshots ---------------------------------------------------------
+
+    /// Creates a snapshot of the current state. Returns its id.
+    pub fn snapshot_create(&self, name: &str) -> Result<u64> {
+        check_snapshot_name(name)?;
+        if self
+            .inner
+            .state
+            .read()
+            .snapshots
+            .iter()
+            .any(|(_, s)| s.name == name.as_bytes())
+        {
+            return Err(FsError::Exists);
+        }
+        // Commit the current state, then record that image as the snapshot.
+        self.checkpoint()?;
+        let id = {
+            let mut st = self.inner.state.write();
+            if st.snapshots.len() + st.retained.create.len() >= MAX_SNAPSHOTS {
+                return Err(FsError::NoSpace);
+            }
+            if st.snapshots.iter().any(|(_, s)| s.name == name.as_bytes())
+                || st
+                    .retained
+                    .create
+                    .iter()
+                    .any(|(_, s)| s.name == name.as_bytes())
+            {
+                return Err(FsError::Exists);
+            }
+            let id = st
+                .snapshots
+                .iter()
+                .map(|(i, _)| *i)
+                .chain(st.retained.create.iter().map(|(i, _)| *i))
+                .max()
+                .unwrap_or(0)
+                + 1;
+            let sb = &st.image;
+            let img = RetainedImage {
+                name: name.as_bytes().to_vec(),
+                cp: sb.cp,
+                created: self.inner.cfg.clock.now(),
+                meta: sb.meta,
+                alloc: sb.alloc,
+                used_blocks: sb.used_blocks,
+                inodes: sb.inodes,
+                root_hash: sb.root_hash(),
+            };
+            st.retained.create.push((id, img));
+            id
+        };
+        self.checkpoint()?;
+        Ok(id)
+    }
+
+    pub fn snapshot_delete(&self, name: &str) -> Result<()> {
+        {
+            let mut st = self.inner.state.write();
+            let id = st
+                .snapshots
+                .iter()
+                .find(|(_, s)| s.name == name.as_bytes())
+                .map(|(i, _)| *i)
+                .ok_or(FsError::NotFound)?;
+            if !st.retained.delete.contains(&id) {
+                st.retained.delete.push(id);
+            }
+        }
+        self.checkpoint()?;
+        Ok(())
+    }
+
+    pub fn snapshot_list(&self) -> Vec<SnapshotInfo> {
+        self.inner
+            .state
+            .read()
+            .snapshots
+            .iter()
+            .map(|(id, s)| SnapshotInfo {
+                id: *id,
+                name: String::from_utf8_lossy(&s.name).into_owned(),
+                cp: s.cp,
+                created: s.created,
+                root_hash: s.root_hash,
+            })
+            .collect()
+    }
+
+    // ---- the peer hold (DESIGN invariant 1) ----------------------------------
+
+    /// The peer is about to follow CP by CP from the committed CP on.
+    /// Returns that CP.
+    pub fn peer_tracking_start(&self) -> CpNumber {
+        let mut ctl = self.inner.cp.lock();
+        let cp = self.inner.state.read().image.cp;
+        ctl.alloc.track_peer_from(cp);
+        cp
+    }
+
+    /// The peer has applied CP `sb.cp` (its superblock is `sb`). The hold
+    /// moves there and is recorded at the next CP.
+    pub fn peer_acked(&self, sb: &Superblock) {
+        let moved = self.inner.cp.lock().alloc.peer_acked(sb.cp);
+        if moved {
+            let img = RetainedImage {
+                name: Vec::new(),
+                cp: sb.cp,
+                created: sb.cp_time,
+                meta: sb.meta,
+                alloc: sb.alloc,
+                used_blocks: sb.used_blocks,
+                inodes: sb.inodes,
+                root_hash: sb.root_hash(),
+            };
+            self.inner.state.write().retained.peer = Some(Some(img));
+        }
+    }
+
+    /// Forgets the peer: its CP is no longer protected.
+    pub fn peer_forget(&self) {
+        self.inner.cp.lock().alloc.drop_peer_hold();
+        self.inner.state.write().retained.peer = Some(None);
+    }
+
+    /// The CP protected for the peer, if any.
+    pub fn peer_hold(&self) -> Option<CpNumber> {
+        self.inner.cp.lock().alloc.peer_hold()
+    }
+
+    /// Reads the sealed log batches still in the log region with IDs from
+    /// `from` on (to resend them to a peer that reconnected).
+    pub fn live_batches(&self, from: TransferId) -> Result<Vec<SealedBatch>> {
+        let (placed, start): (Vec<nvlog::Placed>, u64) = {
+            let st = self.inner.state.read();
+            (
+                st.region.live().filter(|p| p.id >= from).copied().collect(),
+                st.image.log_start,
+            )
+        };
+        // Only batches already written can be read back; make them so.
+        if let Some(last) = placed.last() {
+            self.inner.wait_durable(last.id)?;
+        }
+        let dev = self.inner.cache.device();
+        let mut out = Vec::with_capacity(placed.len());
+        for p in placed {
+            let mut bytes = vec![0u8; p.len as usize * BLOCK_SIZE];
+            dev.read(BlockAddr(start + p.pos), &mut bytes)
+                .map_err(|e| FsError::io(format!("reading log batch {}", p.id.0), e))?;
+            let d = nvlog::batch::decode(&bytes)?;
+            out.push(SealedBatch {
+                id: p.id,
+                hash: d.header.checksum,
+                records: d.header.nrecords,
+                bytes: Arc::new(bytes),
+            });
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Volume {
+    fn drop(&mut self) {
+        if !self.inner.closed.load(Ordering::SeqCst) {
+            if let Err(e) = self.close() {
+                log::error!("closing the volume: {e}");
+            }
+        }
+    }
+}
+
+/// Most snapshots a volume keeps.
+pub const MAX_SNAPSHOTS: usize = 256;
+
+fn check_snapshot_name(name: &str) -> Result<()> {
+    if name.is_empty()
+        || name.len() > items::SNAPSHOT_NAME_MAX
+        || name.contains('/')
+        || name == "."
+        || name == ".."
+    {
+        return Err(FsError::Invalid(
+            "snapshot names are 1 to 64 bytes without '/'",
+        ));
+    }
+    Ok(())
+}
+
+fn read_snapshots(cache: &BlockCache, meta: &TreeRoot) -> Result<Vec<(u64, RetainedImage)>> {
+    let lo = RetainedImage::snapshot_key(0);
+    let hi = Key {
+        ino: items::VOLUME_INO,
+        kind: items::kind::SNAPSHOT + 1,
+        off: 0,
+    };
+    btree::range(cache, meta, lo, hi)
+        .map(|item| {
+            let (k, v) = item?;
+            Ok((k.off, RetainedImage::decode(&v)?))
+        })
+        .collect()
+}
+
+fn read_peer_hold(cache: &BlockCache, meta: &TreeRoot) -> Result<Option<RetainedImage>> {
+    btree::get(cache, meta, &RetainedImage::peer_key())?
+        .map(|v| RetainedImage::decode(&v))
+        .transpose()
+}
+
+/// What an operation may need from free space.
+#[derive(Clone, Copy, Debug)]
+enum Need {
+    /// A new inode and a few metadata blocks.
+    Create,
+    /// Metadata only (attributes).
+    Meta,
+    /// Frees space, or at worst rewrites a little metadata: allowed into the reserve.
+    Free,
+    /// Up to this many new data blocks.
+    Blocks(u64),
+}
+
+impl Inner {
+    fn layers<'a>(&'a self, st: &'a State) -> Layers<'a> {
+        Layers {
+            top: Some(&st.active),
+            mid: st.frozen.as_deref(),
+            meta: st.image.meta,
+            cache: &self.cache,
+            key: &self.key,
+        }
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        if self.cfg.read_only {
+            return Err(FsError::ReadOnly);
+        }
+        if let Some(f) = self.failed.lock().as_ref() {
+            return Err(FsError::Failed(f.clone()));
+        }
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(FsError::Failed("the volume is closed".into()));
+        }
+        Ok(())
+    }
+
+    fn fail(&self, why: &FsError) {
+        let mut f = self.failed.lock();
+        if f.is_none() {
+            log::error!("the volume stops taking changes: {why}");
+            *f = Some(why.to_string());
+        }
+    }
+
+    /// Blocks that dirty state will need at its CP (an upper bound).
+    fn reserved_blocks(&self, st: &State) -> u64 {
+        let ov = |o: &Overlay| {
+            o.dirty_blocks + o.dirty_blocks / 64 + 4 * o.inodes.len() as u64 + o.xattrs.len() as u64
+        };
+        ov(&st.active) + st.frozen.as_ref().map_or(0, |f| ov(f)) + 16
+    }
+
+    fn check_space(&self, st: &State, need: Need) -> Result<()> {
+        let free = self.free_blocks.load(Ordering::Relaxed);
+        let reserved = self.reserved_blocks(st);
+        let (extra, reserve) = match need {
+            Need::Free => (0, 0),
+            Need::Meta => (2, self.meta_reserve / 2),
+            Need::Create => (4, self.meta_reserve),
+            Need::Blocks(n) => (n + n / 64 + 4, self.meta_reserve),
+        };
+        if reserved + extra + reserve > free {
+            return Err(FsError::NoSpace);
+        }
+        Ok(())
+    }
+
+    /// Builds the records of one operation under the state lock, checks log
+    /// and disk space, applies them in order and appends them to the log.
+    /// `make` may run more than once (after waiting for log space).
+    fn submit(
+        &self,
+        need: Need,
+        mut make: impl FnMut(&State, Timestamp) -> Result<Vec<Record>>,
+    ) -> Result<()> {
+        loop {
+            self.check_usable()?;
+            let mut st = self.state.write();
+            let now = self.cfg.clock.now();
+            let recs = make(&st, now)?;
+            let mut sizes = Vec::with_capacity(recs.len());
+            let mut scratch = Vec::new();
+            for r in &recs {
+                scratch.clear();
+                r.encode(0, &mut scratch);
+                let blocks = if let Record::Write(w) = r {
+                    w.blocks.len()
+                } else {
+                    0
+                };
+                sizes.push((scratch.len(), blocks));
+            }
+            let total_len: usize = sizes.iter().map(|s| s.0).sum();
+            let total_blocks: usize = sizes.iter().map(|s| s.1).sum();
+            if !st.batch.fits(total_len, total_blocks) {
+                self.seal(&mut st)?;
+            }
+            if st
+                .region
+                .fit(st.batch.size_blocks_with(total_len, total_blocks))
+                .is_none()
+            {
+                self.seal(&mut st)?;
+                if st
+                    .region
+                    .fit(st.batch.size_blocks_with(total_len, total_blocks))
+                    .is_none()
+                {
+                    drop(st);
+                    self.stats.writer_waits.fetch_add(1, Ordering::Relaxed);
+                    self.wait_for_cp()?;
+                    continue;
+                }
+            }
+            self.check_space(&st, need)?;
+            self.apply_records(&mut st, &recs)?;
+            let dirty = st.active.dirty_bytes();
+            let log_busy = st.region.used() * 2 > st.region.capacity();
+            if st.batch.bytes() >= BATCH_TARGET_BYTES {
+                self.seal(&mut st)?;
+            }
+            drop(st);
+            if dirty > self.cfg.dirty_limit_bytes || log_busy {
+                self.want_cp(dirty > 2 * self.cfg.dirty_limit_bytes)?;
+            }
+            return Ok(());
+        }
+    }
+
+    /// Applies records in order: the first must succeed or nothing changes;
+    /// a follow-up Reclaim that does not apply (the inode is still linked or
+    /// open) is simply dropped.
+    fn apply_records(&self, st: &mut State, recs: &[Record]) -> Result<()> {
+        for (i, rec) in recs.iter().enumerate() {
+            if let Record::Reclaim { ino } = rec {
+                let open = st.open_files.contains_key(ino);
+                let unlinked = self.layers(st).inode(*ino)?.is_some_and(|a| a.nlink == 0);
+                if open || !unlinked {
+                    continue;
+                }
+            }
+            let pos = st.batch.position_of(rec);
+            let State {
+                active,
+                frozen,
+                image,
+                ..
+            } = &mut *st;
+            let mut ap = Applier {
+                top: active,
+                mid: frozen.as_deref(),
+                meta: image.meta,
+                cache: &self.cache,
+                key: &self.key,
+            };
+            match ap.apply(rec, pos) {
+                Ok(()) => {}
+                Err(e) if i == 0 => return Err(e),
+                Err(e) => {
+                    return Err(FsError::CorruptVolume(format!(
+                        "follow-up record failed: {e}"
+                    )))
+                }
+            }
+            st.batch.append(rec);
+            if st.batch_opened.is_none() {
+                st.batch_opened = Some(Instant::now());
+            }
+        }
+        Ok(())
+    }
+
+    /// Seals the open batch, places it in the log region and queues it.
+    fn seal(&self, st: &mut State) -> Result<()> {
+        if st.batch.is_empty() {
+            return Ok(());
+        }
+        let next = TransferId(st.batch.id.0 + 1);
+        let batch = std::mem::replace(&mut st.batch, OpenBatch::new(next));
+        let sealed = batch.seal(&self.uuid, st.prev_hash);
+        let pos = st
+            .region
+            .place(sealed.id, sealed.size_blocks())
+            .ok_or_else(|| FsError::CorruptVolume("log space was checked but is gone".into()))?;
+        st.prev_hash = sealed.hash;
+        st.last_sealed = Some(sealed.id);
+        st.batch_opened = None;
+        self.stats.batches_sealed.fetch_add(1, Ordering::Relaxed);
+        self.log.lock().pending.push_back((pos, sealed));
+        if self.cfg.background {
+            self.log_cv.notify_all();
+        } else {
+            self.write_pending(st.image.log_start)?;
+        }
+        Ok(())
+    }
+
+    /// Writes queued batches to the log region (not yet durable).
+    fn write_pending(&self, log_start: u64) -> Result<()> {
+        let _io = self.log_io.lock();
+        let batches: Vec<(u64, SealedBatch)> = self.log.lock().pending.drain(..).collect();
+        for (pos, b) in &batches {
+            if let Err(e) = nvlog::write_batch(&**self.cache.device(), log_start, *pos, b) {
+                self.log.lock().error = Some(e.to_string());
+                self.fail(&e);
+                return Err(e);
+            }
+        }
+        self.log
+            .lock()
+            .written
+            .extend(batches.into_iter().map(|(_, b)| b));
+        Ok(())
+    }
+
+    /// Writes and flushes everything queued; wakes fsync waiters; tells the replicator.
+    fn flush_log(&self) -> Result<()> {
+        let log_start = self.state.read().image.log_start;
+        self.write_pending(log_start)?;
+        let _io = self.log_io.lock();
+        let written: Vec<SealedBatch> = std::mem::take(&mut self.log.lock().written);
+        if written.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.cache.device().flush() {
+            let e = FsError::io("flushing the log", e);
+            self.log.lock().error = Some(e.to_string());
+            self.fail(&e);
+            self.log_cv.notify_all();
+            return Err(e);
+        }
+        let last = written.last().map(|b| b.id).expect("not empty");
+        {
+            let mut q = self.log.lock();
+            q.durable = q.durable.max(last);
+        }
+        self.log_cv.notify_all();
+        let rep = self.replicator.read().clone();
+        if let Some(r) = rep {
+            for b in &written {
+                r.batch_durable(b);
+            }
+        }
+        Ok(())
+    }
+
+    fn wait_durable(&self, id: TransferId) -> Result<()> {
+        if !self.cfg.background {
+            return self.flush_log();
+        }
+        let mut q = self.log.lock();
+        loop {
+            if q.durable >= id {
+                return Ok(());
+            }
+            if let Some(e) = &q.error {
+                return Err(FsError::Failed(e.clone()));
+            }
+            if q.shutdown {
+                drop(q);
+                return self.flush_log();
+            }
+            self.log_cv.wait_for(&mut q, Duration::from_millis(100));
+        }
+    }
+
+    fn log_writer_loop(&self) {
+        loop {
+            {
+                let mut q = self.log.lock();
+                if q.pending.is_empty() && !q.shutdown {
+                    self.log_cv.wait_for(&mut q, SEAL_AFTER);
+                }
+                if q.shutdown && q.pending.is_empty() {
+                    break;
+                }
+            }
+            // Seal a batch that has waited long enough, so that async
+            // mirroring and durability do not wait for it to fill.
+            {
+                let mut st = self.state.write();
+                if st.batch_opened.is_some_and(|t| t.elapsed() >= SEAL_AFTER) {
+                    if let Err(e) = self.seal(&mut st) {
+                        log::error!("sealing a log batch: {e}");
+                    }
+                }
+            }
+            if self.log.lock().pending.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.flush_log() {
+                log::error!("log writer: {e}");
+                break;
+            }
+        }
+        let _ = self.flush_log();
+    }
+
+    fn cp_loop(&self) {
+        let interval = self.cfg.cp_interval;
+        let mut last = Instant::now();
+        loop {
+            {
+                let mut s = self.signals.lock();
+                if !s.cp_wanted && !s.shutdown {
+                    let wait = interval.map_or(Duration::from_secs(3600), |i| {
+                        i.saturating_sub(last.elapsed())
+                    });
+                    self.signals_cv.wait_for(&mut s, wait);
+                }
+                if s.shutdown {
+                    break;
+                }
+                let due = interval.is_some_and(|i| last.elapsed() >= i);
+                if !s.cp_wanted && !due {
+                    continue;
+                }
+                s.cp_wanted = false;
+            }
+            last = Instant::now();
+            if let Err(e) = self.run_cp() {
+                log::error!("consistency point failed: {e}");
+            }
+        }
+    }
+
+    /// Asks for a CP; with `wait`, returns once one has completed.
+    fn want_cp(&self, wait: bool) -> Result<()> {
+        if !self.cfg.background {
+            return self.run_cp().map(|_| ());
+        }
+        let mut s = self.signals.lock();
+        let seen = s.cps_done;
+        s.cp_wanted = true;
+        self.signals_cv.notify_all();
+        if wait {
+            self.stats.writer_waits.fetch_add(1, Ordering::Relaxed);
+            while s.cps_done == seen && !s.shutdown {
+                self.signals_cv.wait_for(&mut s, Duration::from_millis(100));
+                if let Some(f) = self.failed.lock().as_ref() {
+                    return Err(FsError::Failed(f.clone()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn wait_for_cp(&self) -> Result<()> {
+        self.want_cp(true)
+    }
+
+    /// Runs one CP: freeze, build without the state lock, commit.
+    fn run_cp(&self) -> Result<CpNumber> {
+        if self.cfg.read_only {
+            return Ok(self.state.read().image.cp);
+        }
+        let mut ctl = self.cp.lock();
+        if let Some(f) = self.failed.lock().as_ref() {
+            return Err(FsError::Failed(f.clone()));
+        }
+        let started = Instant::now();
+        // Freeze.
+        let (frozen, base, log_pos, covers, retained) = {
+            let mut st = self.state.write();
+            if st.active.is_empty() && st.retained.is_empty() {
+                return Ok(st.image.cp);
+            }
+            self.seal(&mut st)?;
+            let log_pos = LogPosition {
+                next_transfer: st.batch.id,
+                replay_offset: st.region.tail() % st.region.capacity(),
+                last_batch_hash: st.prev_hash,
+            };
+            let next_ino = st.active.next_ino;
+            let frozen = Arc::new(std::mem::replace(&mut st.active, Overlay::new(next_ino)));
+            st.frozen = Some(frozen.clone());
+            let retained = std::mem::take(&mut st.retained);
+            (frozen, st.image.clone(), log_pos, st.last_sealed, retained)
+        };
+        // New snapshots protect the image they name (the committed one) from now on.
+        if !retained.create.is_empty() {
+            let committed = ctl.alloc.committed_map().clone();
+            ctl.alloc.add_snapshot(&committed);
+        }
+        let time = self.cfg.clock.now();
+        let CpCtl { alloc, sink } = &mut *ctl;
+        let result = cp::run(
+            &self.cache,
+            alloc,
+            sink.as_deref_mut(),
+            CpInput {
+                base: &base,
+                frozen: &frozen,
+                retained: &retained,
+                log: log_pos,
+                time,
+                key: &self.key,
+            },
+            covers,
+        );
+        let sb = match result {
+            Ok(sb) => sb,
+            Err(e) => {
+                self.fail(&e);
+                return Err(e);
+            }
+        };
+        alloc.committed();
+        let free = alloc.free_blocks();
+        // Commit: the new image replaces the frozen overlay atomically for readers.
+        {
+            let mut st = self.state.write();
+            st.image = sb.clone();
+            st.frozen = None;
+            if let Some(c) = covers {
+                st.region.release_through(c);
+            }
+            for (id, img) in &retained.create {
+                st.snapshots.push((*id, img.clone()));
+            }
+            st.snapshots.retain(|(id, _)| !retained.delete.contains(id));
+        }
+        self.free_blocks.store(free, Ordering::Relaxed);
+        if !retained.delete.is_empty() {
+            let snaps: Vec<RetainedImage> = self
+                .state
+                .read()
+                .snapshots
+                .iter()
+                .map(|(_, s)| s.clone())
+                .collect();
+            match cp::snapshot_union(&self.cache, &snaps, sb.total_blocks) {
+                Ok(u) => {
+                    alloc.set_snapshots(u);
+                    self.free_blocks
+                        .store(alloc.free_blocks(), Ordering::Relaxed);
+                }
+                Err(e) => log::error!("recomputing snapshot space after a delete: {e}"),
+            }
+        }
+        drop(ctl);
+        // The CP made every transfer it covers durable.
+        if let Some(c) = covers {
+            let mut q = self.log.lock();
+            q.durable = q.durable.max(c);
+            self.log_cv.notify_all();
+        }
+        let ms = started.elapsed().as_millis() as u64;
+        self.stats.cps.fetch_add(1, Ordering::Relaxed);
+        self.stats.last_cp_ms.store(ms, Ordering::Relaxed);
+        self.stats.longest_cp_ms.fetch_max(ms, Ordering::Relaxed);
+        {
+            let mut s = self.signals.lock();
+            s.cps_done += 1;
+            self.signals_cv.notify_all();
+        }
+        Ok(sb.cp)
+    }
+
+    /// Replays the batches newer than the CP into the active overlay.
+    fn replay(&self, dev: &dyn BlockDevice, sb: &Superblock) -> Result<usize> {
+        let scan = nvlog::scan(dev, sb);
+        let mut st = self.state.write();
+        let mut count = 0;
+        for r in &scan.batches {
+            let placed = st.region.place(r.sealed.id, r.sealed.size_blocks());
+            if placed != Some(r.pos) {
+                // Can only happen with a corrupt log layout; keep what we have.
+                log::error!(
+                    "replay: batch {} at log block {} does not follow its predecessor; stopping",
+                    r.sealed.id.0,
+                    r.pos
+                );
+                break;
+            }
+            for (rec, pos) in &r.decoded.records {
+                let State { active, image, .. } = &mut *st;
+                let mut ap = Applier {
+                    top: active,
+                    mid: None,
+                    meta: image.meta,
+                    cache: &self.cache,
+                    key: &self.key,
+                };
+                if let Err(e) = ap.apply(rec, *pos) {
+                    log::error!(
+                        "replay: a record of transfer {} does not apply ({e}); ignoring the rest of the log",
+                        r.sealed.id.0
+                    );
+                    break;
+                }
+            }
+            st.prev_hash = r.sealed.hash;
+            st.last_sealed = Some(r.sealed.id);
+            st.batch = OpenBatch::new(TransferId(r.sealed.id.0 + 1));
+            count += 1;
+        }
+        if count > 0 {
+            log::info!("replay: {count} batches applied; {}", scan.stop);
+        } else {
+            log::debug!("replay: {}", scan.stop);
+        }
+        let mut q = self.log.lock();
+        q.durable = st.last_sealed.unwrap_or(q.durable);
+        if let Some(rep) = self.replicator.read().clone() {
+            for r in &scan.batches {
+                rep.batch_durable(&r.sealed);
+            }
+        }
+        Ok(count)
+    }
+
+    /// Deletes unlinked inodes that nobody holds open any more (after a crash).
+    fn reclaim_orphans(&self) -> Result<usize> {
+        let orphans: Vec<Ino> = {
+            let st = self.state.read();
+            let lo = items::orphan_key(Ino(0));
+            let hi = items::orphan_key(Ino(u64::MAX));
+            let mut set: std::collections::BTreeSet<Ino> =
+                btree::range(&self.cache, &st.image.meta, lo, hi)
+                    .map(|i| i.map(|(k, _)| Ino(k.off)))
+                    .collect::<Result<_>>()?;
+            for (ino, add) in &st.active.orphans {
+                if *add {
+                    set.insert(*ino);
+                } else {
+                    set.remove(ino);
+                }
+            }
+            set.into_iter().collect()
+        };
+        let n = orphans.len();
+        for ino in orphans {
+            self.submit(Need::Free, |_, _| Ok(vec![Record::Reclaim { ino }]))?;
+        }
+        Ok(n)
+    }
+}

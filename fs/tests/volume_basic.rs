@@ -1,0 +1,162 @@
+//! Behaviour of the volume through its public API, without FUSE.
+
+use std::sync::Arc;
+
+use twinfs_fs::device::{BlockDevice, MemDevice};
+use twinfs_fs::nvlog::record::*;
+use twinfs_fs::volume::{self, VolumeConfig};
+use twinfs_fs::*;
+
+fn quiet() -> VolumeConfig {
+    VolumeConfig {
+        background: false,
+        cp_interval: None,
+        ..Default::default()
+    }
+}
+
+fn new_volume(blocks: u64) -> (Arc<MemDevice>, Volume) {
+    let dev = Arc::new(MemDevice::new(blocks));
+    volume::mkfs(dev.clone(), &MkfsOptions::default()).unwrap();
+    let vol = Volume::open(dev.clone(), quiet()).unwrap();
+    (dev, vol)
+}
+
+fn reopen(dev: &Arc<MemDevice>, vol: Volume) -> Volume {
+    vol.close().unwrap();
+    drop(vol);
+    Volume::open(dev.clone() as Arc<dyn BlockDevice>, quiet()).unwrap()
+}
+
+fn file(vol: &Volume, name: &str) -> Ino {
+    vol.create(ROOT_INO, name.as_bytes(), FileKind::Regular, 0o644, 0, 0, 0)
+        .unwrap()
+        .ino
+}
+
+#[test]
+fn data_survives_checkpoint_and_reopen() {
+    let (dev, vol) = new_volume(20_000);
+    let ino = file(&vol, "a");
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i * 31 % 251) as u8).collect();
+    vol.write(ino, 123, &data, false).unwrap();
+    assert_eq!(vol.read(View::Live, ino, 123, 100_000).unwrap(), data);
+    vol.checkpoint().unwrap();
+    assert_eq!(vol.read(View::Live, ino, 123, 100_000).unwrap(), data);
+    let vol = reopen(&dev, vol);
+    let attr = vol.lookup(View::Live, ROOT_INO, b"a").unwrap();
+    assert_eq!(attr.size, 100_123);
+    assert_eq!(
+        vol.read(View::Live, ino, 0, 200_000).unwrap()[123..],
+        data[..]
+    );
+}
+
+#[test]
+fn fsynced_data_survives_a_crash_through_replay() {
+    let (dev, vol) = new_volume(20_000);
+    let ino = file(&vol, "log");
+    vol.write(ino, 0, b"hello world", false).unwrap();
+    vol.fsync().unwrap();
+    vol.crash();
+    drop(vol);
+    let vol = Volume::open(dev.clone() as Arc<dyn BlockDevice>, quiet()).unwrap();
+    assert_eq!(vol.read(View::Live, ino, 0, 100).unwrap(), b"hello world");
+}
+
+#[test]
+fn directories_list_and_rename() {
+    let (dev, vol) = new_volume(20_000);
+    let d = vol
+        .create(ROOT_INO, b"d", FileKind::Directory, 0o755, 0, 0, 0)
+        .unwrap();
+    for i in 0..300 {
+        vol.create(
+            d.ino,
+            format!("f{i}").as_bytes(),
+            FileKind::Regular,
+            0o600,
+            1,
+            1,
+            0,
+        )
+        .unwrap();
+    }
+    vol.checkpoint().unwrap();
+    for i in 0..100 {
+        vol.unlink(d.ino, format!("f{i}").as_bytes()).unwrap();
+    }
+    vol.rename(d.ino, b"f150", ROOT_INO, b"moved", 0).unwrap();
+    let mut names = Vec::new();
+    vol.readdir(View::Live, d.ino, 0, &mut |l| {
+        names.push(String::from_utf8(l.name).unwrap());
+        true
+    })
+    .unwrap();
+    assert_eq!(names.len(), 2 + 199);
+    assert!(!names.contains(&"f150".to_string()));
+    let vol = reopen(&dev, vol);
+    assert!(vol.lookup(View::Live, ROOT_INO, b"moved").is_ok());
+    assert_eq!(
+        vol.lookup(View::Live, d.ino, b"f5").unwrap_err().errno(),
+        libc::ENOENT
+    );
+    let dattr = vol.getattr(View::Live, d.ino).unwrap();
+    assert_eq!(dattr.size, 199);
+}
+
+#[test]
+fn snapshots_keep_old_contents() {
+    let (_dev, vol) = new_volume(20_000);
+    let ino = file(&vol, "f");
+    vol.write(ino, 0, b"version one", false).unwrap();
+    let id = vol.snapshot_create("s1").unwrap();
+    vol.write(ino, 0, b"VERSION TWO", false).unwrap();
+    vol.checkpoint().unwrap();
+    assert_eq!(vol.read(View::Live, ino, 0, 100).unwrap(), b"VERSION TWO");
+    assert_eq!(
+        vol.read(View::Snapshot(id), ino, 0, 100).unwrap(),
+        b"version one"
+    );
+    assert_eq!(vol.snapshot_list().len(), 1);
+    vol.snapshot_delete("s1").unwrap();
+    assert!(vol.snapshot_list().is_empty());
+}
+
+#[test]
+fn truncate_and_punch_read_zeros_and_free_blocks() {
+    let (_dev, vol) = new_volume(20_000);
+    let ino = file(&vol, "f");
+    vol.write(ino, 0, &vec![7u8; 40_000], false).unwrap();
+    vol.checkpoint().unwrap();
+    vol.fallocate(ino, 5000, 10_000, FALLOC_PUNCH_HOLE | FALLOC_KEEP_SIZE)
+        .unwrap();
+    let got = vol.read(View::Live, ino, 0, 40_000).unwrap();
+    assert!(got[..5000].iter().all(|&b| b == 7));
+    assert!(got[5000..15000].iter().all(|&b| b == 0));
+    assert!(got[15000..].iter().all(|&b| b == 7));
+    let before = vol.getattr(View::Live, ino).unwrap().blocks512;
+    vol.setattr(
+        ino,
+        &AttrChanges {
+            size: Some(100),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    vol.setattr(
+        ino,
+        &AttrChanges {
+            size: Some(9000),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let got = vol.read(View::Live, ino, 0, 10_000).unwrap();
+    assert_eq!(got.len(), 9000);
+    assert!(got[..100].iter().all(|&b| b == 7));
+    assert!(got[100..].iter().all(|&b| b == 0));
+    vol.checkpoint().unwrap();
+    let after = vol.getattr(View::Live, ino).unwrap().blocks512;
+    assert!(after < before && after == 8, "blocks {before} -> {after}");
+}
