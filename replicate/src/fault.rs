@@ -20,7 +20,7 @@ use crate::frame::{FrameReader, LEN_PREFIX_BYTES as P};
 pub const DUPLEX_BUFFER_BYTES: usize = 256 * 1024;
 
 /// What to do to one frame.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Fault {
     /// The frame vanishes.
     Drop,
@@ -47,6 +47,9 @@ pub enum Fault {
     Duplicate,
     /// The frame is held back and delivered after the next one.
     Reorder,
+    /// The body is replaced by these bytes: replays a frame captured from another
+    /// session (see [`FaultPlan::record`]), or forges one.
+    Replace(Vec<u8>),
 }
 
 #[derive(Default)]
@@ -55,6 +58,8 @@ struct PlanState {
     next: VecDeque<Fault>,
     frames_seen: u64,
     applied: Vec<(u64, Fault)>,
+    recording: bool,
+    recorded: Vec<Vec<u8>>,
 }
 
 /// Which frames of one direction get which fault. Cheap to clone: clones share the
@@ -86,6 +91,19 @@ impl FaultPlan {
         self.lock().next.push_back(fault);
     }
 
+    /// Builder: keep a copy of every frame body the relay reads (before any fault), to
+    /// inspect what went over the wire or to replay it elsewhere. Tests only: the copies
+    /// are never released.
+    pub fn record(self) -> FaultPlan {
+        self.lock().recording = true;
+        self
+    }
+
+    /// The bodies recorded so far, indexed by frame number.
+    pub fn recorded(&self) -> Vec<Vec<u8>> {
+        self.lock().recorded.clone()
+    }
+
     /// Frames the relay has read so far.
     pub fn frames_seen(&self) -> u64 {
         self.lock().frames_seen
@@ -96,12 +114,15 @@ impl FaultPlan {
         self.lock().applied.clone()
     }
 
-    fn take(&self, frame: u64) -> Option<Fault> {
+    fn take(&self, frame: u64, body: &[u8]) -> Option<Fault> {
         let mut state = self.lock();
         state.frames_seen = frame + 1;
+        if state.recording {
+            state.recorded.push(body.to_vec());
+        }
         let fault = state.at.remove(&frame).or_else(|| state.next.pop_front());
-        if let Some(fault) = fault {
-            state.applied.push((frame, fault));
+        if let Some(fault) = &fault {
+            state.applied.push((frame, fault.clone()));
         }
         fault
     }
@@ -132,7 +153,7 @@ where
             to.shutdown().await?;
             return Ok(());
         };
-        let fault = plan.take(number);
+        let fault = plan.take(number, body);
         let mut wire = prefix(body.len()).to_vec();
         wire.extend_from_slice(body);
         match fault {
@@ -164,6 +185,10 @@ where
                 to.write_all(&wire).await?;
                 to.write_all(&wire).await?;
             }
+            Some(Fault::Replace(forged)) => {
+                to.write_all(&prefix(forged.len())).await?;
+                to.write_all(&forged).await?;
+            }
             Some(Fault::Reorder) => {
                 if let Some(previous) = held.replace(wire) {
                     to.write_all(&previous).await?;
@@ -178,10 +203,11 @@ where
     }
 }
 
-/// The length prefix of a body that came through a `FrameReader`, hence within the
-/// frame limit, hence within `u32`.
+/// The length prefix of a body (bodies from a `FrameReader` are within the frame
+/// limit; a forged body above `u32` is announced as `u32::MAX`, which the receiver
+/// refuses as too large).
 fn prefix(body_len: usize) -> [u8; P] {
-    (body_len as u32).to_be_bytes()
+    u32::try_from(body_len).unwrap_or(u32::MAX).to_be_bytes()
 }
 
 /// An in-memory connection with a fault-injecting relay in each direction: returns
