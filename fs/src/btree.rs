@@ -324,6 +324,15 @@ fn encode_internal(level: u8, entries: &[(Key, BlockPtr)]) -> Result<Box<Block>>
 // ---------------------------------------------------------------------------
 // Reading
 
+/// The items of a leaf node block, for walkers that look inside leaves
+/// (resync, deep verify, fsck). The block must be a verified node.
+pub fn leaf_items(block: &Block) -> Result<Vec<(Key, &[u8])>, String> {
+    let p = parse(block, 0)?;
+    Ok((0..p.len())
+        .map(|i| (p.keys[i], p.value(block, i)))
+        .collect())
+}
+
 /// The value stored under `key`, if any.
 pub fn get(r: &impl NodeReader, root: &TreeRoot, key: &Key) -> Result<Option<Vec<u8>>> {
     if root.ptr.is_null() {

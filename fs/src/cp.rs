@@ -20,7 +20,7 @@ use crate::error::{FsError, Result};
 use crate::filetree::{self, DataStore, DirtyBlock};
 use crate::items::{self, InodeRecord, RetainedImage, XattrEntry, XattrValue};
 use crate::overlay::Overlay;
-use crate::superblock::{LogPosition, Superblock};
+use crate::superblock::{LogPosition, PeerHold, Superblock};
 use crate::types::*;
 
 /// What kind of block a CP writes, for the mirroring layer.
@@ -65,20 +65,18 @@ pub struct CpStats {
     pub freed_blocks: u64,
 }
 
-/// Changes to the retained images (snapshots, the peer hold) made at a CP.
+/// Snapshots created and deleted at a CP.
 #[derive(Default, Debug)]
 pub struct RetainedChanges {
     /// New snapshots: id → image.
     pub create: Vec<(u64, RetainedImage)>,
     /// Snapshots deleted, by id.
     pub delete: Vec<u64>,
-    /// A new peer hold (`Some(None)` removes it).
-    pub peer: Option<Option<RetainedImage>>,
 }
 
 impl RetainedChanges {
     pub fn is_empty(&self) -> bool {
-        self.create.is_empty() && self.delete.is_empty() && self.peer.is_none()
+        self.create.is_empty() && self.delete.is_empty()
     }
 }
 
@@ -249,6 +247,8 @@ pub struct CpInput<'a> {
     pub log: LogPosition,
     pub time: Timestamp,
     pub key: &'a [u8; 32],
+    /// The peer hold to record in the new superblock.
+    pub peer_hold: Option<PeerHold>,
 }
 
 /// Builds and commits one CP. Returns its superblock once it is durable.
@@ -318,6 +318,7 @@ fn build_and_commit(
         alloc: alloc_root,
         log: input.log,
         cp_time: input.time,
+        peer_hold: input.peer_hold,
     };
     let bytes = sb.encode();
     dev.flush()
@@ -548,12 +549,6 @@ fn retained(r: &RetainedChanges, changes: &mut BTreeMap<Key, Option<Vec<u8>>>) {
     }
     for id in &r.delete {
         changes.insert(RetainedImage::snapshot_key(*id), None);
-    }
-    if let Some(p) = &r.peer {
-        changes.insert(
-            RetainedImage::peer_key(),
-            p.as_ref().map(|img| img.encode()),
-        );
     }
 }
 

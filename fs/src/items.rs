@@ -18,8 +18,6 @@ pub mod kind {
     pub const ORPHAN: u8 = 8;
     /// `(0, SNAPSHOT, id)` → [`super::RetainedImage`].
     pub const SNAPSHOT: u8 = 9;
-    /// `(0, PEER_HOLD, 0)` → [`super::RetainedImage`]: the peer's last acknowledged CP.
-    pub const PEER_HOLD: u8 = 10;
 }
 
 /// Inode number 0 holds volume-wide items (orphans, snapshots).
@@ -368,9 +366,8 @@ pub fn decode_xattr_bucket(buf: &[u8]) -> Result<Vec<XattrEntry>> {
     Ok(out)
 }
 
-/// An image kept beyond the last CP: a named snapshot, or the peer's last
-/// acknowledged CP (DESIGN invariant 1). Its blocks stay allocated until the
-/// item is deleted.
+/// A snapshot: an image kept beyond the last CP. Its blocks stay allocated
+/// until the item is deleted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetainedImage {
     pub name: Vec<u8>,
@@ -390,14 +387,6 @@ impl RetainedImage {
             ino: VOLUME_INO,
             kind: kind::SNAPSHOT,
             off: id,
-        }
-    }
-
-    pub fn peer_key() -> Key {
-        Key {
-            ino: VOLUME_INO,
-            kind: kind::PEER_HOLD,
-            off: 0,
         }
     }
 

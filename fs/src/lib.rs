@@ -11,6 +11,7 @@ pub mod cache;
 pub mod cp;
 pub mod descriptor;
 pub mod device;
+pub mod diff;
 pub mod error;
 pub mod filetree;
 pub mod items;

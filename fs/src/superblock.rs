@@ -41,8 +41,15 @@ const OFF_NEXT_TRANSFER: usize = BODY_END;
 const OFF_REPLAY_OFFSET: usize = OFF_NEXT_TRANSFER + 8;
 const OFF_LAST_BATCH_HASH: usize = OFF_REPLAY_OFFSET + 8;
 const OFF_CP_TIME: usize = OFF_LAST_BATCH_HASH + 32;
+const OFF_HOLD_CP: usize = OFF_CP_TIME + Timestamp::SIZE;
+const OFF_HOLD_META: usize = OFF_HOLD_CP + 8;
+const OFF_HOLD_META_HEIGHT: usize = OFF_HOLD_META + BlockPtr::SIZE;
+const OFF_HOLD_ALLOC: usize = OFF_HOLD_META_HEIGHT + 8;
+const OFF_HOLD_ALLOC_HEIGHT: usize = OFF_HOLD_ALLOC + BlockPtr::SIZE;
 /// End of the fields; the rest up to the checksum is zero.
-pub const FIELDS_END: usize = OFF_CP_TIME + Timestamp::SIZE;
+pub const FIELDS_END: usize = OFF_HOLD_ALLOC_HEIGHT + 8;
+/// `hold_cp` value meaning "no peer hold".
+const NO_HOLD: u64 = u64::MAX;
 /// The checksum: blake3 of every byte before it.
 pub const OFF_CHECKSUM: usize = BLOCK_SIZE - 32;
 
@@ -57,6 +64,16 @@ pub struct LogPosition {
     /// Checksum of the last batch this CP contains: the anchor of the hash
     /// chain that keeps replay from picking up a stale batch.
     pub last_batch_hash: [u8; 32],
+}
+
+/// The image of the peer's last acknowledged CP, kept intact for it
+/// (DESIGN invariant 1). Outside the root hash: it is the source's business,
+/// not part of the file system's contents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerHold {
+    pub cp: CpNumber,
+    pub meta: TreeRoot,
+    pub alloc: TreeRoot,
 }
 
 /// Decoded superblock.
@@ -83,6 +100,7 @@ pub struct Superblock {
     pub log: LogPosition,
     /// When the CP was taken (not part of the root hash).
     pub cp_time: Timestamp,
+    pub peer_hold: Option<PeerHold>,
 }
 
 fn get_u64(b: &[u8], off: usize) -> u64 {
@@ -121,6 +139,16 @@ impl Superblock {
         put_u64(&mut b[..], OFF_REPLAY_OFFSET, self.log.replay_offset);
         b[OFF_LAST_BATCH_HASH..OFF_LAST_BATCH_HASH + 32].copy_from_slice(&self.log.last_batch_hash);
         self.cp_time.encode(&mut b[OFF_CP_TIME..]);
+        match &self.peer_hold {
+            None => put_u64(&mut b[..], OFF_HOLD_CP, NO_HOLD),
+            Some(h) => {
+                put_u64(&mut b[..], OFF_HOLD_CP, h.cp.0);
+                h.meta.ptr.encode(&mut b[OFF_HOLD_META..]);
+                b[OFF_HOLD_META_HEIGHT] = h.meta.height;
+                h.alloc.ptr.encode(&mut b[OFF_HOLD_ALLOC..]);
+                b[OFF_HOLD_ALLOC_HEIGHT] = h.alloc.height;
+            }
+        }
         let sum = blake3::hash(&b[..OFF_CHECKSUM]);
         b[OFF_CHECKSUM..].copy_from_slice(sum.as_bytes());
         b
@@ -183,6 +211,20 @@ impl Superblock {
                 last_batch_hash,
             },
             cp_time: Timestamp::decode(&b[OFF_CP_TIME..]),
+            peer_hold: match get_u64(b, OFF_HOLD_CP) {
+                NO_HOLD => None,
+                cp => Some(PeerHold {
+                    cp: CpNumber(cp),
+                    meta: TreeRoot {
+                        ptr: BlockPtr::decode(&b[OFF_HOLD_META..]),
+                        height: b[OFF_HOLD_META_HEIGHT],
+                    },
+                    alloc: TreeRoot {
+                        ptr: BlockPtr::decode(&b[OFF_HOLD_ALLOC..]),
+                        height: b[OFF_HOLD_ALLOC_HEIGHT],
+                    },
+                }),
+            },
         };
         sb.validate().map_err(bad)?;
         Ok(sb)
@@ -234,6 +276,11 @@ impl Superblock {
         }
         if self.meta.height > 16 || self.alloc.height > 8 {
             return Err("tree height out of range".into());
+        }
+        if let Some(h) = &self.peer_hold {
+            if h.cp > self.cp || h.meta.height > 16 || h.alloc.height > 8 {
+                return Err(format!("peer hold of CP {} is out of range", h.cp.0));
+            }
         }
         Ok(())
     }
@@ -321,6 +368,11 @@ mod tests {
                 last_batch_hash: [3; 32],
             },
             cp_time: Timestamp::new(1_700_000_000, 5),
+            peer_hold: Some(PeerHold {
+                cp: CpNumber(4),
+                meta: TreeRoot::default(),
+                alloc: TreeRoot::default(),
+            }),
         }
     }
 
@@ -351,6 +403,7 @@ mod tests {
         let mut b = a.clone();
         b.log.replay_offset = 99;
         b.cp_time = Timestamp::new(1, 1);
+        b.peer_hold = None;
         assert_eq!(a.root_hash(), b.root_hash());
         b.next_ino = Ino(101);
         assert_ne!(a.root_hash(), b.root_hash());

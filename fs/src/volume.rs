@@ -246,6 +246,8 @@ struct State {
     open_files: HashMap<Ino, u32>,
     retained: RetainedChanges,
     snapshots: Vec<(u64, RetainedImage)>,
+    /// The peer hold the next CP records.
+    peer_hold: Option<superblock::PeerHold>,
 }
 
 #[derive(Default)]
@@ -404,6 +406,7 @@ pub fn mkfs(dev: Arc<dyn BlockDevice>, opts: &MkfsOptions) -> Result<Superblock>
             last_batch_hash: [0; 32],
         },
         cp_time: time,
+        peer_hold: None,
     };
     // Wipe the other slot and the head of the log so that nothing of an
     // earlier volume on this device can be mistaken for ours.
@@ -444,7 +447,7 @@ impl Volume {
         let snapshots = read_snapshots(&cache, &sb.meta)?;
         let images: Vec<RetainedImage> = snapshots.iter().map(|(_, s)| s.clone()).collect();
         allocator.set_snapshots(cp::snapshot_union(&cache, &images, sb.total_blocks)?);
-        if let Some(hold) = read_peer_hold(&cache, &sb.meta)? {
+        if let Some(hold) = &sb.peer_hold {
             allocator.hold_image(
                 hold.cp,
                 alloc::image_blocks(&cache, &hold.alloc, sb.total_blocks)?,
@@ -463,6 +466,7 @@ impl Volume {
             open_files: HashMap::new(),
             retained: RetainedChanges::default(),
             snapshots,
+            peer_hold: sb.peer_hold,
             image: sb.clone(),
         };
         let inner = Arc::new(Inner {
@@ -565,6 +569,28 @@ impl Volume {
     /// Takes a CP now; returns once it is committed (or at once when nothing changed).
     pub fn checkpoint(&self) -> Result<CpNumber> {
         self.inner.run_cp()
+    }
+
+    /// Switches a read-only volume (a replica's view) to the newest CP on
+    /// the device. Readers see either the old image or the new one, whole.
+    pub fn reload(&self) -> Result<CpNumber> {
+        if !self.inner.cfg.read_only {
+            return Err(FsError::Invalid("only a read-only volume can reload"));
+        }
+        let dev = self.inner.cache.device().clone();
+        let (sb, _) = superblock::read_latest(&*dev)?;
+        if sb.uuid != self.inner.uuid {
+            return Err(FsError::CorruptVolume(
+                "the device now holds another volume".into(),
+            ));
+        }
+        let snapshots = read_snapshots(&self.inner.cache, &sb.meta)?;
+        let mut st = self.inner.state.write();
+        st.active = Overlay::new(sb.next_ino);
+        st.frozen = None;
+        st.snapshots = snapshots;
+        st.image = sb;
+        Ok(st.image.cp)
     }
 
     /// Installs the mirroring layer's hooks.
@@ -1259,24 +1285,18 @@ impl Volume {
     pub fn peer_acked(&self, sb: &Superblock) {
         let moved = self.inner.cp.lock().alloc.peer_acked(sb.cp);
         if moved {
-            let img = RetainedImage {
-                name: Vec::new(),
+            self.inner.state.write().peer_hold = Some(superblock::PeerHold {
                 cp: sb.cp,
-                created: sb.cp_time,
                 meta: sb.meta,
                 alloc: sb.alloc,
-                used_blocks: sb.used_blocks,
-                inodes: sb.inodes,
-                root_hash: sb.root_hash(),
-            };
-            self.inner.state.write().retained.peer = Some(Some(img));
+            });
         }
     }
 
     /// Forgets the peer: its CP is no longer protected.
     pub fn peer_forget(&self) {
         self.inner.cp.lock().alloc.drop_peer_hold();
-        self.inner.state.write().retained.peer = Some(None);
+        self.inner.state.write().peer_hold = None;
     }
 
     /// The CP protected for the peer, if any.
@@ -1356,12 +1376,6 @@ fn read_snapshots(cache: &BlockCache, meta: &TreeRoot) -> Result<Vec<(u64, Retai
             Ok((k.off, RetainedImage::decode(&v)?))
         })
         .collect()
-}
-
-fn read_peer_hold(cache: &BlockCache, meta: &TreeRoot) -> Result<Option<RetainedImage>> {
-    btree::get(cache, meta, &RetainedImage::peer_key())?
-        .map(|v| RetainedImage::decode(&v))
-        .transpose()
 }
 
 /// What an operation may need from free space.
@@ -1727,7 +1741,7 @@ impl Inner {
         }
         let started = Instant::now();
         // Freeze.
-        let (frozen, base, log_pos, covers, retained) = {
+        let (frozen, base, log_pos, covers, retained, peer_hold) = {
             let mut st = self.state.write();
             if st.active.is_empty() && st.retained.is_empty() {
                 return Ok(st.image.cp);
@@ -1742,7 +1756,14 @@ impl Inner {
             let frozen = Arc::new(std::mem::replace(&mut st.active, Overlay::new(next_ino)));
             st.frozen = Some(frozen.clone());
             let retained = std::mem::take(&mut st.retained);
-            (frozen, st.image.clone(), log_pos, st.last_sealed, retained)
+            (
+                frozen,
+                st.image.clone(),
+                log_pos,
+                st.last_sealed,
+                retained,
+                st.peer_hold,
+            )
         };
         // New snapshots protect the image they name (the committed one) from now on.
         if !retained.create.is_empty() {
@@ -1762,6 +1783,7 @@ impl Inner {
                 log: log_pos,
                 time,
                 key: &self.key,
+                peer_hold,
             },
             covers,
         );

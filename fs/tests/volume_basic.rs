@@ -160,3 +160,57 @@ fn truncate_and_punch_read_zeros_and_free_blocks() {
     let after = vol.getattr(View::Live, ino).unwrap().blocks512;
     assert!(after < before && after == 8, "blocks {before} -> {after}");
 }
+
+#[test]
+fn the_difference_since_a_cp_is_exactly_the_blocks_born_after_it() {
+    use twinfs_fs::diff::walk_image;
+    let (_dev, vol) = new_volume(20_000);
+    let a = file(&vol, "a");
+    vol.write(a, 0, &vec![1u8; 50_000], false).unwrap();
+    vol.setxattr(a, b"user.big", &vec![3u8; 9000], 0).unwrap();
+    vol.checkpoint().unwrap();
+    let plain = vol.committed();
+    let mut count = 0;
+    walk_image(vol.cache(), &plain, CpNumber(0), &mut |_, _| {
+        count += 1;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(
+        count, plain.used_blocks,
+        "without snapshots, reachable == allocated"
+    );
+    vol.snapshot_create("s").unwrap();
+    let base = vol.committed();
+    let b = file(&vol, "b");
+    vol.write(b, 0, &vec![2u8; 20_000], false).unwrap();
+    vol.write(a, 4096, &[9u8; 10], false).unwrap();
+    vol.checkpoint().unwrap();
+    let now = vol.committed();
+    let mut all = Vec::new();
+    walk_image(vol.cache(), &now, CpNumber(0), &mut |p, _| {
+        all.push(*p);
+        Ok(())
+    })
+    .unwrap();
+    let mut unique: Vec<u64> = all.iter().map(|p| p.addr.0).collect();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), all.len(), "each block visited once");
+    assert!(
+        all.len() as u64 > now.used_blocks,
+        "the snapshot's own blocks are reachable too"
+    );
+    let mut newer = Vec::new();
+    walk_image(vol.cache(), &now, CpNumber(base.cp.0 + 1), &mut |p, _| {
+        newer.push(*p);
+        Ok(())
+    })
+    .unwrap();
+    let expected: Vec<_> = all.iter().filter(|p| p.birth > base.cp).copied().collect();
+    assert_eq!(newer, expected);
+    assert!(
+        newer.len() >= 5 + 2,
+        "b's data, a's rewritten block, and their metadata"
+    );
+}
