@@ -64,8 +64,8 @@ pub enum FrameFault {
         /// Minimum body length of a sealed frame.
         min: usize,
     },
-    /// The frame's sequence number is not the next one: a frame was dropped,
-    /// replayed, duplicated or reordered on the way.
+    /// An authentic frame of this session whose sequence number is not the one due:
+    /// a frame was dropped, replayed, duplicated or reordered on the way.
     #[error("it carries sequence number {got} where {expected} was due ({})", sequence_hint(*.expected, *.got))]
     OutOfSequence {
         /// Sequence number due.

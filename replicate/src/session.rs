@@ -232,3 +232,96 @@ impl<R: AsyncRead + Unpin> RecvHalf<R> {
         self.frames.bytes_read()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Authentic frames (sealed with the right key) whose plaintext is not a valid
+    //! message: only code inside the crate can make them.
+
+    use super::*;
+    use crate::handshake::{handshake_client, handshake_server, ResumePoint};
+    use crate::message::{CpBlock, Encoding};
+    use crate::secret::Secret;
+    use tokio::io::DuplexStream;
+
+    async fn pair() -> (Session<DuplexStream>, Session<DuplexStream>) {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let s = Secret::from_bytes(b"unit test secret bytes").expect("long enough");
+        let resume = ResumePoint {
+            applied_cp: None,
+            durable_transfer: 0,
+        };
+        let (c, d) = tokio::join!(
+            handshake_client(a, &s, [0; 16]),
+            handshake_server(b, &s, resume, |_| Ok(()))
+        );
+        (c.expect("client").0, d.expect("server").0)
+    }
+
+    async fn fault_after_sealing(plaintext: &[u8]) -> FrameFault {
+        let (mut source, mut peer) = pair().await;
+        source.tx.send_sealed_raw(plaintext).await.expect("send");
+        match peer.recv().await {
+            Err(ReplicateError::Frame {
+                direction: Direction::SourceToPeer,
+                frame: 2,
+                fault,
+            }) => fault,
+            other => panic!("expected a frame 2 error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn authentic_garbage_messagepack_is_malformed() {
+        let fault = fault_after_sealing(&[0xc1, 0xc1, 0xc1]).await;
+        assert!(matches!(fault, FrameFault::Malformed(_)), "{fault}");
+    }
+
+    #[tokio::test]
+    async fn an_authentic_frame_of_the_wrong_shape_is_malformed() {
+        let welcome = codec::encode(&(1u64, "not a message")).expect("encode");
+        let fault = fault_after_sealing(&welcome).await;
+        assert!(matches!(fault, FrameFault::Malformed(_)), "{fault}");
+    }
+
+    #[tokio::test]
+    async fn an_authentic_message_that_breaks_a_limit_is_refused() {
+        let bad = Message::CpBlocks {
+            cp: 1,
+            blocks: vec![CpBlock {
+                addr: 5,
+                hash: [0; 16],
+                enc: Encoding::Full(vec![0; 10]),
+            }],
+        };
+        let fault = fault_after_sealing(&codec::encode(&bad).expect("encode")).await;
+        assert!(
+            matches!(&fault, FrameFault::Limit(r) if r.contains("block 5")),
+            "{fault}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_authentic_message_in_the_wrong_direction_is_refused() {
+        let ack = codec::encode(&Message::TransferAck { id: 1 }).expect("encode");
+        let fault = fault_after_sealing(&ack).await;
+        assert!(
+            matches!(&fault, FrameFault::Limit(r) if r.contains("never sent source-to-peer")),
+            "{fault}"
+        );
+    }
+
+    #[tokio::test]
+    async fn recv_is_cancel_safe() {
+        let (mut source, mut peer) = pair().await;
+        // A recv cancelled while nothing has arrived loses nothing.
+        let timed_out =
+            tokio::time::timeout(std::time::Duration::from_millis(20), peer.recv()).await;
+        assert!(timed_out.is_err());
+        source
+            .send(&Message::Ping { nonce: 9 })
+            .await
+            .expect("send");
+        assert_eq!(peer.recv().await.expect("recv"), Message::Ping { nonce: 9 });
+    }
+}

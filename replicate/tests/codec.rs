@@ -446,3 +446,22 @@ fn messages_only_travel_their_own_direction() {
             && Message::Ping { nonce: 0 }.may_travel(PeerToSource)
     );
 }
+
+#[tokio::test]
+async fn a_read_cancelled_mid_frame_loses_no_bytes() {
+    use tokio::io::AsyncWriteExt;
+    let (mut w, r) = tokio::io::duplex(1024);
+    let frame = encode_frame(b"the whole body of one frame").unwrap();
+    let mut reader = FrameReader::new(r, Direction::SourceToPeer);
+    w.write_all(&frame[..9]).await.unwrap();
+    let cancelled =
+        tokio::time::timeout(std::time::Duration::from_millis(20), reader.read_frame()).await;
+    assert!(cancelled.is_err(), "half a frame must not complete a read");
+    w.write_all(&frame[9..]).await.unwrap();
+    assert_eq!(
+        reader.read_frame().await.unwrap().unwrap(),
+        b"the whole body of one frame"
+    );
+    assert_eq!(reader.frames_read(), 1);
+    assert_eq!(reader.bytes_read(), frame.len() as u64);
+}
