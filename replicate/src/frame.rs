@@ -17,6 +17,11 @@ pub const LEN_PREFIX_BYTES: usize = 4;
 /// blocks; small enough that one connection never buffers more than this per frame.
 pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 
+/// Largest plaintext handshake frame body. Handshake messages are small; keeping the
+/// limit low means a connector that has proved nothing cannot make the peer buffer
+/// more than this.
+pub const MAX_HANDSHAKE_FRAME_BYTES: usize = 4096;
+
 /// How much the reader asks the transport for when it does not yet know a frame's size.
 pub const READ_CHUNK_BYTES: usize = 64 * 1024;
 
@@ -34,18 +39,24 @@ pub struct FrameSpan {
 /// `Ok(None)` means "need more bytes"; an error means the stream can never become a
 /// valid frame (the length is over the limit), decided from the prefix alone.
 pub fn check_frame(buf: &[u8]) -> Result<Option<FrameSpan>, FrameFault> {
+    check_frame_within(buf, MAX_FRAME_BYTES)
+}
+
+/// [`check_frame`] with a lower limit than `MAX_FRAME_BYTES` (used during the handshake).
+pub fn check_frame_within(buf: &[u8], max: usize) -> Result<Option<FrameSpan>, FrameFault> {
+    let max = max.min(MAX_FRAME_BYTES);
     let Some(prefix) = buf.get(..LEN_PREFIX_BYTES) else {
         return Ok(None);
     };
     let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
     let len = usize::try_from(len).map_err(|_| FrameFault::TooLarge {
         len: u64::from(len),
-        max: MAX_FRAME_BYTES,
+        max,
     })?;
-    if len > MAX_FRAME_BYTES {
+    if len > max {
         return Err(FrameFault::TooLarge {
             len: len as u64,
-            max: MAX_FRAME_BYTES,
+            max,
         });
     }
     let frame_end = LEN_PREFIX_BYTES + len;
@@ -88,6 +99,7 @@ pub struct FrameReader<R> {
     end: usize,
     frames_read: u64,
     bytes_read: u64,
+    max_frame_bytes: usize,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -101,7 +113,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             end: 0,
             frames_read: 0,
             bytes_read: 0,
+            max_frame_bytes: MAX_FRAME_BYTES,
         }
+    }
+
+    /// Lowers (or restores) the largest frame body accepted; never above
+    /// `MAX_FRAME_BYTES`.
+    pub fn set_max_frame_bytes(&mut self, max: usize) {
+        self.max_frame_bytes = max.min(MAX_FRAME_BYTES);
     }
 
     /// Direction of the frames this reader receives.
@@ -127,7 +146,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub async fn read_frame(&mut self) -> Result<Option<&mut [u8]>> {
         loop {
             let pending = &self.buf[self.start..self.end];
-            match check_frame(pending).map_err(|fault| self.fault(fault))? {
+            match check_frame_within(pending, self.max_frame_bytes)
+                .map_err(|fault| self.fault(fault))?
+            {
                 Some(span) => {
                     let body = self.start + span.body_start..self.start + span.frame_end;
                     self.start += span.frame_end;
@@ -157,12 +178,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         if got == 0 {
             return Ok(None);
         }
-        let expected = match check_frame(&self.buf[self.start..self.end]) {
-            Ok(_) if got >= LEN_PREFIX_BYTES => {
-                let p = &self.buf[self.start..self.start + LEN_PREFIX_BYTES];
-                LEN_PREFIX_BYTES + u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize
-            }
-            _ => LEN_PREFIX_BYTES,
+        let expected = if got >= LEN_PREFIX_BYTES {
+            let p = &self.buf[self.start..self.start + LEN_PREFIX_BYTES];
+            LEN_PREFIX_BYTES + u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize
+        } else {
+            LEN_PREFIX_BYTES
         };
         Err(self.fault(FrameFault::Truncated { got, expected }))
     }

@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::codec;
 use crate::error::{Direction, ReplicateError, Result};
-use crate::frame::{FrameReader, FrameWriter};
+use crate::frame::{FrameReader, FrameWriter, MAX_FRAME_BYTES, MAX_HANDSHAKE_FRAME_BYTES};
 use crate::kdf::{self, Transcript};
 use crate::message::clip_reason;
 use crate::secret::Secret;
@@ -207,6 +207,7 @@ async fn client_steps<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<(Session<S>, HandshakeInfo)> {
     let (r, w) = tokio::io::split(stream);
     let mut reader = FrameReader::new(r, Direction::PeerToSource);
+    reader.set_max_frame_bytes(MAX_HANDSHAKE_FRAME_BYTES);
     let mut writer = FrameWriter::new(w, Direction::SourceToPeer);
     let hello = HandshakeMsg::Hello {
         magic: PROTOCOL_MAGIC,
@@ -249,6 +250,8 @@ async fn client_steps<S: AsyncRead + AsyncWrite + Unpin>(
         other => return Err(unexpected(&mut writer, "Accepted", other).await),
     }
 
+    // Authenticated: session frames may be as large as the protocol allows.
+    reader.set_max_frame_bytes(MAX_FRAME_BYTES);
     let tx = SendHalf::new(
         writer,
         &kdf::session_key(secret, &t, Direction::SourceToPeer),
@@ -279,6 +282,7 @@ where
 {
     let (r, w) = tokio::io::split(stream);
     let mut reader = FrameReader::new(r, Direction::SourceToPeer);
+    reader.set_max_frame_bytes(MAX_HANDSHAKE_FRAME_BYTES);
     let mut writer = FrameWriter::new(w, Direction::PeerToSource);
 
     let (volume_uuid, source_nonce) = match recv_plain(&mut reader, "Hello").await? {
@@ -335,6 +339,7 @@ where
     let proof = kdf::peer_proof(secret, &t);
     send_plain(&mut writer, &HandshakeMsg::Accepted { proof }).await?;
 
+    reader.set_max_frame_bytes(MAX_FRAME_BYTES);
     let mut tx = SendHalf::new(
         writer,
         &kdf::session_key(secret, &t, Direction::PeerToSource),

@@ -163,6 +163,26 @@ pub enum Message {
     Bye,
 }
 
+/// Borrowed twin of `Message::Transfer`: encodes to exactly the same bytes (the enum's
+/// own name never reaches the wire), so the forwarder can send a batch straight from
+/// its log buffer without copying it into a `Message` first.
+#[derive(Serialize)]
+pub(crate) enum TransferRef<'a> {
+    Transfer {
+        id: u64,
+        #[serde(with = "serde_bytes")]
+        batch: &'a [u8],
+    },
+}
+
+impl TransferRef<'_> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        let TransferRef::Transfer { id, batch } = self;
+        check_transfer_id(*id, "Transfer id")?;
+        check_max(batch.len(), MAX_BATCH_BYTES, "Transfer batch bytes")
+    }
+}
+
 /// One block written by a CP.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CpBlock {

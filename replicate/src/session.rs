@@ -9,7 +9,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use crate::codec;
 use crate::error::{Direction, FrameFault, ReplicateError, Result};
 use crate::frame::{FrameReader, FrameWriter};
-use crate::message::Message;
+use crate::message::{Message, TransferRef};
 use crate::seal::{Sealer, SEQ_BYTES};
 
 /// Both halves of a session over one stream `S` (a `TcpStream` in production, an
@@ -32,6 +32,11 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
     /// Receives, opens and validates the next message.
     pub async fn recv(&mut self) -> Result<Message> {
         self.rx.recv().await
+    }
+
+    /// Sends a `Transfer` of a borrowed batch (see [`SendHalf::send_transfer`]).
+    pub async fn send_transfer(&mut self, id: u64, batch: &[u8]) -> Result<usize> {
+        self.tx.send_transfer(id, batch).await
     }
 
     /// Sends `Bye` and shuts the write direction down.
@@ -87,6 +92,24 @@ impl<W: AsyncWrite + Unpin> SendHalf<W> {
             )));
         }
         self.send_sealed(msg, msg.kind()).await
+    }
+
+    /// Sends `Message::Transfer { id, batch }` without the caller building a `Message`
+    /// (no copy of the batch); the bytes on the wire are the same.
+    pub async fn send_transfer(&mut self, id: u64, batch: &[u8]) -> Result<usize> {
+        let msg = TransferRef::Transfer { id, batch };
+        msg.validate()
+            .map_err(|problem| ReplicateError::InvalidOutgoing {
+                what: "Transfer",
+                problem,
+            })?;
+        if self.frames.direction() != Direction::SourceToPeer {
+            return Err(ReplicateError::InvalidOutgoing {
+                what: "Transfer",
+                problem: format!("it is not sent {}", self.frames.direction()),
+            });
+        }
+        self.send_sealed(&msg, "Transfer").await
     }
 
     /// Sends `Bye`, then shuts the write direction down.
@@ -309,6 +332,36 @@ mod tests {
             matches!(&fault, FrameFault::Limit(r) if r.contains("never sent source-to-peer")),
             "{fault}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_borrowed_transfer_is_the_same_bytes_as_a_transfer_message() {
+        let batch = vec![0x3C; 5000];
+        let owned = Message::Transfer {
+            id: 77,
+            batch: batch.clone(),
+        };
+        let borrowed = TransferRef::Transfer {
+            id: 77,
+            batch: &batch,
+        };
+        assert_eq!(
+            codec::encode(&borrowed).expect("encode"),
+            owned.encode().expect("encode")
+        );
+        let (mut source, mut peer) = pair().await;
+        let before = peer.receiver().bytes_received();
+        let wire = source.send_transfer(77, &batch).await.expect("send");
+        assert_eq!(peer.recv().await.expect("recv"), owned);
+        assert_eq!(wire as u64, peer.receiver().bytes_received() - before);
+        assert!(matches!(
+            source.send_transfer(0, &batch).await,
+            Err(ReplicateError::InvalidOutgoing { .. })
+        ));
+        assert!(matches!(
+            peer.send_transfer(78, &batch).await,
+            Err(ReplicateError::InvalidOutgoing { .. })
+        ));
     }
 
     #[tokio::test]

@@ -426,3 +426,32 @@ async fn a_connection_closed_during_the_handshake_is_reported_as_such() {
         result.err()
     );
 }
+
+#[tokio::test]
+async fn an_unauthenticated_connector_cannot_make_the_peer_buffer_a_big_frame() {
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let server = tokio::spawn(async move {
+        let s = secret("one secret for both machines");
+        handshake_server(b, &s, resume(), accept_bound)
+            .await
+            .map(|_| ())
+    });
+    let mut a = a;
+    // Announce a 1 MiB Hello and send only the prefix: refused from the prefix alone.
+    tokio::io::AsyncWriteExt::write_all(&mut a, &(1u32 << 20).to_be_bytes())
+        .await
+        .unwrap();
+    match server.await.unwrap() {
+        Err(ReplicateError::Frame {
+            frame: 0,
+            fault: FrameFault::TooLarge { len, max },
+            ..
+        }) => {
+            assert_eq!(
+                (len, max),
+                (1 << 20, twinfs_replicate::frame::MAX_HANDSHAKE_FRAME_BYTES)
+            );
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+}

@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use twinfs_replicate::frame::{LEN_PREFIX_BYTES, MAX_FRAME_BYTES, READ_CHUNK_BYTES};
+use twinfs_replicate::frame::{
+    LEN_PREFIX_BYTES, MAX_FRAME_BYTES, MAX_HANDSHAKE_FRAME_BYTES, READ_CHUNK_BYTES,
+};
 use twinfs_replicate::handshake::{
     HandshakeMsg, HANDSHAKE_NONCE_BYTES, HANDSHAKE_TIMEOUT_MS, PROOF_BYTES, PROTOCOL_MAGIC,
     VOLUME_UUID_BYTES,
@@ -58,6 +60,10 @@ fn code_constants() -> BTreeMap<String, u64> {
         c("PROTOCOL_VERSION", PROTOCOL_VERSION.into()),
         c("LEN_PREFIX_BYTES", LEN_PREFIX_BYTES as u64),
         c("MAX_FRAME_BYTES", MAX_FRAME_BYTES as u64),
+        c(
+            "MAX_HANDSHAKE_FRAME_BYTES",
+            MAX_HANDSHAKE_FRAME_BYTES as u64,
+        ),
         c("READ_CHUNK_BYTES", READ_CHUNK_BYTES as u64),
         c("SEQ_BYTES", SEQ_BYTES as u64),
         c("TAG_BYTES", TAG_BYTES as u64),

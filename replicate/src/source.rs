@@ -1,0 +1,1190 @@
+//! The source side of mirroring: forwards every durable NVLOG batch to the
+//! peer as a numbered `Transfer`, streams every CP's change set encoded as
+//! cheaply as the peer allows, resyncs a peer that was away, and makes fsync
+//! wait for the peer as the mode demands.
+//!
+//! Threads: the volume's log writer and CP threads hand their output to an
+//! ordered, bounded outbound queue (this module's `Replicator` and `CpSink`
+//! implementations); one tokio task per connection sends the queue in order
+//! and another reads the peer's answers. Order on the wire is what makes
+//! references safe: every transfer a CP refers to is queued before the CP.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use twinfs_fs::cp::{CpBlock as FsCpBlock, CpSink};
+use twinfs_fs::nvlog::batch::SealedBatch;
+use twinfs_fs::superblock::Superblock;
+use twinfs_fs::volume::{Replicator, Volume};
+use twinfs_fs::{Block, BlockPtr, CpNumber, FsError, RootHash, TransferId, BLOCK_SIZE};
+
+use crate::encode::{self, CpSync, EncKind, PrevReader};
+use crate::error::{ReplicateError, Result};
+use crate::handshake::{handshake_client, HandshakeInfo};
+use crate::message::{self, CpBlock, Encoding, Message, MAX_BLOCKS_PER_CP_FRAME};
+use crate::secret::Secret;
+use crate::session::{RecvHalf, SendHalf};
+
+/// When fsync waits for the peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// fsync waits for the peer; if the peer is unreachable past the timeout,
+    /// the volume carries on without it (status says so) and resyncs later.
+    Sync,
+    /// fsync fails with EIO when the peer cannot confirm.
+    Strict,
+    /// fsync never waits for the peer.
+    Async,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "sync" => Ok(Mode::Sync),
+            "strict" => Ok(Mode::Strict),
+            "async" => Ok(Mode::Async),
+            _ => Err(format!("unknown --mode {s:?}: use sync, strict or async")),
+        }
+    }
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Sync => "sync",
+            Mode::Strict => "strict",
+            Mode::Async => "async",
+        }
+    }
+}
+
+/// How a mirror runs.
+#[derive(Clone)]
+pub struct MirrorConfig {
+    /// `HOST:PORT` of the peer daemon.
+    pub peer: String,
+    pub secret: Secret,
+    pub mode: Mode,
+    pub cp_sync: CpSync,
+    /// How long fsync waits for the peer before the volume carries on without it.
+    pub sync_timeout: Duration,
+    /// Bound of the outbound queue, in bytes.
+    pub queue_bytes: usize,
+}
+
+/// Default bound of the outbound queue.
+pub const DEFAULT_QUEUE_BYTES: usize = 64 << 20;
+/// Default fsync wait for the peer in sync mode.
+pub const DEFAULT_SYNC_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest payload of one `CpBlocks` frame.
+const CP_FRAME_BYTES: usize = 4 << 20;
+/// Time between keepalive pings; a session silent for three of these is dead.
+const PING_EVERY: Duration = Duration::from_secs(5);
+/// How long a CP waits for its transfers to be queued before sending blocks in full.
+const TRANSFER_WAIT: Duration = Duration::from_secs(2);
+/// Longest pause between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Count and bytes of one kind of thing sent.
+#[derive(Default)]
+pub struct Counter {
+    pub count: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+impl Counter {
+    fn add(&self, bytes: usize) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> (u64, u64) {
+        (self.count.load(Ordering::Relaxed), self.bytes.load(Ordering::Relaxed))
+    }
+}
+
+/// What was sent since the mirror started.
+#[derive(Default)]
+pub struct Counters {
+    /// Wire bytes of Transfer frames.
+    pub log_sent: AtomicU64,
+    /// Wire bytes of CP frames (incl. resync and resends).
+    pub cp_sent: AtomicU64,
+    /// Every byte sent.
+    pub wire_total: AtomicU64,
+    pub full: Counter,
+    pub refs: Counter,
+    pub recipes: Counter,
+    pub deltas: Counter,
+    /// Blocks the peer could not rebuild and we sent again in full.
+    pub misses: Counter,
+    pub transfers: Counter,
+    pub resync_blocks: Counter,
+}
+
+/// The state of the link, for status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Disconnected,
+    Connecting,
+    Resyncing,
+    Streaming,
+}
+
+impl Phase {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Phase::Disconnected => "disconnected",
+            Phase::Connecting => "connecting",
+            Phase::Resyncing => "resyncing",
+            Phase::Streaming => "streaming",
+        }
+    }
+}
+
+/// A snapshot of the mirror's state for `twinfs status`.
+#[derive(Clone, Debug)]
+pub struct MirrorStatus {
+    pub addr: String,
+    pub mode: Mode,
+    pub cp_sync: CpSync,
+    pub connected: bool,
+    pub phase: Phase,
+    pub acked_cp: Option<CpNumber>,
+    pub acked_root_hash: Option<RootHash>,
+    pub acked_transfer: TransferId,
+    /// fsync no longer waits for the peer (it was unreachable past the timeout).
+    pub degraded: bool,
+    pub last_error: Option<String>,
+    /// A root hash mismatch was seen (then a resync was started).
+    pub alarm: Option<String>,
+    pub resync: Option<ResyncProgress>,
+    pub rtt_ms: Option<f64>,
+    pub queued_bytes: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct ResyncProgress {
+    pub base_cp: Option<CpNumber>,
+    pub target_cp: CpNumber,
+    pub bytes_total: u64,
+    pub bytes_done: u64,
+    pub started: Instant,
+}
+
+impl ResyncProgress {
+    /// Bytes per second so far.
+    pub fn rate(&self) -> f64 {
+        self.bytes_done as f64 / self.started.elapsed().as_secs_f64().max(1e-3)
+    }
+
+    /// Seconds left at the current rate.
+    pub fn eta_secs(&self) -> f64 {
+        (self.bytes_total.saturating_sub(self.bytes_done)) as f64 / self.rate().max(1.0)
+    }
+}
+
+enum Item {
+    Transfer(SealedBatch),
+    CpBegin {
+        cp: CpNumber,
+        base: CpNumber,
+        covers: Option<TransferId>,
+    },
+    CpBlocks {
+        cp: CpNumber,
+        blocks: Vec<CpBlock>,
+    },
+    CpEnd {
+        sb: Box<Superblock>,
+        superblock: Box<Block>,
+    },
+}
+
+impl Item {
+    fn bytes(&self) -> usize {
+        match self {
+            Item::Transfer(b) => b.bytes.len(),
+            Item::CpBlocks { blocks, .. } => blocks.iter().map(|b| encode::wire_size(&b.enc)).sum(),
+            _ => BLOCK_SIZE,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Outbound {
+    items: VecDeque<Item>,
+    bytes: usize,
+    /// A session is up: producers queue (otherwise they drop, and the next
+    /// session resyncs).
+    accepting: bool,
+    /// Something was dropped while accepting: the session must resync.
+    lost: bool,
+    last_queued_transfer: TransferId,
+}
+
+struct Link {
+    phase: Phase,
+    connected: bool,
+    acked_transfer: TransferId,
+    applied: Option<(CpNumber, RootHash)>,
+    degraded: bool,
+    last_error: Option<String>,
+    alarm: Option<String>,
+    resync: Option<ResyncProgress>,
+    rtt: Option<Duration>,
+    /// Superblocks of CPs sent and not yet applied, to check the peer's answer.
+    sent: HashMap<u64, Box<Superblock>>,
+}
+
+struct Shared {
+    vol: Arc<Volume>,
+    cfg: MirrorConfig,
+    out: Mutex<Outbound>,
+    out_cv: Condvar,
+    wake: Notify,
+    link: Mutex<Link>,
+    link_cv: Condvar,
+    counters: Counters,
+    shutdown: AtomicBool,
+    /// Control requests for the session task.
+    ctrl: Mutex<Option<mpsc::UnboundedSender<Ctrl>>>,
+}
+
+enum Ctrl {
+    Verify {
+        cp: CpNumber,
+        deep: bool,
+        reply: oneshot::Sender<std::result::Result<(u64, [u8; 32], Option<Vec<u8>>), String>>,
+    },
+}
+
+/// The mirror of one volume to one peer.
+pub struct Mirror {
+    shared: Arc<Shared>,
+    rt: Mutex<Option<tokio::runtime::Runtime>>,
+}
+
+impl Mirror {
+    /// Starts mirroring `vol` to the peer: installs the volume hooks and a
+    /// connection task that keeps (re)connecting until [`Mirror::shutdown`].
+    pub fn start(vol: Arc<Volume>, cfg: MirrorConfig) -> std::io::Result<Arc<Mirror>> {
+        let shared = Arc::new(Shared {
+            vol: vol.clone(),
+            out: Mutex::new(Outbound::default()),
+            out_cv: Condvar::new(),
+            wake: Notify::new(),
+            link: Mutex::new(Link {
+                phase: Phase::Disconnected,
+                connected: false,
+                acked_transfer: TransferId(0),
+                applied: None,
+                degraded: false,
+                last_error: None,
+                alarm: None,
+                resync: None,
+                rtt: None,
+                sent: HashMap::new(),
+            }),
+            link_cv: Condvar::new(),
+            counters: Counters::default(),
+            shutdown: AtomicBool::new(false),
+            ctrl: Mutex::new(None),
+            cfg,
+        });
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("twinfs-mirror")
+            .enable_all()
+            .build()?;
+        vol.set_replicator(Some(Arc::new(Hooks(shared.clone()))));
+        vol.set_cp_sink(Some(Box::new(Sink {
+            shared: shared.clone(),
+            cur: None,
+        })));
+        let s = shared.clone();
+        rt.spawn(async move { connection_loop(s).await });
+        Ok(Arc::new(Mirror {
+            shared,
+            rt: Mutex::new(Some(rt)),
+        }))
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.shared.counters
+    }
+
+    pub fn status(&self) -> MirrorStatus {
+        let l = self.shared.link.lock();
+        MirrorStatus {
+            addr: self.shared.cfg.peer.clone(),
+            mode: self.shared.cfg.mode,
+            cp_sync: self.shared.cfg.cp_sync,
+            connected: l.connected,
+            phase: l.phase.clone(),
+            acked_cp: l.applied.map(|(c, _)| c),
+            acked_root_hash: l.applied.map(|(_, h)| h),
+            acked_transfer: l.acked_transfer,
+            degraded: l.degraded,
+            last_error: l.last_error.clone(),
+            alarm: l.alarm.clone(),
+            resync: l.resync.clone(),
+            rtt_ms: l.rtt.map(|d| d.as_secs_f64() * 1000.0),
+            queued_bytes: self.shared.out.lock().bytes,
+        }
+    }
+
+    /// Waits until the peer has applied CP `cp` (or a later one). Returns
+    /// false if the peer is not connected or the wait timed out.
+    pub fn wait_applied(&self, cp: CpNumber, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut l = self.shared.link.lock();
+        loop {
+            if l.applied.is_some_and(|(c, _)| c >= cp) {
+                return true;
+            }
+            if !l.connected || Instant::now() >= deadline {
+                return false;
+            }
+            self.shared.link_cv.wait_until(&mut l, deadline.min(Instant::now() + Duration::from_millis(200)));
+        }
+    }
+
+    /// Compares the peer's root hash (and with `deep`, a rehash of every
+    /// block on both sides) with ours, for the peer's applied CP.
+    pub fn verify(&self, deep: bool, timeout: Duration) -> std::result::Result<VerifyOutcome, String> {
+        let cp = self.status().acked_cp.ok_or("the peer has not applied any CP yet")?;
+        let (tx, rx) = oneshot::channel();
+        {
+            let ctrl = self.shared.ctrl.lock();
+            let ctrl = ctrl.as_ref().ok_or("the peer is not connected")?;
+            ctrl.send(Ctrl::Verify { cp, deep, reply: tx })
+                .map_err(|_| "the peer session ended")?;
+        }
+        let rt = self.rt.lock();
+        let rt = rt.as_ref().ok_or("the mirror is shut down")?;
+        let (peer_cp, peer_root, peer_deep) = rt
+            .block_on(async { tokio::time::timeout(timeout, rx).await })
+            .map_err(|_| "the peer did not answer in time".to_string())?
+            .map_err(|_| "the peer session ended".to_string())??;
+        let ours = self.shared.link.lock().applied;
+        let (our_cp, our_root) = ours.ok_or("no CP applied at the peer")?;
+        let mut outcome = VerifyOutcome {
+            cp: CpNumber(peer_cp),
+            source_root: our_root,
+            peer_root: RootHash(peer_root),
+            source_deep: None,
+            peer_deep: peer_deep.clone(),
+        };
+        if peer_cp != our_cp.0 {
+            return Err(format!("the peer answered for CP {peer_cp}, expected CP {}", our_cp.0));
+        }
+        if deep {
+            let sb = self.shared.vol.committed();
+            let image = if sb.cp == our_cp {
+                sb
+            } else {
+                self.shared
+                    .link
+                    .lock()
+                    .sent
+                    .get(&our_cp.0)
+                    .map(|b| (**b).clone())
+                    .ok_or("the source no longer holds the peer's CP; run verify again")?
+            };
+            let d = twinfs_fs::diff::deep_hash(self.shared.vol.cache(), &**self.shared.vol.cache().device(), &image)
+                .map_err(|e| format!("rehashing the source image: {e}"))?;
+            outcome.source_deep = Some(d.to_vec());
+        }
+        Ok(outcome)
+    }
+
+    /// Stops the connection task and removes the volume hooks.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.store(true, Ordering::SeqCst);
+        self.shared.wake.notify_one();
+        self.shared.out_cv.notify_all();
+        self.shared.vol.set_replicator(None);
+        self.shared.vol.set_cp_sink(None);
+        if let Some(rt) = self.rt.lock().take() {
+            rt.shutdown_timeout(Duration::from_secs(2));
+        }
+    }
+}
+
+/// The result of `verify`.
+#[derive(Clone, Debug)]
+pub struct VerifyOutcome {
+    pub cp: CpNumber,
+    pub source_root: RootHash,
+    pub peer_root: RootHash,
+    pub source_deep: Option<Vec<u8>>,
+    pub peer_deep: Option<Vec<u8>>,
+}
+
+impl VerifyOutcome {
+    pub fn equal(&self) -> bool {
+        self.source_root == self.peer_root && self.source_deep == self.peer_deep
+    }
+}
+
+impl Shared {
+    /// Queues an item, waiting while the queue is full. Returns false (and
+    /// marks the session lost) when no session takes items or the wait
+    /// would be too long for the mode.
+    fn push(&self, item: Item) -> bool {
+        let size = item.bytes();
+        let mut q = self.out.lock();
+        let deadline = Instant::now() + self.cfg.sync_timeout;
+        while q.accepting && q.bytes + size > self.cfg.queue_bytes && !q.items.is_empty() {
+            if self.cfg.mode == Mode::Async || Instant::now() >= deadline || self.shutdown.load(Ordering::Relaxed) {
+                q.lost = true;
+                break;
+            }
+            self.out_cv.wait_until(&mut q, deadline);
+        }
+        if !q.accepting || q.lost {
+            return false;
+        }
+        if let Item::Transfer(b) = &item {
+            q.last_queued_transfer = b.id;
+        }
+        q.bytes += size;
+        q.items.push_back(item);
+        drop(q);
+        self.wake.notify_one();
+        true
+    }
+
+    fn set_phase(&self, phase: Phase) {
+        let mut l = self.link.lock();
+        l.connected = matches!(phase, Phase::Resyncing | Phase::Streaming);
+        l.phase = phase;
+        self.link_cv.notify_all();
+    }
+}
+
+/// The volume's hooks: durable batches and fsync waits.
+struct Hooks(Arc<Shared>);
+
+impl Replicator for Hooks {
+    fn batch_durable(&self, batch: &SealedBatch) {
+        self.0.push(Item::Transfer(batch.clone()));
+    }
+
+    fn wait_for_peer(&self, id: TransferId) -> twinfs_fs::Result<()> {
+        let s = &self.0;
+        if s.cfg.mode == Mode::Async {
+            return Ok(());
+        }
+        let deadline = Instant::now() + s.cfg.sync_timeout;
+        let mut l = s.link.lock();
+        loop {
+            if l.acked_transfer >= id {
+                return Ok(());
+            }
+            let waiting_is_pointless = !l.connected || l.degraded;
+            if waiting_is_pointless && s.cfg.mode == Mode::Sync && (l.degraded || Instant::now() >= deadline) {
+                if !l.degraded {
+                    log::warn!("the peer did not confirm transfer {} in time: carrying on without it", id.0);
+                    l.degraded = true;
+                }
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return match s.cfg.mode {
+                    Mode::Strict => Err(FsError::Replication(format!(
+                        "the peer did not confirm transfer {} within {:?} (strict mode)",
+                        id.0, s.cfg.sync_timeout
+                    ))),
+                    _ => {
+                        log::warn!("the peer did not confirm transfer {} in time: carrying on without it", id.0);
+                        l.degraded = true;
+                        Ok(())
+                    }
+                };
+            }
+            s.link_cv.wait_until(&mut l, deadline.min(Instant::now() + Duration::from_millis(100)));
+        }
+    }
+}
+
+/// The volume's CP sink: encodes each block and queues the CP stream.
+struct Sink {
+    shared: Arc<Shared>,
+    cur: Option<CpStream>,
+}
+
+struct CpStream {
+    cp: CpNumber,
+    peer: encode::Peer,
+    pending: Vec<CpBlock>,
+    pending_bytes: usize,
+    ok: bool,
+}
+
+struct CacheReader<'a>(&'a Volume);
+
+impl PrevReader for CacheReader<'_> {
+    fn read_prev(&self, ptr: &BlockPtr) -> Option<Arc<Block>> {
+        self.0.cache().read(ptr, twinfs_fs::cache::Class::Meta).ok()
+    }
+}
+
+impl Sink {
+    fn flush_blocks(&mut self) {
+        let Some(cur) = &mut self.cur else { return };
+        if cur.pending.is_empty() {
+            return;
+        }
+        let blocks = std::mem::take(&mut cur.pending);
+        cur.pending_bytes = 0;
+        if !self.shared.push(Item::CpBlocks { cp: cur.cp, blocks }) {
+            cur.ok = false;
+        }
+    }
+}
+
+impl CpSink for Sink {
+    fn begin(&mut self, cp: CpNumber, base: CpNumber, covers: Option<TransferId>) {
+        self.cur = None;
+        if !self.shared.out.lock().accepting {
+            return;
+        }
+        // Every transfer the CP contains must be queued before its blocks,
+        // so that references resolve at the peer.
+        let mut refs_ok = true;
+        if let Some(c) = covers {
+            let deadline = Instant::now() + TRANSFER_WAIT;
+            let mut q = self.shared.out.lock();
+            while q.accepting && q.last_queued_transfer < c {
+                if self.shared.out_cv.wait_until(&mut q, deadline).timed_out() {
+                    refs_ok = false;
+                    break;
+                }
+            }
+        }
+        let first_new = base_covers(&self.shared.vol, base);
+        let ok = self.shared.push(Item::CpBegin { cp, base, covers });
+        self.cur = Some(CpStream {
+            cp,
+            peer: encode::Peer {
+                has_transfers_after: if refs_ok { first_new } else { TransferId(u64::MAX) },
+                has_base: true,
+            },
+            pending: Vec::new(),
+            pending_bytes: 0,
+            ok,
+        });
+    }
+
+    fn block(&mut self, b: &FsCpBlock<'_>) {
+        let mode = self.shared.cfg.cp_sync;
+        let Some(cur) = &mut self.cur else { return };
+        if !cur.ok {
+            return;
+        }
+        let enc = encode::encode(mode, b, cur.peer, &CacheReader(&self.shared.vol));
+        let size = encode::wire_size(&enc);
+        let c = &self.shared.counters;
+        match EncKind::of(&enc) {
+            EncKind::Full => c.full.add(size),
+            EncKind::Ref => c.refs.add(size),
+            EncKind::Recipe => c.recipes.add(size),
+            EncKind::Delta => c.deltas.add(size),
+        }
+        cur.pending.push(CpBlock {
+            addr: b.addr.0,
+            hash: b.hash.0,
+            enc,
+        });
+        cur.pending_bytes += size;
+        if cur.pending.len() >= MAX_BLOCKS_PER_CP_FRAME || cur.pending_bytes >= CP_FRAME_BYTES {
+            self.flush_blocks();
+        }
+    }
+
+    fn commit(&mut self, sb: &Superblock, superblock: &Block) {
+        self.flush_blocks();
+        let Some(cur) = self.cur.take() else { return };
+        if cur.ok {
+            self.shared.push(Item::CpEnd {
+                sb: Box::new(sb.clone()),
+                superblock: Box::new(*superblock),
+            });
+        }
+    }
+
+    fn abort(&mut self) {
+        if self.cur.take().is_some() {
+            self.shared.out.lock().lost = true;
+            self.shared.wake.notify_one();
+        }
+    }
+}
+
+/// The first transfer not contained in CP `base` (transfers from there on
+/// are in the log the peer receives).
+fn base_covers(vol: &Volume, base: CpNumber) -> TransferId {
+    let sb = vol.committed();
+    if sb.cp == base {
+        TransferId(sb.log.next_transfer.0.saturating_sub(1))
+    } else {
+        // The base is older than what we know: assume nothing.
+        TransferId(u64::MAX)
+    }
+}
+
+async fn connection_loop(s: Arc<Shared>) {
+    let mut backoff = Duration::from_millis(200);
+    let mut last_logged: Option<String> = None;
+    while !s.shutdown.load(Ordering::SeqCst) {
+        s.set_phase(Phase::Connecting);
+        let result = async {
+            let stream = connect(&s.cfg.peer).await?;
+            stream.set_nodelay(true).ok();
+            let (session, info) = handshake_client(stream, &s.cfg.secret, s.vol.uuid()).await?;
+            log::info!("connected to peer {} (protocol {})", s.cfg.peer, info.version);
+            last_logged = None;
+            backoff = Duration::from_millis(200);
+            run_session(&s, session, info).await
+        }
+        .await;
+        {
+            let mut q = s.out.lock();
+            q.accepting = false;
+            q.items.clear();
+            q.bytes = 0;
+            q.lost = false;
+            s.out_cv.notify_all();
+        }
+        *s.ctrl.lock() = None;
+        s.set_phase(Phase::Disconnected);
+        if s.shutdown.load(Ordering::SeqCst) {
+            break;
+        }
+        if let Err(e) = result {
+            let msg = e.to_string();
+            if last_logged.as_ref() != Some(&msg) {
+                log::warn!("peer {}: {msg}; retrying", s.cfg.peer);
+                last_logged = Some(msg.clone());
+            }
+            s.link.lock().last_error = Some(msg);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn connect(addr: &str) -> Result<TcpStream> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| ReplicateError::Io {
+            what: format!("resolving {addr}"),
+            source: e,
+        })?
+        .collect();
+    let mut last = None;
+    for a in addrs {
+        match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(a)).await {
+            Ok(Ok(s)) => return Ok(s),
+            Ok(Err(e)) => last = Some(e),
+            Err(_) => last = Some(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")),
+        }
+    }
+    Err(ReplicateError::Io {
+        what: format!("connecting to {addr}"),
+        source: last.unwrap_or_else(|| std::io::Error::other("no address")),
+    })
+}
+
+type Tx = SendHalf<tokio::io::WriteHalf<TcpStream>>;
+type Rx = RecvHalf<tokio::io::ReadHalf<TcpStream>>;
+
+/// What the receiving task tells the sending one.
+enum FromPeer {
+    Missing { cp: u64, addrs: Vec<u64>, more: bool },
+    Rejected { cp: u64, reason: String },
+    Mismatch,
+    Verify(u64, [u8; 32], Option<Vec<u8>>),
+}
+
+async fn run_session(s: &Arc<Shared>, session: crate::session::Session<TcpStream>, info: HandshakeInfo) -> Result<()> {
+    let (mut tx, rx) = session.split();
+    let (ctrl_tx, mut ctrl_rx) = mpsc::unbounded_channel();
+    *s.ctrl.lock() = Some(ctrl_tx);
+    {
+        let mut l = s.link.lock();
+        l.applied = info.resume.applied_cp.map(|a| (CpNumber(a.cp), RootHash(a.root_hash)));
+        l.acked_transfer = TransferId(info.resume.durable_transfer);
+        l.sent.clear();
+    }
+    // Pin the committed image and start queueing before deciding, so that
+    // nothing produced from now on is missed.
+    let pinned = {
+        let sb = tokio::task::block_in_place(|| s.vol.peer_tracking_start());
+        let mut q = s.out.lock();
+        q.accepting = true;
+        q.lost = false;
+        q.last_queued_transfer = TransferId(sb.log.next_transfer.0.saturating_sub(1));
+        sb
+    };
+    let (peer_tx, mut peer_rx) = mpsc::unbounded_channel();
+    let reader = tokio::spawn(receive_loop(s.clone(), rx, peer_tx));
+    let mut sender = Sender {
+        s: s.clone(),
+        tx: &mut tx,
+        last_transfer_sent: TransferId(0),
+        last_cp_sent: CpNumber(0),
+        pending_verify: None,
+    };
+    let resume = info.resume.applied_cp;
+    let result = async {
+        match resume {
+            Some(a) if a.cp == pinned.cp.0 && a.root_hash == pinned.root_hash().0 => {
+                log::info!("peer is at CP {}: streaming", a.cp);
+                sender.last_cp_sent = pinned.cp;
+                sender.last_transfer_sent = TransferId(pinned.log.next_transfer.0 - 1);
+            }
+            other => {
+                let base = other.and_then(|a| (a.cp < pinned.cp.0).then_some(CpNumber(a.cp)));
+                if let Some(a) = other {
+                    if a.cp == pinned.cp.0 || a.cp > pinned.cp.0 {
+                        let msg = format!(
+                            "the peer's CP {} (root {}) does not match the source's history: full resync",
+                            a.cp,
+                            twinfs_fs::hex(&a.root_hash)
+                        );
+                        log::error!("{msg}");
+                        s.link.lock().alarm = Some(msg);
+                    }
+                }
+                sender.resync(&pinned, base).await?;
+            }
+        }
+        s.set_phase(Phase::Streaming);
+        sender.stream(&mut ctrl_rx, &mut peer_rx).await
+    }
+    .await;
+    reader.abort();
+    let _ = tx.close().await;
+    result
+}
+
+struct Sender<'a> {
+    s: Arc<Shared>,
+    tx: &'a mut Tx,
+    last_transfer_sent: TransferId,
+    last_cp_sent: CpNumber,
+    pending_verify: Option<oneshot::Sender<std::result::Result<(u64, [u8; 32], Option<Vec<u8>>), String>>>,
+}
+
+impl Sender<'_> {
+    async fn send(&mut self, msg: &Message, counter: &AtomicU64) -> Result<()> {
+        let n = self.tx.send(msg).await?;
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+        self.s.counters.wire_total.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn send_cp(&mut self, msg: &Message) -> Result<()> {
+        let s = self.s.clone();
+        self.send(msg, &s.counters.cp_sent).await
+    }
+
+    /// Sends every block of image `sb` born after `base` (all if `None`),
+    /// in full, as one resync CP. The peer applies it like any CP.
+    async fn resync(&mut self, sb: &Superblock, base: Option<CpNumber>) -> Result<()> {
+        self.s.set_phase(Phase::Resyncing);
+        let min_birth = CpNumber(base.map_or(0, |b| b.0 + 1));
+        log::info!(
+            "resyncing the peer from {} to CP {}",
+            base.map_or("nothing".to_string(), |b| format!("CP {}", b.0)),
+            sb.cp.0
+        );
+        // Count first so status can show progress, rate and ETA.
+        let vol = self.s.vol.clone();
+        let sbc = sb.clone();
+        let total = tokio::task::spawn_blocking(move || {
+            let mut n = 0u64;
+            twinfs_fs::diff::walk_image(vol.cache(), &sbc, min_birth, &mut |_, _| {
+                n += 1;
+                Ok(())
+            })
+            .map(|_| n)
+        })
+        .await
+        .map_err(|e| ReplicateError::Protocol(format!("resync walker: {e}")))?
+        .map_err(|e| ReplicateError::Protocol(format!("walking the image for resync: {e}")))?;
+        self.s.link.lock().resync = Some(ResyncProgress {
+            base_cp: base,
+            target_cp: sb.cp,
+            bytes_total: total * BLOCK_SIZE as u64,
+            bytes_done: 0,
+            started: Instant::now(),
+        });
+        self.send_cp(&Message::CpBegin {
+            cp: sb.cp.0,
+            base_cp: base.map(|b| b.0),
+            covers_transfer: sb.log.next_transfer.0.saturating_sub(1),
+            resync: true,
+        })
+        .await?;
+        // A blocking walker feeds frames through a small channel: bounded memory.
+        let (btx, mut brx) = mpsc::channel::<Vec<CpBlock>>(4);
+        let vol = self.s.vol.clone();
+        let sbc = sb.clone();
+        let walker = tokio::task::spawn_blocking(move || {
+            let mut frame = Vec::with_capacity(MAX_BLOCKS_PER_CP_FRAME);
+            let dev = vol.cache().device().clone();
+            let mut buf = vec![0u8; BLOCK_SIZE];
+            twinfs_fs::diff::walk_image(vol.cache(), &sbc, min_birth, &mut |p, _| {
+                dev.read(p.addr, &mut buf)
+                    .map_err(|e| FsError::io(format!("reading block {} for resync", p.addr.0), e))?;
+                if twinfs_fs::Hash128::of(&buf) != p.hash {
+                    return Err(FsError::corrupt(p.addr, "checksum mismatch while resyncing"));
+                }
+                frame.push(CpBlock {
+                    addr: p.addr.0,
+                    hash: p.hash.0,
+                    enc: Encoding::Full(buf.clone()),
+                });
+                if frame.len() >= MAX_BLOCKS_PER_CP_FRAME {
+                    if btx.blocking_send(std::mem::take(&mut frame)).is_err() {
+                        return Err(FsError::Failed("resync stopped".into()));
+                    }
+                }
+                Ok(())
+            })?;
+            if !frame.is_empty() {
+                let _ = btx.blocking_send(frame);
+            }
+            Ok::<(), FsError>(())
+        });
+        while let Some(blocks) = brx.recv().await {
+            let n = blocks.len();
+            self.s.counters.resync_blocks.add(n * BLOCK_SIZE);
+            self.send_cp(&Message::CpBlocks { cp: sb.cp.0, blocks }).await?;
+            if let Some(r) = &mut self.s.link.lock().resync {
+                r.bytes_done += (n * BLOCK_SIZE) as u64;
+            }
+        }
+        walker
+            .await
+            .map_err(|e| ReplicateError::Protocol(format!("resync walker: {e}")))?
+            .map_err(|e| ReplicateError::Protocol(format!("resync failed: {e}")))?;
+        self.end_cp(sb, &sb.encode()).await?;
+        self.last_cp_sent = sb.cp;
+        self.last_transfer_sent = TransferId(sb.log.next_transfer.0.saturating_sub(1));
+        log::info!("resync stream of CP {} sent ({total} blocks)", sb.cp.0);
+        Ok(())
+    }
+
+    async fn end_cp(&mut self, sb: &Superblock, superblock: &Block) -> Result<()> {
+        self.s.link.lock().sent.insert(sb.cp.0, Box::new(sb.clone()));
+        self.send_cp(&Message::CpEnd {
+            cp: sb.cp.0,
+            superblock: superblock.to_vec(),
+            root_hash: sb.root_hash().0,
+        })
+        .await
+    }
+
+    /// Sends transfers still in the source's log that the peer lacks, up to `before`.
+    async fn fill_gap(&mut self, before: TransferId) -> Result<()> {
+        let from = TransferId(self.last_transfer_sent.0 + 1);
+        if from >= before {
+            return Ok(());
+        }
+        let vol = self.s.vol.clone();
+        let batches = tokio::task::spawn_blocking(move || vol.live_batches(from))
+            .await
+            .map_err(|e| ReplicateError::Protocol(format!("log reader: {e}")))?
+            .map_err(|e| ReplicateError::Protocol(format!("reading the log to resend: {e}")))?;
+        for b in batches.into_iter().filter(|b| b.id < before) {
+            self.send_transfer(&b).await?;
+        }
+        Ok(())
+    }
+
+    async fn send_transfer(&mut self, b: &SealedBatch) -> Result<()> {
+        if b.id <= self.last_transfer_sent {
+            return Ok(());
+        }
+        let msg = Message::Transfer {
+            id: b.id.0,
+            batch: b.bytes.to_vec(),
+        };
+        let s = self.s.clone();
+        self.send(&msg, &s.counters.log_sent).await?;
+        s.counters.transfers.add(b.bytes.len());
+        self.last_transfer_sent = b.id;
+        Ok(())
+    }
+
+    /// The steady state: sends the outbound queue in order, answers the
+    /// peer, resyncs when a CP could not be streamed.
+    async fn stream(
+        &mut self,
+        ctrl: &mut mpsc::UnboundedReceiver<Ctrl>,
+        from_peer: &mut mpsc::UnboundedReceiver<FromPeer>,
+    ) -> Result<()> {
+        let mut ping = tokio::time::interval(PING_EVERY);
+        let mut nonce = 0u64;
+        let mut skipping_cp: Option<CpNumber> = None;
+        loop {
+            if self.s.shutdown.load(Ordering::SeqCst) {
+                let _ = self.tx.send(&Message::Bye).await;
+                return Ok(());
+            }
+            if std::mem::take(&mut self.s.out.lock().lost) {
+                self.catch_up().await?;
+                continue;
+            }
+            let item = {
+                let mut q = self.s.out.lock();
+                let item = q.items.pop_front();
+                if let Some(i) = &item {
+                    q.bytes -= i.bytes();
+                    self.s.out_cv.notify_all();
+                }
+                item
+            };
+            match item {
+                Some(Item::Transfer(b)) => {
+                    self.fill_gap(b.id).await?;
+                    self.send_transfer(&b).await?;
+                }
+                Some(Item::CpBegin { cp, base, covers }) => {
+                    if base != self.last_cp_sent {
+                        // A CP was produced while we could not stream it.
+                        log::info!("CP {} builds on CP {} which the peer lacks: resyncing", cp.0, base.0);
+                        skipping_cp = Some(cp);
+                        self.catch_up().await?;
+                        continue;
+                    }
+                    skipping_cp = None;
+                    if let Some(c) = covers {
+                        self.fill_gap(TransferId(c.0 + 1)).await?;
+                    }
+                    self.send_cp(&Message::CpBegin {
+                        cp: cp.0,
+                        base_cp: Some(base.0),
+                        covers_transfer: covers.map_or(message::NO_TRANSFER, |c| c.0),
+                        resync: false,
+                    })
+                    .await?;
+                }
+                Some(Item::CpBlocks { cp, blocks }) => {
+                    if skipping_cp != Some(cp) {
+                        self.send_cp(&Message::CpBlocks { cp: cp.0, blocks }).await?;
+                    }
+                }
+                Some(Item::CpEnd { sb, superblock }) => {
+                    if skipping_cp != Some(sb.cp) {
+                        self.end_cp(&sb, &superblock).await?;
+                        self.last_cp_sent = sb.cp;
+                    }
+                }
+                None => {
+                    tokio::select! {
+                        _ = self.s.wake.notified() => {}
+                        _ = ping.tick() => {
+                            nonce += 1;
+                            let s = self.s.clone();
+                            self.send(&Message::Ping { nonce }, &s.counters.cp_sent).await?;
+                        }
+                        Some(c) = ctrl.recv() => self.control(c).await?,
+                        Some(m) = from_peer.recv() => self.answer(m).await?,
+                    }
+                }
+            }
+            // Answer the peer promptly even while the queue is busy.
+            while let Ok(m) = from_peer.try_recv() {
+                self.answer(m).await?;
+            }
+        }
+    }
+
+    /// Brings a peer that missed CPs up to the committed CP with a resync
+    /// of the blocks born since its applied CP.
+    async fn catch_up(&mut self) -> Result<()> {
+        // Whatever was queued builds on CPs the peer will not have.
+        {
+            let mut q = self.s.out.lock();
+            q.items.clear();
+            q.bytes = 0;
+            q.lost = false;
+            self.s.out_cv.notify_all();
+        }
+        let sb = tokio::task::block_in_place(|| self.s.vol.peer_tracking_start());
+        let base = (self.last_cp_sent.0 > 0 && self.last_cp_sent < sb.cp).then_some(self.last_cp_sent);
+        if self.last_cp_sent == sb.cp {
+            return Ok(());
+        }
+        self.s.out.lock().last_queued_transfer = TransferId(sb.log.next_transfer.0.saturating_sub(1));
+        self.resync(&sb, base).await?;
+        self.s.set_phase(Phase::Streaming);
+        Ok(())
+    }
+
+    async fn control(&mut self, c: Ctrl) -> Result<()> {
+        match c {
+            Ctrl::Verify { cp, deep, reply } => {
+                self.pending_verify = Some(reply);
+                self.send_cp(&Message::VerifyRequest { cp: cp.0, deep }).await
+            }
+        }
+    }
+
+    async fn answer(&mut self, m: FromPeer) -> Result<()> {
+        match m {
+            FromPeer::Missing { cp, addrs, more } => {
+                let sb = self.s.link.lock().sent.get(&cp).cloned();
+                let Some(sb) = sb else {
+                    return Err(ReplicateError::Protocol(format!("the peer asks for blocks of CP {cp} we did not send")));
+                };
+                let vol = self.s.vol.clone();
+                let n = addrs.len();
+                let blocks = tokio::task::spawn_blocking(move || read_blocks(&vol, &addrs))
+                    .await
+                    .map_err(|e| ReplicateError::Protocol(format!("block reader: {e}")))??;
+                for chunk in blocks.chunks(MAX_BLOCKS_PER_CP_FRAME) {
+                    for b in chunk {
+                        self.s.counters.misses.add(encode::wire_size(&b.enc));
+                    }
+                    self.send_cp(&Message::CpBlocks {
+                        cp,
+                        blocks: chunk.to_vec(),
+                    })
+                    .await?;
+                }
+                log::info!("resent {n} blocks of CP {cp} in full at the peer's request");
+                if !more {
+                    self.end_cp(&sb, &sb.encode()).await?;
+                }
+                Ok(())
+            }
+            FromPeer::Rejected { cp, reason } => {
+                log::warn!("the peer rejected CP {cp}: {reason}; resyncing");
+                self.last_cp_sent = self.s.link.lock().applied.map_or(CpNumber(0), |(c, _)| c);
+                self.catch_up().await
+            }
+            FromPeer::Mismatch => {
+                self.last_cp_sent = CpNumber(0);
+                self.catch_up().await
+            }
+            FromPeer::Verify(cp, root, deep) => {
+                if let Some(r) = self.pending_verify.take() {
+                    let _ = r.send(Ok((cp, root, deep)));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Reads blocks of the committed image (protected for the peer) to resend in full.
+fn read_blocks(vol: &Volume, addrs: &[u64]) -> Result<Vec<CpBlock>> {
+    let dev = vol.cache().device().clone();
+    let mut out = Vec::with_capacity(addrs.len());
+    let mut buf = vec![0u8; BLOCK_SIZE];
+    for &a in addrs {
+        dev.read(twinfs_fs::BlockAddr(a), &mut buf).map_err(|e| ReplicateError::Io {
+            what: format!("reading block {a} to resend"),
+            source: e,
+        })?;
+        out.push(CpBlock {
+            addr: a,
+            hash: twinfs_fs::Hash128::of(&buf).0,
+            enc: Encoding::Full(buf.clone()),
+        });
+    }
+    Ok(out)
+}
+
+async fn receive_loop(s: Arc<Shared>, mut rx: Rx, to_sender: mpsc::UnboundedSender<FromPeer>) {
+    let result: Result<()> = async {
+        loop {
+            let msg = tokio::time::timeout(PING_EVERY * 3, rx.recv())
+                .await
+                .map_err(|_| ReplicateError::Protocol("the peer went silent".into()))??;
+            match msg {
+                Message::TransferAck { id } => {
+                    let mut l = s.link.lock();
+                    l.acked_transfer = l.acked_transfer.max(TransferId(id));
+                    if l.degraded && l.phase == Phase::Streaming {
+                        log::info!("the peer confirms transfers again: fsync waits for it again");
+                        l.degraded = false;
+                    }
+                    s.link_cv.notify_all();
+                }
+                Message::CpApplied { cp, root_hash } => {
+                    let sb = s.link.lock().sent.remove(&cp);
+                    let Some(sb) = sb else {
+                        return Err(ReplicateError::Protocol(format!("the peer applied CP {cp} we did not send")));
+                    };
+                    if sb.root_hash().0 != root_hash {
+                        let msg = format!(
+                            "ALARM: the peer's root hash for CP {cp} is {} but ours is {}",
+                            twinfs_fs::hex(&root_hash),
+                            sb.root_hash()
+                        );
+                        log::error!("{msg}");
+                        s.link.lock().alarm = Some(msg);
+                        let _ = to_sender.send(FromPeer::Mismatch);
+                        continue;
+                    }
+                    tokio::task::block_in_place(|| s.vol.peer_acked(&sb));
+                    let mut l = s.link.lock();
+                    l.applied = Some((sb.cp, sb.root_hash()));
+                    l.sent.retain(|&c, _| c > cp);
+                    if l.resync.as_ref().is_some_and(|r| r.target_cp <= sb.cp) {
+                        l.resync = None;
+                    }
+                    s.link_cv.notify_all();
+                }
+                Message::CpMissing { cp, addrs, more } => {
+                    let _ = to_sender.send(FromPeer::Missing { cp, addrs, more });
+                    s.wake.notify_one();
+                }
+                Message::CpRejected { cp, reason } => {
+                    let _ = to_sender.send(FromPeer::Rejected { cp, reason });
+                    s.wake.notify_one();
+                }
+                Message::VerifyReply { cp, root_hash, deep_hash } => {
+                    let _ = to_sender.send(FromPeer::Verify(cp, root_hash, deep_hash));
+                    s.wake.notify_one();
+                }
+                Message::Pong { .. } => {}
+                Message::Ping { .. } => {}
+                Message::Error { reason } => {
+                    return Err(ReplicateError::Protocol(format!("the peer reports an error: {reason}")));
+                }
+                Message::Bye => return Ok(()),
+                other => {
+                    return Err(ReplicateError::Protocol(format!(
+                        "unexpected {} from the peer",
+                        other.kind()
+                    )))
+                }
+            }
+        }
+    }
+    .await;
+    if let Err(e) = result {
+        log::warn!("peer session: {e}");
+        s.link.lock().last_error = Some(e.to_string());
+    }
+    // Wake the sender so it notices the session is over.
+    s.out.lock().lost = true;
+    s.wake.notify_one();
+}
