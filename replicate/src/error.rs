@@ -95,9 +95,20 @@ fn sequence_hint(expected: u64, got: u64) -> &'static str {
 /// Errors of the replication protocol layer.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicateError {
-    /// The operating system reported an I/O error on the connection.
-    #[error("replication connection I/O error: {0}; reconnect and resume")]
-    Io(#[from] std::io::Error),
+    /// The operating system reported an I/O error; `what` says what was being done.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done ("reading from the source-to-peer stream", ...).
+        what: String,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The other side broke the protocol's rules above the frame level (a message that
+    /// makes no sense at this point of the exchange).
+    #[error("protocol error: {0}; reconnect and resume")]
+    Protocol(String),
 
     /// A received frame was rejected. The session is over after this.
     #[error("{direction} frame {frame} rejected: {fault}; the session is over, reconnect and resume from the peer's resume point")]

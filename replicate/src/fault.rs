@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, DuplexStream};
 
-use crate::error::{Direction, Result};
+use crate::error::{Direction, ReplicateError, Result};
 use crate::frame::{FrameReader, LEN_PREFIX_BYTES as P};
 
 /// Buffer of each in-memory pipe of [`faulty_duplex`].
@@ -146,61 +146,85 @@ where
     let mut held: Option<Vec<u8>> = None;
     loop {
         let number = frames.frames_read();
+        let io = |source| ReplicateError::Io {
+            what: format!("fault relay forwarding {direction} frame {number}"),
+            source,
+        };
         let Some(body) = frames.read_frame().await? else {
             if let Some(frame) = held.take() {
-                to.write_all(&frame).await?;
+                to.write_all(&frame).await.map_err(io)?;
             }
-            to.shutdown().await?;
-            return Ok(());
+            return to.shutdown().await.map_err(io);
         };
         let fault = plan.take(number, body);
         let mut wire = prefix(body.len()).to_vec();
         wire.extend_from_slice(body);
-        match fault {
-            None => to.write_all(&wire).await?,
-            Some(Fault::Drop) => {}
-            Some(Fault::Delay(d)) => {
-                tokio::time::sleep(d).await;
-                to.write_all(&wire).await?;
-            }
-            Some(Fault::Truncate { keep }) => {
-                let keep = keep.min(body.len());
-                to.write_all(&prefix(keep)).await?;
-                to.write_all(&wire[P..P + keep]).await?;
-            }
-            Some(Fault::Cut { keep }) => {
-                let end = P + keep.min(body.len());
-                to.write_all(&wire[..end]).await?;
-                to.shutdown().await?;
-                return Ok(());
-            }
-            Some(Fault::FlipBit { bit }) => {
-                if !body.is_empty() {
-                    let bit = bit % (body.len() * 8);
-                    wire[P + bit / 8] ^= 1 << (bit % 8);
-                }
-                to.write_all(&wire).await?;
-            }
-            Some(Fault::Duplicate) => {
-                to.write_all(&wire).await?;
-                to.write_all(&wire).await?;
-            }
-            Some(Fault::Replace(forged)) => {
-                to.write_all(&prefix(forged.len())).await?;
-                to.write_all(&forged).await?;
-            }
-            Some(Fault::Reorder) => {
-                if let Some(previous) = held.replace(wire) {
-                    to.write_all(&previous).await?;
-                }
-                continue;
-            }
+        match forward(&mut to, fault, wire, &mut held).await.map_err(io)? {
+            Flow::Go => {}
+            Flow::Stop => return Ok(()),
         }
-        if let Some(frame) = held.take() {
-            to.write_all(&frame).await?;
-        }
-        to.flush().await?;
     }
+}
+
+enum Flow {
+    Go,
+    Stop,
+}
+
+/// Writes one frame (`wire`: prefix and body) to `to` as `fault` says, then any frame
+/// held back by an earlier `Reorder`.
+async fn forward<W: AsyncWrite + Unpin>(
+    to: &mut W,
+    fault: Option<Fault>,
+    mut wire: Vec<u8>,
+    held: &mut Option<Vec<u8>>,
+) -> std::io::Result<Flow> {
+    let body_len = wire.len() - P;
+    match fault {
+        None => to.write_all(&wire).await?,
+        Some(Fault::Drop) => {}
+        Some(Fault::Delay(d)) => {
+            tokio::time::sleep(d).await;
+            to.write_all(&wire).await?;
+        }
+        Some(Fault::Truncate { keep }) => {
+            let keep = keep.min(body_len);
+            to.write_all(&prefix(keep)).await?;
+            to.write_all(&wire[P..P + keep]).await?;
+        }
+        Some(Fault::Cut { keep }) => {
+            let end = P + keep.min(body_len);
+            to.write_all(&wire[..end]).await?;
+            to.shutdown().await?;
+            return Ok(Flow::Stop);
+        }
+        Some(Fault::FlipBit { bit }) => {
+            if body_len > 0 {
+                let bit = bit % (body_len * 8);
+                wire[P + bit / 8] ^= 1 << (bit % 8);
+            }
+            to.write_all(&wire).await?;
+        }
+        Some(Fault::Duplicate) => {
+            to.write_all(&wire).await?;
+            to.write_all(&wire).await?;
+        }
+        Some(Fault::Replace(forged)) => {
+            to.write_all(&prefix(forged.len())).await?;
+            to.write_all(&forged).await?;
+        }
+        Some(Fault::Reorder) => {
+            if let Some(previous) = held.replace(wire) {
+                to.write_all(&previous).await?;
+            }
+            return Ok(Flow::Go);
+        }
+    }
+    if let Some(frame) = held.take() {
+        to.write_all(&frame).await?;
+    }
+    to.flush().await?;
+    Ok(Flow::Go)
 }
 
 /// The length prefix of a body (bodies from a `FrameReader` are within the frame

@@ -199,7 +199,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         if self.buf.len() < self.end + want {
             self.buf.resize(self.end + want, 0);
         }
-        let n = self.inner.read(&mut self.buf[self.end..]).await?;
+        let direction = self.direction;
+        let n = self
+            .inner
+            .read(&mut self.buf[self.end..])
+            .await
+            .map_err(|source| ReplicateError::Io {
+                what: format!("reading the {direction} stream; reconnect and resume"),
+                source,
+            })?;
         self.end += n;
         Ok(n > 0)
     }
@@ -285,8 +293,13 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         })?;
         self.buf[..LEN_PREFIX_BYTES].copy_from_slice(&prefix);
         self.poisoned = true;
-        self.inner.write_all(&self.buf).await?;
-        self.inner.flush().await?;
+        let (direction, frame) = (self.direction, self.frames_written);
+        let io = |source| ReplicateError::Io {
+            what: format!("writing {direction} frame {frame}; reconnect and resume"),
+            source,
+        };
+        self.inner.write_all(&self.buf).await.map_err(io)?;
+        self.inner.flush().await.map_err(io)?;
         self.poisoned = false;
         self.frames_written += 1;
         self.bytes_written += self.buf.len() as u64;
@@ -301,7 +314,14 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 
     /// Shuts the write direction down (the other side sees end of stream).
     pub async fn shutdown(&mut self) -> Result<()> {
-        self.inner.shutdown().await?;
+        let direction = self.direction;
+        self.inner
+            .shutdown()
+            .await
+            .map_err(|source| ReplicateError::Io {
+                what: format!("closing the {direction} stream"),
+                source,
+            })?;
         Ok(())
     }
 }
