@@ -63,7 +63,9 @@ pub fn wire_size(e: &Encoding) -> usize {
             Encoding::Full(b) => b.len() + 3,
             Encoding::Ref { .. } => 14,
             Encoding::Recipe { patches, .. } => 12 + patches.len() * 16,
-            Encoding::Delta { ranges, .. } => 10 + ranges.iter().map(|r| r.data.len() + 6).sum::<usize>(),
+            Encoding::Delta { ranges, .. } => {
+                10 + ranges.iter().map(|r| r.data.len() + 6).sum::<usize>()
+            }
         }
 }
 
@@ -124,7 +126,9 @@ fn recipe(b: &CpBlock<'_>, peer: Peer, logged: &dyn Fn(TransferId) -> bool) -> O
     };
     let base = match base {
         FsBase::Zero => Base::Zero,
-        FsBase::Prev if peer.has_base => Base::Prev { addr: b.prev?.addr.0 },
+        FsBase::Prev if peer.has_base => Base::Prev {
+            addr: b.prev?.addr.0,
+        },
         FsBase::Prev => return None,
         FsBase::Logged { transfer, block_no } if logged(*transfer) => Base::Ref {
             transfer: transfer.0,
@@ -235,7 +239,12 @@ mod tests {
         }
     }
 
-    fn block<'a>(data: &'a Arc<Block>, source: &'a BlockSource, kind: BlockKind, prev: Option<BlockPtr>) -> CpBlock<'a> {
+    fn block<'a>(
+        data: &'a Arc<Block>,
+        source: &'a BlockSource,
+        kind: BlockKind,
+        prev: Option<BlockPtr>,
+    ) -> CpBlock<'a> {
         CpBlock {
             addr: BlockAddr(100),
             hash: Hash128::of(&data[..]),
@@ -266,14 +275,20 @@ mod tests {
                 block_no: 3
             }
         );
-        assert!(matches!(encode(CpSync::Full, &b, PEER, &NoPrev), Encoding::Full(_)));
+        assert!(matches!(
+            encode(CpSync::Full, &b, PEER, &NoPrev),
+            Encoding::Full(_)
+        ));
         // A transfer the peer does not have cannot be referenced.
         let old = BlockSource::Whole {
             transfer: TransferId(9),
             block_no: 0,
         };
         let b = block(&data, &old, BlockKind::Data, None);
-        assert!(matches!(encode(CpSync::Best, &b, PEER, &NoPrev), Encoding::Full(_)));
+        assert!(matches!(
+            encode(CpSync::Best, &b, PEER, &NoPrev),
+            Encoding::Full(_)
+        ));
     }
 
     #[test]
@@ -289,10 +304,16 @@ mod tests {
             }],
         };
         let b = block(&data, &src, BlockKind::Data, None);
-        assert!(matches!(encode(CpSync::Refs, &b, PEER, &NoPrev), Encoding::Full(_)));
+        assert!(matches!(
+            encode(CpSync::Refs, &b, PEER, &NoPrev),
+            Encoding::Full(_)
+        ));
         assert!(matches!(
             encode(CpSync::Best, &b, PEER, &NoPrev),
-            Encoding::Recipe { base: Base::Zero, .. }
+            Encoding::Recipe {
+                base: Base::Zero,
+                ..
+            }
         ));
     }
 
@@ -315,7 +336,8 @@ mod tests {
                 assert_eq!(ranges.len(), 2);
                 let mut rebuilt = *old;
                 for r in &ranges {
-                    rebuilt[r.offset as usize..r.offset as usize + r.data.len()].copy_from_slice(&r.data);
+                    rebuilt[r.offset as usize..r.offset as usize + r.data.len()]
+                        .copy_from_slice(&r.data);
                 }
                 assert_eq!(rebuilt, *new);
             }
@@ -332,11 +354,16 @@ mod tests {
             for i in 0..BLOCK_SIZE {
                 rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1);
                 old[i] = (rng >> 60) as u8;
-                new[i] = if (rng >> 40) % 7 == 0 { (rng >> 50) as u8 } else { old[i] };
+                new[i] = if (rng >> 40).is_multiple_of(7) {
+                    (rng >> 50) as u8
+                } else {
+                    old[i]
+                };
             }
             let mut rebuilt = old;
             for r in diff_ranges(&old, &new) {
-                rebuilt[r.offset as usize..r.offset as usize + r.data.len()].copy_from_slice(&r.data);
+                rebuilt[r.offset as usize..r.offset as usize + r.data.len()]
+                    .copy_from_slice(&r.data);
             }
             assert_eq!(rebuilt, new);
         }

@@ -6,6 +6,7 @@
 //! ChaCha20-Poly1305 ([`seal`]). [`fault`] injects network faults for tests.
 
 pub mod codec;
+pub mod encode;
 pub mod error;
 pub mod fault;
 pub mod frame;
@@ -15,6 +16,7 @@ pub mod message;
 pub mod seal;
 pub mod secret;
 pub mod session;
+pub mod source;
 
 pub use error::{Direction, FrameFault, ReplicateError, Result};
 pub use handshake::{

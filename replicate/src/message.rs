@@ -235,6 +235,14 @@ pub enum Base {
         /// Address in the base CP.
         addr: u64,
     },
+    /// Block `block_no` of transfer `transfer`'s block area: a logged whole
+    /// block that later partial writes changed.
+    Ref {
+        /// Transfer ID holding the block.
+        transfer: u64,
+        /// Block number inside that transfer's block area.
+        block_no: u32,
+    },
 }
 
 /// One overlay of a `Recipe`.

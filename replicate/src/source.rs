@@ -107,7 +107,10 @@ impl Counter {
     }
 
     pub fn get(&self) -> (u64, u64) {
-        (self.count.load(Ordering::Relaxed), self.bytes.load(Ordering::Relaxed))
+        (
+            self.count.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -257,13 +260,18 @@ struct Shared {
     shutdown: AtomicBool,
     /// Control requests for the session task.
     ctrl: Mutex<Option<mpsc::UnboundedSender<Ctrl>>>,
+    /// The last ping sent, to measure the round trip.
+    ping_sent: Mutex<Option<(u64, Instant)>>,
 }
+
+/// The peer's answer to a verify request: its CP, root hash and deep hash.
+type VerifyAnswer = std::result::Result<(u64, [u8; 32], Option<Vec<u8>>), String>;
 
 enum Ctrl {
     Verify {
         cp: CpNumber,
         deep: bool,
-        reply: oneshot::Sender<std::result::Result<(u64, [u8; 32], Option<Vec<u8>>), String>>,
+        reply: oneshot::Sender<VerifyAnswer>,
     },
 }
 
@@ -298,6 +306,7 @@ impl Mirror {
             counters: Counters::default(),
             shutdown: AtomicBool::new(false),
             ctrl: Mutex::new(None),
+            ping_sent: Mutex::new(None),
             cfg,
         });
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -354,20 +363,34 @@ impl Mirror {
             if !l.connected || Instant::now() >= deadline {
                 return false;
             }
-            self.shared.link_cv.wait_until(&mut l, deadline.min(Instant::now() + Duration::from_millis(200)));
+            self.shared.link_cv.wait_until(
+                &mut l,
+                deadline.min(Instant::now() + Duration::from_millis(200)),
+            );
         }
     }
 
     /// Compares the peer's root hash (and with `deep`, a rehash of every
     /// block on both sides) with ours, for the peer's applied CP.
-    pub fn verify(&self, deep: bool, timeout: Duration) -> std::result::Result<VerifyOutcome, String> {
-        let cp = self.status().acked_cp.ok_or("the peer has not applied any CP yet")?;
+    pub fn verify(
+        &self,
+        deep: bool,
+        timeout: Duration,
+    ) -> std::result::Result<VerifyOutcome, String> {
+        let cp = self
+            .status()
+            .acked_cp
+            .ok_or("the peer has not applied any CP yet")?;
         let (tx, rx) = oneshot::channel();
         {
             let ctrl = self.shared.ctrl.lock();
             let ctrl = ctrl.as_ref().ok_or("the peer is not connected")?;
-            ctrl.send(Ctrl::Verify { cp, deep, reply: tx })
-                .map_err(|_| "the peer session ended")?;
+            ctrl.send(Ctrl::Verify {
+                cp,
+                deep,
+                reply: tx,
+            })
+            .map_err(|_| "the peer session ended")?;
         }
         let rt = self.rt.lock();
         let rt = rt.as_ref().ok_or("the mirror is shut down")?;
@@ -385,7 +408,10 @@ impl Mirror {
             peer_deep: peer_deep.clone(),
         };
         if peer_cp != our_cp.0 {
-            return Err(format!("the peer answered for CP {peer_cp}, expected CP {}", our_cp.0));
+            return Err(format!(
+                "the peer answered for CP {peer_cp}, expected CP {}",
+                our_cp.0
+            ));
         }
         if deep {
             let sb = self.shared.vol.committed();
@@ -400,8 +426,12 @@ impl Mirror {
                     .map(|b| (**b).clone())
                     .ok_or("the source no longer holds the peer's CP; run verify again")?
             };
-            let d = twinfs_fs::diff::deep_hash(self.shared.vol.cache(), &**self.shared.vol.cache().device(), &image)
-                .map_err(|e| format!("rehashing the source image: {e}"))?;
+            let d = twinfs_fs::diff::deep_hash(
+                self.shared.vol.cache(),
+                &**self.shared.vol.cache().device(),
+                &image,
+            )
+            .map_err(|e| format!("rehashing the source image: {e}"))?;
             outcome.source_deep = Some(d.to_vec());
         }
         Ok(outcome)
@@ -445,7 +475,10 @@ impl Shared {
         let mut q = self.out.lock();
         let deadline = Instant::now() + self.cfg.sync_timeout;
         while q.accepting && q.bytes + size > self.cfg.queue_bytes && !q.items.is_empty() {
-            if self.cfg.mode == Mode::Async || Instant::now() >= deadline || self.shutdown.load(Ordering::Relaxed) {
+            if self.cfg.mode == Mode::Async
+                || Instant::now() >= deadline
+                || self.shutdown.load(Ordering::Relaxed)
+            {
                 q.lost = true;
                 break;
             }
@@ -492,9 +525,15 @@ impl Replicator for Hooks {
                 return Ok(());
             }
             let waiting_is_pointless = !l.connected || l.degraded;
-            if waiting_is_pointless && s.cfg.mode == Mode::Sync && (l.degraded || Instant::now() >= deadline) {
+            if waiting_is_pointless
+                && s.cfg.mode == Mode::Sync
+                && (l.degraded || Instant::now() >= deadline)
+            {
                 if !l.degraded {
-                    log::warn!("the peer did not confirm transfer {} in time: carrying on without it", id.0);
+                    log::warn!(
+                        "the peer did not confirm transfer {} in time: carrying on without it",
+                        id.0
+                    );
                     l.degraded = true;
                 }
                 return Ok(());
@@ -506,13 +545,19 @@ impl Replicator for Hooks {
                         id.0, s.cfg.sync_timeout
                     ))),
                     _ => {
-                        log::warn!("the peer did not confirm transfer {} in time: carrying on without it", id.0);
+                        log::warn!(
+                            "the peer did not confirm transfer {} in time: carrying on without it",
+                            id.0
+                        );
                         l.degraded = true;
                         Ok(())
                     }
                 };
             }
-            s.link_cv.wait_until(&mut l, deadline.min(Instant::now() + Duration::from_millis(100)));
+            s.link_cv.wait_until(
+                &mut l,
+                deadline.min(Instant::now() + Duration::from_millis(100)),
+            );
         }
     }
 }
@@ -577,7 +622,11 @@ impl CpSink for Sink {
         self.cur = Some(CpStream {
             cp,
             peer: encode::Peer {
-                has_transfers_after: if refs_ok { first_new } else { TransferId(u64::MAX) },
+                has_transfers_after: if refs_ok {
+                    first_new
+                } else {
+                    TransferId(u64::MAX)
+                },
                 has_base: true,
             },
             pending: Vec::new(),
@@ -652,7 +701,11 @@ async fn connection_loop(s: Arc<Shared>) {
             let stream = connect(&s.cfg.peer).await?;
             stream.set_nodelay(true).ok();
             let (session, info) = handshake_client(stream, &s.cfg.secret, s.vol.uuid()).await?;
-            log::info!("connected to peer {} (protocol {})", s.cfg.peer, info.version);
+            log::info!(
+                "connected to peer {} (protocol {})",
+                s.cfg.peer,
+                info.version
+            );
             last_logged = None;
             backoff = Duration::from_millis(200);
             run_session(&s, session, info).await
@@ -697,7 +750,12 @@ async fn connect(addr: &str) -> Result<TcpStream> {
         match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(a)).await {
             Ok(Ok(s)) => return Ok(s),
             Ok(Err(e)) => last = Some(e),
-            Err(_) => last = Some(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")),
+            Err(_) => {
+                last = Some(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connect timed out",
+                ))
+            }
         }
     }
     Err(ReplicateError::Io {
@@ -711,19 +769,35 @@ type Rx = RecvHalf<tokio::io::ReadHalf<TcpStream>>;
 
 /// What the receiving task tells the sending one.
 enum FromPeer {
-    Missing { cp: u64, addrs: Vec<u64>, more: bool },
-    Rejected { cp: u64, reason: String },
+    /// The session ended (error or Bye).
+    Ended,
+    Missing {
+        cp: u64,
+        addrs: Vec<u64>,
+        more: bool,
+    },
+    Rejected {
+        cp: u64,
+        reason: String,
+    },
     Mismatch,
     Verify(u64, [u8; 32], Option<Vec<u8>>),
 }
 
-async fn run_session(s: &Arc<Shared>, session: crate::session::Session<TcpStream>, info: HandshakeInfo) -> Result<()> {
+async fn run_session(
+    s: &Arc<Shared>,
+    session: crate::session::Session<TcpStream>,
+    info: HandshakeInfo,
+) -> Result<()> {
     let (mut tx, rx) = session.split();
     let (ctrl_tx, mut ctrl_rx) = mpsc::unbounded_channel();
     *s.ctrl.lock() = Some(ctrl_tx);
     {
         let mut l = s.link.lock();
-        l.applied = info.resume.applied_cp.map(|a| (CpNumber(a.cp), RootHash(a.root_hash)));
+        l.applied = info
+            .resume
+            .applied_cp
+            .map(|a| (CpNumber(a.cp), RootHash(a.root_hash)));
         l.acked_transfer = TransferId(info.resume.durable_transfer);
         l.sent.clear();
     }
@@ -757,7 +831,7 @@ async fn run_session(s: &Arc<Shared>, session: crate::session::Session<TcpStream
             other => {
                 let base = other.and_then(|a| (a.cp < pinned.cp.0).then_some(CpNumber(a.cp)));
                 if let Some(a) = other {
-                    if a.cp == pinned.cp.0 || a.cp > pinned.cp.0 {
+                    if a.cp >= pinned.cp.0 {
                         let msg = format!(
                             "the peer's CP {} (root {}) does not match the source's history: full resync",
                             a.cp,
@@ -784,14 +858,17 @@ struct Sender<'a> {
     tx: &'a mut Tx,
     last_transfer_sent: TransferId,
     last_cp_sent: CpNumber,
-    pending_verify: Option<oneshot::Sender<std::result::Result<(u64, [u8; 32], Option<Vec<u8>>), String>>>,
+    pending_verify: Option<oneshot::Sender<VerifyAnswer>>,
 }
 
 impl Sender<'_> {
     async fn send(&mut self, msg: &Message, counter: &AtomicU64) -> Result<()> {
         let n = self.tx.send(msg).await?;
         counter.fetch_add(n as u64, Ordering::Relaxed);
-        self.s.counters.wire_total.fetch_add(n as u64, Ordering::Relaxed);
+        self.s
+            .counters
+            .wire_total
+            .fetch_add(n as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -847,20 +924,24 @@ impl Sender<'_> {
             let dev = vol.cache().device().clone();
             let mut buf = vec![0u8; BLOCK_SIZE];
             twinfs_fs::diff::walk_image(vol.cache(), &sbc, min_birth, &mut |p, _| {
-                dev.read(p.addr, &mut buf)
-                    .map_err(|e| FsError::io(format!("reading block {} for resync", p.addr.0), e))?;
+                dev.read(p.addr, &mut buf).map_err(|e| {
+                    FsError::io(format!("reading block {} for resync", p.addr.0), e)
+                })?;
                 if twinfs_fs::Hash128::of(&buf) != p.hash {
-                    return Err(FsError::corrupt(p.addr, "checksum mismatch while resyncing"));
+                    return Err(FsError::corrupt(
+                        p.addr,
+                        "checksum mismatch while resyncing",
+                    ));
                 }
                 frame.push(CpBlock {
                     addr: p.addr.0,
                     hash: p.hash.0,
                     enc: Encoding::Full(buf.clone()),
                 });
-                if frame.len() >= MAX_BLOCKS_PER_CP_FRAME {
-                    if btx.blocking_send(std::mem::take(&mut frame)).is_err() {
-                        return Err(FsError::Failed("resync stopped".into()));
-                    }
+                if frame.len() >= MAX_BLOCKS_PER_CP_FRAME
+                    && btx.blocking_send(std::mem::take(&mut frame)).is_err()
+                {
+                    return Err(FsError::Failed("resync stopped".into()));
                 }
                 Ok(())
             })?;
@@ -872,7 +953,11 @@ impl Sender<'_> {
         while let Some(blocks) = brx.recv().await {
             let n = blocks.len();
             self.s.counters.resync_blocks.add(n * BLOCK_SIZE);
-            self.send_cp(&Message::CpBlocks { cp: sb.cp.0, blocks }).await?;
+            self.send_cp(&Message::CpBlocks {
+                cp: sb.cp.0,
+                blocks,
+            })
+            .await?;
             if let Some(r) = &mut self.s.link.lock().resync {
                 r.bytes_done += (n * BLOCK_SIZE) as u64;
             }
@@ -889,7 +974,11 @@ impl Sender<'_> {
     }
 
     async fn end_cp(&mut self, sb: &Superblock, superblock: &Block) -> Result<()> {
-        self.s.link.lock().sent.insert(sb.cp.0, Box::new(sb.clone()));
+        self.s
+            .link
+            .lock()
+            .sent
+            .insert(sb.cp.0, Box::new(sb.clone()));
         self.send_cp(&Message::CpEnd {
             cp: sb.cp.0,
             superblock: superblock.to_vec(),
@@ -919,12 +1008,10 @@ impl Sender<'_> {
         if b.id <= self.last_transfer_sent {
             return Ok(());
         }
-        let msg = Message::Transfer {
-            id: b.id.0,
-            batch: b.bytes.to_vec(),
-        };
+        let n = self.tx.send_transfer(b.id.0, &b.bytes).await?;
         let s = self.s.clone();
-        self.send(&msg, &s.counters.log_sent).await?;
+        s.counters.log_sent.fetch_add(n as u64, Ordering::Relaxed);
+        s.counters.wire_total.fetch_add(n as u64, Ordering::Relaxed);
         s.counters.transfers.add(b.bytes.len());
         self.last_transfer_sent = b.id;
         Ok(())
@@ -944,6 +1031,9 @@ impl Sender<'_> {
             if self.s.shutdown.load(Ordering::SeqCst) {
                 let _ = self.tx.send(&Message::Bye).await;
                 return Ok(());
+            }
+            while let Ok(m) = from_peer.try_recv() {
+                self.answer(m).await?;
             }
             if std::mem::take(&mut self.s.out.lock().lost) {
                 self.catch_up().await?;
@@ -966,7 +1056,11 @@ impl Sender<'_> {
                 Some(Item::CpBegin { cp, base, covers }) => {
                     if base != self.last_cp_sent {
                         // A CP was produced while we could not stream it.
-                        log::info!("CP {} builds on CP {} which the peer lacks: resyncing", cp.0, base.0);
+                        log::info!(
+                            "CP {} builds on CP {} which the peer lacks: resyncing",
+                            cp.0,
+                            base.0
+                        );
                         skipping_cp = Some(cp);
                         self.catch_up().await?;
                         continue;
@@ -985,7 +1079,8 @@ impl Sender<'_> {
                 }
                 Some(Item::CpBlocks { cp, blocks }) => {
                     if skipping_cp != Some(cp) {
-                        self.send_cp(&Message::CpBlocks { cp: cp.0, blocks }).await?;
+                        self.send_cp(&Message::CpBlocks { cp: cp.0, blocks })
+                            .await?;
                     }
                 }
                 Some(Item::CpEnd { sb, superblock }) => {
@@ -999,17 +1094,14 @@ impl Sender<'_> {
                         _ = self.s.wake.notified() => {}
                         _ = ping.tick() => {
                             nonce += 1;
+                            *self.s.ping_sent.lock() = Some((nonce, Instant::now()));
                             let s = self.s.clone();
-                            self.send(&Message::Ping { nonce }, &s.counters.cp_sent).await?;
+                            self.send(&Message::Ping { nonce }, &s.counters.wire_total).await?;
                         }
                         Some(c) = ctrl.recv() => self.control(c).await?,
                         Some(m) = from_peer.recv() => self.answer(m).await?,
                     }
                 }
-            }
-            // Answer the peer promptly even while the queue is busy.
-            while let Ok(m) = from_peer.try_recv() {
-                self.answer(m).await?;
             }
         }
     }
@@ -1026,11 +1118,13 @@ impl Sender<'_> {
             self.s.out_cv.notify_all();
         }
         let sb = tokio::task::block_in_place(|| self.s.vol.peer_tracking_start());
-        let base = (self.last_cp_sent.0 > 0 && self.last_cp_sent < sb.cp).then_some(self.last_cp_sent);
+        let base =
+            (self.last_cp_sent.0 > 0 && self.last_cp_sent < sb.cp).then_some(self.last_cp_sent);
         if self.last_cp_sent == sb.cp {
             return Ok(());
         }
-        self.s.out.lock().last_queued_transfer = TransferId(sb.log.next_transfer.0.saturating_sub(1));
+        self.s.out.lock().last_queued_transfer =
+            TransferId(sb.log.next_transfer.0.saturating_sub(1));
         self.resync(&sb, base).await?;
         self.s.set_phase(Phase::Streaming);
         Ok(())
@@ -1040,7 +1134,8 @@ impl Sender<'_> {
         match c {
             Ctrl::Verify { cp, deep, reply } => {
                 self.pending_verify = Some(reply);
-                self.send_cp(&Message::VerifyRequest { cp: cp.0, deep }).await
+                self.send_cp(&Message::VerifyRequest { cp: cp.0, deep })
+                    .await
             }
         }
     }
@@ -1050,7 +1145,9 @@ impl Sender<'_> {
             FromPeer::Missing { cp, addrs, more } => {
                 let sb = self.s.link.lock().sent.get(&cp).cloned();
                 let Some(sb) = sb else {
-                    return Err(ReplicateError::Protocol(format!("the peer asks for blocks of CP {cp} we did not send")));
+                    return Err(ReplicateError::Protocol(format!(
+                        "the peer asks for blocks of CP {cp} we did not send"
+                    )));
                 };
                 let vol = self.s.vol.clone();
                 let n = addrs.len();
@@ -1082,6 +1179,7 @@ impl Sender<'_> {
                 self.last_cp_sent = CpNumber(0);
                 self.catch_up().await
             }
+            FromPeer::Ended => Err(ReplicateError::Protocol("the peer session ended".into())),
             FromPeer::Verify(cp, root, deep) => {
                 if let Some(r) = self.pending_verify.take() {
                     let _ = r.send(Ok((cp, root, deep)));
@@ -1098,10 +1196,11 @@ fn read_blocks(vol: &Volume, addrs: &[u64]) -> Result<Vec<CpBlock>> {
     let mut out = Vec::with_capacity(addrs.len());
     let mut buf = vec![0u8; BLOCK_SIZE];
     for &a in addrs {
-        dev.read(twinfs_fs::BlockAddr(a), &mut buf).map_err(|e| ReplicateError::Io {
-            what: format!("reading block {a} to resend"),
-            source: e,
-        })?;
+        dev.read(twinfs_fs::BlockAddr(a), &mut buf)
+            .map_err(|e| ReplicateError::Io {
+                what: format!("reading block {a} to resend"),
+                source: e,
+            })?;
         out.push(CpBlock {
             addr: a,
             hash: twinfs_fs::Hash128::of(&buf).0,
@@ -1130,7 +1229,9 @@ async fn receive_loop(s: Arc<Shared>, mut rx: Rx, to_sender: mpsc::UnboundedSend
                 Message::CpApplied { cp, root_hash } => {
                     let sb = s.link.lock().sent.remove(&cp);
                     let Some(sb) = sb else {
-                        return Err(ReplicateError::Protocol(format!("the peer applied CP {cp} we did not send")));
+                        return Err(ReplicateError::Protocol(format!(
+                            "the peer applied CP {cp} we did not send"
+                        )));
                     };
                     if sb.root_hash().0 != root_hash {
                         let msg = format!(
@@ -1160,14 +1261,26 @@ async fn receive_loop(s: Arc<Shared>, mut rx: Rx, to_sender: mpsc::UnboundedSend
                     let _ = to_sender.send(FromPeer::Rejected { cp, reason });
                     s.wake.notify_one();
                 }
-                Message::VerifyReply { cp, root_hash, deep_hash } => {
+                Message::VerifyReply {
+                    cp,
+                    root_hash,
+                    deep_hash,
+                } => {
                     let _ = to_sender.send(FromPeer::Verify(cp, root_hash, deep_hash));
                     s.wake.notify_one();
                 }
-                Message::Pong { .. } => {}
+                Message::Pong { nonce } => {
+                    if let Some((n, at)) = *s.ping_sent.lock() {
+                        if n == nonce {
+                            s.link.lock().rtt = Some(at.elapsed());
+                        }
+                    }
+                }
                 Message::Ping { .. } => {}
                 Message::Error { reason } => {
-                    return Err(ReplicateError::Protocol(format!("the peer reports an error: {reason}")));
+                    return Err(ReplicateError::Protocol(format!(
+                        "the peer reports an error: {reason}"
+                    )));
                 }
                 Message::Bye => return Ok(()),
                 other => {
@@ -1185,6 +1298,6 @@ async fn receive_loop(s: Arc<Shared>, mut rx: Rx, to_sender: mpsc::UnboundedSend
         s.link.lock().last_error = Some(e.to_string());
     }
     // Wake the sender so it notices the session is over.
-    s.out.lock().lost = true;
+    let _ = to_sender.send(FromPeer::Ended);
     s.wake.notify_one();
 }
