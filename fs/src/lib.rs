@@ -14,6 +14,7 @@ pub mod device;
 pub mod diff;
 pub mod error;
 pub mod filetree;
+pub mod fsck;
 pub mod items;
 pub mod nvlog;
 pub mod overlay;

@@ -1,0 +1,243 @@
+//! `fsck` on healthy images: no problems, and counts that match what was built.
+
+mod fsck_common;
+
+use std::sync::Arc;
+
+use fsck_common::*;
+use twinfs_fs::device::{BlockDevice, MemDevice};
+use twinfs_fs::fsck::{self, Kind, Phase, Severity};
+use twinfs_fs::volume;
+use twinfs_fs::*;
+
+#[test]
+fn a_new_volume_is_clean() {
+    let dev = Arc::new(MemDevice::new(20_000));
+    let sb = volume::mkfs(dev.clone(), &MkfsOptions::default()).unwrap();
+    let report = fsck(&*dev);
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.problems, vec![]);
+    assert_eq!((report.slot, report.cp), (0, CpNumber(0)));
+    assert_eq!(report.root_hash, sb.root_hash());
+    let s = &report.summary;
+    assert_eq!((s.inodes, s.directories, s.entries), (1, 1, 0));
+    assert_eq!(s.blocks_used, sb.used_blocks);
+    assert_eq!(report.log.batches, 0);
+}
+
+#[test]
+fn a_varied_tree_with_snapshots_is_clean_and_counted() {
+    let (dev, vol) = new_volume(40_000);
+    let e = build_varied_tree(&vol);
+    let committed = vol.committed();
+    let report = fsck(&*dev);
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.cp, committed.cp);
+    assert_eq!(report.root_hash, committed.root_hash());
+    let s = &report.summary;
+    assert_eq!(s.inodes, e.inodes, "{report}");
+    assert_eq!(s.directories, e.directories);
+    assert_eq!(s.regular_files, e.regular_files);
+    assert_eq!(s.symlinks, e.symlink_count);
+    assert_eq!(s.special_files, e.special_files);
+    assert_eq!(s.entries, e.entries);
+    assert_eq!(s.orphans, 1, "the open, unlinked file is an orphan");
+    assert_eq!(s.xattrs, e.xattrs.len() as u64);
+    assert_eq!(s.data_bytes, e.data_bytes);
+    assert_eq!(s.snapshots, 2);
+    assert_eq!(s.blocks_used, committed.used_blocks);
+    assert!(s.blocks_verified >= s.blocks_used);
+    // Every data block: each 4 KiB piece of a file holding a non-zero byte
+    // (punched ranges are holes), the orphan's 2, the sparse file's 4 and the
+    // long symlink target's 1.
+    let file_blocks: u64 = e
+        .files
+        .iter()
+        .map(|(_, d)| d.chunks(4096).filter(|c| c.iter().any(|&b| b != 0)).count() as u64)
+        .sum();
+    assert_eq!(s.data_blocks, file_blocks + 2 + 4 + 1);
+
+    // Releasing the orphan reclaims it: still clean, one inode fewer.
+    vol.release_file(e.orphan.unwrap()).unwrap();
+    vol.close().unwrap();
+    let report = fsck(&*dev);
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.summary.inodes, e.inodes - 1);
+    assert_eq!(report.summary.orphans, 0);
+}
+
+#[test]
+fn many_files_in_a_deep_tree_are_clean() {
+    let (dev, vol) = new_volume(60_000);
+    let mut dirs = vec![ROOT_INO];
+    let mut files = Vec::new();
+    for i in 0..4000u64 {
+        let parent = dirs[(i as usize * 7) % dirs.len()];
+        let name = format!("n{i:05}-{}", "x".repeat((i % 40) as usize));
+        let kind = if i % 10 == 0 {
+            FileKind::Directory
+        } else {
+            FileKind::Regular
+        };
+        let a = vol
+            .create(parent, name.as_bytes(), kind, 0o644, 0, 0, 0)
+            .unwrap();
+        if kind == FileKind::Directory {
+            dirs.push(a.ino);
+        } else {
+            files.push((parent, name));
+            if i % 3 == 0 {
+                vol.write(a.ino, 0, &bytes(i, (i % 9000) as usize), false)
+                    .unwrap();
+            }
+        }
+        if i % 500 == 0 {
+            vol.checkpoint().unwrap();
+        }
+    }
+    // Remove a third of the files again, so that tree nodes merge.
+    for (parent, name) in files.iter().step_by(3) {
+        vol.unlink(*parent, name.as_bytes()).unwrap();
+    }
+    assert!(vol.committed().meta.height >= 1, "a tree of several levels");
+    vol.close().unwrap();
+    let report = fsck(&*dev);
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.summary.directories, dirs.len() as u64);
+}
+
+#[test]
+fn the_log_to_replay_is_counted_and_a_crash_leaves_a_clean_image() {
+    let (dev, vol) = new_volume(20_000);
+    let f = vol
+        .create(ROOT_INO, b"f", FileKind::Regular, 0o644, 0, 0, 0)
+        .unwrap();
+    vol.checkpoint().unwrap();
+    for i in 0..3u64 {
+        vol.write(f.ino, i * 10_000, &bytes(i, 10_000), false)
+            .unwrap();
+        vol.fsync().unwrap();
+    }
+    vol.crash();
+    drop(vol);
+    let report = fsck(&*dev);
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.log.batches, 3, "{report}");
+    assert_eq!(report.log.records, 3);
+    assert!(report.log.stop.contains("transfer"), "{}", report.log.stop);
+}
+
+#[test]
+fn progress_counts_up_to_the_used_blocks() {
+    let (dev, vol) = new_volume(20_000);
+    let f = vol
+        .create(ROOT_INO, b"f", FileKind::Regular, 0o644, 0, 0, 0)
+        .unwrap();
+    vol.write(f.ino, 0, &bytes(1, 40 << 20), false).unwrap();
+    vol.close().unwrap();
+    let mut seen = Vec::new();
+    let report = fsck::check(&*dev, &mut |p| seen.push(p)).unwrap();
+    assert!(report.is_clean(), "{report}");
+    assert!(seen.len() > 3, "{seen:?}");
+    assert!(seen
+        .windows(2)
+        .all(|w| w[0].blocks_checked <= w[1].blocks_checked));
+    let last = seen.last().unwrap();
+    assert_eq!(last.phase, Phase::Done);
+    assert_eq!(last.blocks_total, report.summary.blocks_used);
+    assert!(last.blocks_checked >= report.summary.blocks_used);
+    assert!(seen.iter().any(|p| p.phase == Phase::Current));
+}
+
+#[test]
+fn a_peer_hold_is_walked_and_verified() {
+    let (dev, vol) = new_volume(20_000);
+    let f = vol
+        .create(ROOT_INO, b"f", FileKind::Regular, 0o644, 0, 0, 0)
+        .unwrap();
+    vol.write(f.ino, 0, &bytes(1, 50_000), false).unwrap();
+    vol.checkpoint().unwrap();
+    vol.peer_tracking_start();
+    vol.peer_acked(&vol.committed());
+    vol.write(f.ino, 0, &bytes(2, 50_000), false).unwrap();
+    vol.checkpoint().unwrap();
+    vol.write(f.ino, 0, &bytes(3, 50_000), false).unwrap();
+    vol.close().unwrap();
+    let report = fsck(&*dev);
+    assert!(report.is_clean(), "{report}");
+    assert!(
+        report.summary.blocks_verified > report.summary.blocks_used,
+        "the hold's own blocks were verified too: {report}"
+    );
+}
+
+#[test]
+fn no_valid_superblock_is_a_clear_failure() {
+    let dev = MemDevice::new(20_000);
+    let err = fsck::check(&dev, &mut |_| {}).unwrap_err();
+    assert!(err.to_string().contains("no valid superblock"), "{err}");
+}
+
+/// Reports fewer blocks than the image it wraps holds: a truncated file.
+struct Truncated(Arc<MemDevice>, u64);
+
+impl BlockDevice for Truncated {
+    fn num_blocks(&self) -> u64 {
+        self.1
+    }
+    fn read(&self, addr: BlockAddr, buf: &mut [u8]) -> std::io::Result<()> {
+        if addr.0 + (buf.len() / 4096) as u64 > self.1 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "beyond the end",
+            ));
+        }
+        self.0.read(addr, buf)
+    }
+    fn write(&self, addr: BlockAddr, data: &[u8]) -> std::io::Result<()> {
+        self.0.write(addr, data)
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_truncated_image_is_a_clear_failure() {
+    let dev = Arc::new(MemDevice::new(20_000));
+    volume::mkfs(dev.clone(), &MkfsOptions::default()).unwrap();
+    let err = fsck::check(&Truncated(dev, 15_000), &mut |_| {}).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("truncated") && msg.contains("20000") && msg.contains("15000"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn problems_render_with_severity_image_and_place() {
+    let (dev, vol) = new_volume(20_000);
+    for i in 0..2 {
+        vol.create(ROOT_INO, &[b'a' + i], FileKind::Regular, 0o644, 0, 0, 0)
+            .unwrap();
+        vol.checkpoint().unwrap();
+    }
+    assert_eq!(vol.committed().cp, CpNumber(2));
+    vol.close().unwrap();
+    // Slot 1 gets CP 1 of another volume.
+    let other = Arc::new(MemDevice::new(20_000));
+    let mut foreign = volume::mkfs(other, &MkfsOptions::default()).unwrap();
+    foreign.cp = CpNumber(1);
+    dev.write(BlockAddr(1), &foreign.encode()[..]).unwrap();
+    let report = fsck(&*dev);
+    assert_eq!(report.slot, 0);
+    let p = report.of_kind(Kind::Superblock).next().expect("reported");
+    assert_eq!(p.severity, Severity::Error);
+    assert_eq!(p.block, Some(BlockAddr(1)));
+    assert!(
+        p.to_string()
+            .starts_with("error: volume: superblock slot 1 belongs to another volume"),
+        "{p}"
+    );
+    assert!(report.to_string().contains("1 errors"), "{report}");
+}
