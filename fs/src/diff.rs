@@ -117,3 +117,31 @@ fn file_tree(
         )
     })
 }
+
+/// Rehashes every block of an image from the device (bypassing the cache)
+/// and folds `(address, hash)` in walk order into one digest, so that two
+/// sides holding the same image produce the same digest. A block whose
+/// content no longer matches its pointer is an error naming it.
+pub fn deep_hash(
+    r: &impl NodeReader,
+    dev: &dyn crate::device::BlockDevice,
+    sb: &Superblock,
+) -> Result<[u8; 32]> {
+    let mut digest = blake3::Hasher::new();
+    digest.update(&sb.root_hash().0);
+    let mut buf = vec![0u8; BLOCK_SIZE];
+    walk_image(r, sb, CpNumber(0), &mut |p, _| {
+        dev.read(p.addr, &mut buf)
+            .map_err(|e| FsError::io(format!("rehashing block {}", p.addr.0), e))?;
+        if Hash128::of(&buf) != p.hash {
+            return Err(FsError::corrupt(
+                p.addr,
+                "content does not match its pointer's hash",
+            ));
+        }
+        digest.update(&p.addr.0.to_le_bytes());
+        digest.update(&p.hash.0);
+        Ok(())
+    })?;
+    Ok(*digest.finalize().as_bytes())
+}

@@ -1271,13 +1271,14 @@ impl Volume {
 
     // ---- the peer hold (DESIGN invariant 1) ----------------------------------
 
-    /// The peer is about to follow CP by CP from the committed CP on.
-    /// Returns that CP.
-    pub fn peer_tracking_start(&self) -> CpNumber {
+    /// The peer is about to follow CP by CP from the committed CP on: from
+    /// now until it acknowledges them, nothing that CP or any later one
+    /// references is reused. Returns that CP's superblock.
+    pub fn peer_tracking_start(&self) -> Superblock {
         let mut ctl = self.inner.cp.lock();
-        let cp = self.inner.state.read().image.cp;
-        ctl.alloc.track_peer_from(cp);
-        cp
+        let sb = self.inner.state.read().image.clone();
+        ctl.alloc.track_peer_from(sb.cp);
+        sb
     }
 
     /// The peer has applied CP `sb.cp` (its superblock is `sb`). The hold
