@@ -1,0 +1,920 @@
+//! The command line of `twinfs`: the contract of DESIGN.md "Command line and
+//! status", as clap derive types.
+//!
+//! Everything a user can type is parsed and checked here, so that a typo is a
+//! usage error (exit 2) before any command touches an image, a mount or the
+//! network. Command modules (`crate::cmd::*`) receive these types already
+//! validated; `MountArgs::config` additionally merges the FUSE-style `-o`
+//! options with the long flags into one [`MountConfig`].
+//!
+//! `man/twinfs.8` documents every subcommand and flag defined here; the test
+//! `tests/cli_man.rs` walks this tree and fails when the page misses one.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+
+/// The largest accepted `--cp-interval`, one day: a longer interval would
+/// only let the log grow until the dirty-data bound forces a CP anyway.
+pub const MAX_CP_INTERVAL_SECS: u64 = 86_400;
+
+/// The `--cp-interval` used when neither the flag nor `-o cp_interval=` is given.
+pub const DEFAULT_CP_INTERVAL_SECS: u64 = 10;
+
+/// twinfs: a FUSE file system that mirrors every change to a peer.
+#[derive(Debug, Parser)]
+#[command(name = "twinfs", version, propagate_version = true)]
+#[command(about = "A FUSE file system that mirrors every change to a peer")]
+#[command(after_help = "See twinfs(8) (man/twinfs.8) for the details of every command.")]
+pub struct Cli {
+    /// More log output: -v info, -vv debug, -vvv trace (default: warnings
+    /// only; RUST_LOG, when set, overrides)
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+impl Cli {
+    /// The `log` level that `-v` asks for, as an env_logger filter string.
+    pub fn log_filter(&self) -> &'static str {
+        match self.verbose {
+            0 => "warn",
+            1 => "info",
+            2 => "debug",
+            _ => "trace",
+        }
+    }
+}
+
+/// The subcommands; one module in `src/cmd/` each.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create an empty twinfs volume in an image file or block device
+    Mkfs(MkfsArgs),
+    /// Serve a volume over FUSE, optionally mirroring it to a peer
+    Mount(MountArgs),
+    /// Run the peer daemon that receives and stores a mirrored volume
+    Peer(PeerArgs),
+    /// Show the state of a mount or of a peer directory
+    Status(StatusArgs),
+    /// Take a consistency point now and wait until it is committed
+    Checkpoint(CheckpointArgs),
+    /// Create, list or delete snapshots of a mounted volume
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+    /// Compare the root hash of a mount with its peer's
+    Verify(VerifyArgs),
+    /// Turn a peer's replica into a volume that `twinfs mount` serves
+    Promote(PromoteArgs),
+    /// Check the consistency of an unmounted image
+    Fsck(FsckArgs),
+    /// Run a self-contained demonstration on loopback
+    Demo(DemoArgs),
+}
+
+impl Command {
+    /// The subcommand's name as typed, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Mkfs(_) => "mkfs",
+            Command::Mount(_) => "mount",
+            Command::Peer(_) => "peer",
+            Command::Status(_) => "status",
+            Command::Checkpoint(_) => "checkpoint",
+            Command::Snapshot(_) => "snapshot",
+            Command::Verify(_) => "verify",
+            Command::Promote(_) => "promote",
+            Command::Fsck(_) => "fsck",
+            Command::Demo(_) => "demo",
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct MkfsArgs {
+    /// Image file (created if missing) or block device
+    #[arg(value_name = "IMAGE")]
+    pub image: PathBuf,
+
+    /// Size of the volume: bytes, or a number with K, M, G or T (powers of 1024)
+    #[arg(long, value_name = "SIZE")]
+    pub size: Size,
+
+    /// Overwrite IMAGE even if it already holds a twinfs volume or other data
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// Image file or block device made by `twinfs mkfs` (or by `twinfs promote`)
+    #[arg(value_name = "IMAGE")]
+    pub image: PathBuf,
+
+    /// Existing directory to mount the volume on
+    #[arg(value_name = "MOUNTPOINT")]
+    pub mountpoint: PathBuf,
+
+    /// Stay in the foreground instead of returning once the mount is ready
+    #[arg(short, long)]
+    pub foreground: bool,
+
+    /// Mount options in FUSE spelling, comma-separated, repeatable
+    /// (e.g. -o allow_other,default_permissions -o peer=host:7070)
+    #[arg(short = 'o', value_name = "OPTIONS", value_delimiter = ',', action = ArgAction::Append)]
+    pub options: Vec<MountOpt>,
+
+    /// Seconds between timed consistency points [default: 10]
+    #[arg(long, value_name = "SECS", value_parser = parse_cp_interval)]
+    pub cp_interval: Option<u64>,
+
+    /// Mirror every change to the peer daemon at HOST:PORT (needs --secret)
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_peer_addr)]
+    pub peer: Option<HostPort>,
+
+    /// File holding the secret shared with the peer
+    #[arg(long, value_name = "FILE")]
+    pub secret: Option<PathBuf>,
+
+    /// When fsync waits for the peer [default: sync]
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub mode: Option<Mode>,
+
+    /// How consistency points are sent to the peer [default: best]
+    #[arg(long, value_enum, value_name = "METHOD")]
+    pub cp_sync: Option<CpSync>,
+
+    /// Dirty data that forces a consistency point before the interval ends
+    /// (SIZE as for mkfs) [default: chosen by the volume]
+    #[arg(long, value_name = "SIZE")]
+    pub dirty_limit: Option<Size>,
+}
+
+#[derive(Debug, Args)]
+pub struct PeerArgs {
+    /// Directory holding the replica (mirror image, log store, state);
+    /// created if missing
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+
+    /// Address to accept the source's connection on
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen_addr)]
+    pub listen: HostPort,
+
+    /// File holding the secret shared with the source
+    #[arg(long, value_name = "FILE")]
+    pub secret: PathBuf,
+
+    /// Also serve the latest applied CP read-only on this directory
+    #[arg(long, value_name = "MOUNTPOINT")]
+    pub mount: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["mountpoint", "dir"])))]
+pub struct StatusArgs {
+    /// A mounted twinfs volume
+    #[arg(value_name = "MOUNTPOINT")]
+    pub mountpoint: Option<PathBuf>,
+
+    /// A peer directory instead of a mount
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+
+    /// Print one JSON object instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What `twinfs status` reports on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatusTarget {
+    Mount(PathBuf),
+    Dir(PathBuf),
+}
+
+impl StatusArgs {
+    /// The one target clap guaranteed (the ArgGroup makes exactly one present).
+    pub fn target(&self) -> StatusTarget {
+        match (&self.mountpoint, &self.dir) {
+            (_, Some(dir)) => StatusTarget::Dir(dir.clone()),
+            (Some(mp), None) => StatusTarget::Mount(mp.clone()),
+            // Unreachable through clap; an empty path then fails with a clear
+            // "no such mount" message rather than a panic.
+            (None, None) => StatusTarget::Mount(PathBuf::new()),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct CheckpointArgs {
+    /// A mounted twinfs volume
+    #[arg(value_name = "MOUNTPOINT")]
+    pub mountpoint: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Save the current state of the volume under NAME
+    Create(SnapshotCreateArgs),
+    /// List the snapshots of the volume
+    List(SnapshotListArgs),
+    /// Delete the snapshot NAME, releasing the blocks only it kept
+    Delete(SnapshotDeleteArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotCreateArgs {
+    /// A mounted twinfs volume
+    #[arg(value_name = "MOUNTPOINT")]
+    pub mountpoint: PathBuf,
+    /// Name of the new snapshot [default: cp-N, after the CP it captures]
+    #[arg(value_name = "NAME", value_parser = parse_snapshot_name)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotListArgs {
+    /// A mounted twinfs volume
+    #[arg(value_name = "MOUNTPOINT")]
+    pub mountpoint: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotDeleteArgs {
+    /// A mounted twinfs volume
+    #[arg(value_name = "MOUNTPOINT")]
+    pub mountpoint: PathBuf,
+    /// Name of the snapshot to delete
+    #[arg(value_name = "NAME", value_parser = parse_snapshot_name)]
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// A mounted twinfs volume with a peer
+    #[arg(value_name = "MOUNTPOINT")]
+    pub mountpoint: PathBuf,
+    /// Rehash every block on both sides instead of comparing root hashes
+    #[arg(long)]
+    pub deep: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PromoteArgs {
+    /// The peer directory to turn into a volume (its peer daemon stopped)
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct FsckArgs {
+    /// Image file or block device (not mounted)
+    #[arg(value_name = "IMAGE")]
+    pub image: PathBuf,
+    /// Print only problems, no progress
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Working directory for the demo's images and mounts
+    /// [default: a new temporary directory]
+    #[arg(value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+/// `--mode`: what fsync waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// fsync waits for the peer; carries on without it past a timeout
+    Sync,
+    /// fsync fails with EIO when the peer cannot confirm
+    Strict,
+    /// fsync never waits for the peer
+    Async,
+}
+
+/// `--cp-sync`: how a consistency point travels to the peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CpSync {
+    /// Every block the CP writes, in full (the naive baseline)
+    Full,
+    /// References to logged whole blocks, the rest in full (the patent's method)
+    Refs,
+    /// All encodings: full, refs, recipes and deltas, the cheapest per block
+    Best,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Sync => "sync",
+            Mode::Strict => "strict",
+            Mode::Async => "async",
+        }
+    }
+}
+
+impl CpSync {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CpSync::Full => "full",
+            CpSync::Refs => "refs",
+            CpSync::Best => "best",
+        }
+    }
+}
+
+impl FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Mode, String> {
+        <Mode as ValueEnum>::from_str(s, false)
+            .map_err(|_| format!("unknown mode '{s}' (expected sync, strict or async)"))
+    }
+}
+
+impl FromStr for CpSync {
+    type Err = String;
+    fn from_str(s: &str) -> Result<CpSync, String> {
+        <CpSync as ValueEnum>::from_str(s, false)
+            .map_err(|_| format!("unknown cp-sync method '{s}' (expected full, refs or best)"))
+    }
+}
+
+/// A size in bytes, typed as plain bytes or with a K/M/G/T suffix
+/// (powers of 1024; an optional trailing `iB` or `B` is accepted: `64MiB`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size {
+    pub bytes: u64,
+}
+
+impl FromStr for Size {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Size, String> {
+        let bad = |why: &str| format!("invalid size '{s}': {why} (e.g. 4096, 512K, 64M, 10G, 1T)");
+        let t = s.trim();
+        let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (digits, suffix) = t.split_at(digits_end);
+        if digits.is_empty() {
+            return Err(bad("it must start with a number"));
+        }
+        let number: u64 = digits.parse().map_err(|_| bad("the number is too large"))?;
+        let suffix = suffix
+            .strip_suffix("iB")
+            .or_else(|| suffix.strip_suffix('B'))
+            .filter(|rest| !rest.is_empty())
+            .unwrap_or(suffix);
+        let shift = match suffix {
+            "" => 0,
+            "K" | "k" => 10,
+            "M" | "m" => 20,
+            "G" | "g" => 30,
+            "T" | "t" => 40,
+            _ => return Err(bad("the unit must be K, M, G or T")),
+        };
+        let bytes = number
+            .checked_mul(1u64 << shift)
+            .ok_or_else(|| bad("it does not fit in 64 bits"))?;
+        if bytes == 0 {
+            return Err(bad("it must be greater than zero"));
+        }
+        Ok(Size { bytes })
+    }
+}
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [(u32, &str); 4] = [(40, "T"), (30, "G"), (20, "M"), (10, "K")];
+        for (shift, unit) in UNITS {
+            let unit_bytes = 1u64 << shift;
+            if self.bytes % unit_bytes == 0 {
+                return write!(f, "{}{unit}", self.bytes / unit_bytes);
+            }
+        }
+        write!(f, "{}", self.bytes)
+    }
+}
+
+/// A network address as typed: `HOST:PORT`, `IPv4:PORT` or `[IPv6]:PORT`.
+/// The host is resolved when connecting or binding, not when parsing, so a
+/// peer whose name does not resolve yet can still be configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    /// Host name or IP address, without brackets.
+    pub host: String,
+    pub port: u16,
+}
+
+impl HostPort {
+    fn parse(s: &str) -> Result<HostPort, String> {
+        let bad = |why: &str| {
+            format!("invalid address '{s}': {why} (expected HOST:PORT, e.g. peer.example:7070, 192.0.2.7:7070 or [::1]:7070)")
+        };
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            let (host, after) = rest.split_once(']').ok_or_else(|| bad("missing ']'"))?;
+            if host.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(bad("the part in brackets is not an IPv6 address"));
+            }
+            let port = after
+                .strip_prefix(':')
+                .ok_or_else(|| bad("missing ':PORT'"))?;
+            (host, port)
+        } else {
+            let (host, port) = s.rsplit_once(':').ok_or_else(|| bad("missing ':PORT'"))?;
+            if host.contains(':') {
+                return Err(bad("write an IPv6 address in brackets"));
+            }
+            (host, port)
+        };
+        if host.is_empty() {
+            return Err(bad("the host is empty"));
+        }
+        if !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'))
+        {
+            return Err(bad("the host has characters a host name cannot have"));
+        }
+        let port: u16 = port
+            .parse()
+            .map_err(|_| bad("the port must be a number from 0 to 65535"))?;
+        Ok(HostPort {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// `--peer`: a HOST:PORT to connect to; port 0 is not connectable.
+pub fn parse_peer_addr(s: &str) -> Result<HostPort, String> {
+    let addr = HostPort::parse(s)?;
+    if addr.port == 0 {
+        return Err(format!(
+            "invalid address '{s}': port 0 cannot be connected to"
+        ));
+    }
+    Ok(addr)
+}
+
+/// `--listen`: a HOST:PORT to bind; port 0 lets the system choose.
+pub fn parse_listen_addr(s: &str) -> Result<HostPort, String> {
+    HostPort::parse(s)
+}
+
+/// `--cp-interval`: whole seconds from 1 to [`MAX_CP_INTERVAL_SECS`].
+pub fn parse_cp_interval(s: &str) -> Result<u64, String> {
+    let secs: u64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid interval '{s}': expected whole seconds, e.g. 10"))?;
+    if !(1..=MAX_CP_INTERVAL_SECS).contains(&secs) {
+        return Err(format!(
+            "invalid interval '{s}': must be from 1 to {MAX_CP_INTERVAL_SECS} seconds"
+        ));
+    }
+    Ok(secs)
+}
+
+/// The longest snapshot name, in bytes.
+pub const MAX_SNAPSHOT_NAME_BYTES: usize = 255;
+
+/// A snapshot name: 1 to 255 bytes of letters, digits, `.`, `_`, `-`, `:`, `@`,
+/// not starting with `.` (so it can appear as a path component).
+pub fn parse_snapshot_name(s: &str) -> Result<String, String> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '@');
+    if s.is_empty() || s.len() > MAX_SNAPSHOT_NAME_BYTES {
+        return Err(format!(
+            "invalid snapshot name '{s}': must be 1 to {MAX_SNAPSHOT_NAME_BYTES} bytes"
+        ));
+    }
+    if s.starts_with('.') || !s.chars().all(ok_char) {
+        return Err(format!(
+            "invalid snapshot name '{s}': use letters, digits and . _ - : @, not starting with '.'"
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// One item of `-o`: a FUSE mount option, a twinfs setting, or an option that
+/// only means something to mount(8)/fstab and is accepted and ignored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountOpt {
+    Fuse(FuseOption),
+    Twinfs(TwinfsOpt),
+    /// `defaults`, `_netdev`, `noauto`, `nofail`, `user`, `x-*`, `comment=*`, ...
+    Ignored(String),
+}
+
+/// FUSE/kernel mount options twinfs passes on. This is a plain enum so the
+/// command line needs no `fuser`; the FUSE adapter maps it to
+/// `fuser::MountOption` (one match arm each).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FuseOption {
+    ReadOnly,
+    ReadWrite,
+    AllowOther,
+    AllowRoot,
+    AutoUnmount,
+    DefaultPermissions,
+    Dev,
+    NoDev,
+    Suid,
+    NoSuid,
+    Exec,
+    NoExec,
+    Atime,
+    NoAtime,
+    Sync,
+    Async,
+    DirSync,
+    /// `fsname=NAME`: the source shown in /proc/mounts (default: IMAGE).
+    FsName(String),
+    /// `subtype=NAME`: shown as fuse.NAME (default: twinfs).
+    Subtype(String),
+}
+
+/// twinfs settings that can also be given as `-o key=value`, so an fstab line
+/// can say everything a command line can.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TwinfsOpt {
+    Peer(HostPort),
+    Secret(PathBuf),
+    Mode(Mode),
+    CpInterval(u64),
+    CpSync(CpSync),
+    DirtyLimit(Size),
+}
+
+/// fstab/mount(8) options that mean nothing to the file system itself.
+const IGNORED_MOUNT_OPTIONS: &[&str] = &[
+    "defaults", "_netdev", "auto", "noauto", "nofail", "user", "nouser", "users", "owner", "group",
+];
+
+impl FromStr for MountOpt {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<MountOpt, String> {
+        use FuseOption as F;
+        let (key, value) = match s.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (s, None),
+        };
+        if IGNORED_MOUNT_OPTIONS.contains(&key) || key.starts_with("x-") || key == "comment" {
+            return Ok(MountOpt::Ignored(s.to_string()));
+        }
+        let flag = |opt: FuseOption| match value {
+            None => Ok(MountOpt::Fuse(opt)),
+            Some(_) => Err(format!("mount option '{key}' takes no value")),
+        };
+        let need = |what: &str| {
+            value
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| format!("mount option '{key}' needs a value: {key}={what}"))
+        };
+        let twinfs = |opt: Result<TwinfsOpt, String>| opt.map(MountOpt::Twinfs);
+        match key {
+            "ro" => flag(F::ReadOnly),
+            "rw" => flag(F::ReadWrite),
+            "allow_other" => flag(F::AllowOther),
+            "allow_root" => flag(F::AllowRoot),
+            "auto_unmount" => flag(F::AutoUnmount),
+            "default_permissions" => flag(F::DefaultPermissions),
+            "dev" => flag(F::Dev),
+            "nodev" => flag(F::NoDev),
+            "suid" => flag(F::Suid),
+            "nosuid" => flag(F::NoSuid),
+            "exec" => flag(F::Exec),
+            "noexec" => flag(F::NoExec),
+            "atime" => flag(F::Atime),
+            "noatime" => flag(F::NoAtime),
+            "sync" => flag(F::Sync),
+            "async" => flag(F::Async),
+            "dirsync" => flag(F::DirSync),
+            "fsname" => Ok(MountOpt::Fuse(F::FsName(need("NAME")?.to_string()))),
+            "subtype" => Ok(MountOpt::Fuse(F::Subtype(need("NAME")?.to_string()))),
+            "peer" => twinfs(parse_peer_addr(need("HOST:PORT")?).map(TwinfsOpt::Peer)),
+            "secret" => twinfs(Ok(TwinfsOpt::Secret(PathBuf::from(need("FILE")?)))),
+            "mode" => twinfs(need("sync|strict|async")?.parse().map(TwinfsOpt::Mode)),
+            "cp_interval" => twinfs(parse_cp_interval(need("SECS")?).map(TwinfsOpt::CpInterval)),
+            "cp_sync" => twinfs(need("full|refs|best")?.parse().map(TwinfsOpt::CpSync)),
+            "dirty_limit" => twinfs(need("SIZE")?.parse().map(TwinfsOpt::DirtyLimit)),
+            _ => Err(format!(
+                "unknown mount option '{s}' (see MOUNT OPTIONS in twinfs(8))"
+            )),
+        }
+    }
+}
+
+/// Where a mount mirrors to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerTarget {
+    pub addr: HostPort,
+    /// File holding the shared secret; read by the command, never logged.
+    pub secret: PathBuf,
+}
+
+/// Everything `twinfs mount` was asked for, flags and `-o` merged, defaults
+/// filled in. This is what the volume and the replication layer consume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountConfig {
+    pub image: PathBuf,
+    pub mountpoint: PathBuf,
+    pub foreground: bool,
+    /// FUSE options in the order given; `fsname`/`subtype` only if the user set them.
+    pub fuse_options: Vec<FuseOption>,
+    pub cp_interval: Duration,
+    pub peer: Option<PeerTarget>,
+    pub mode: Mode,
+    pub cp_sync: CpSync,
+    /// `None`: the volume's own default bound.
+    pub dirty_limit_bytes: Option<u64>,
+}
+
+/// Sets `slot` from a flag or an `-o` option, refusing the same setting twice.
+fn set_once<T>(slot: &mut Option<T>, value: T, name: &str) -> Result<(), String> {
+    if slot.is_some() {
+        return Err(format!(
+            "{name} is given twice (as a flag and as -o {name}=, or twice in -o); give it once"
+        ));
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
+impl MountArgs {
+    /// Merges the long flags with the twinfs settings given through `-o` and
+    /// fills in defaults. Errors are usage errors (exit 2): a setting given
+    /// twice, or a peer without a secret and vice versa.
+    pub fn config(&self) -> Result<MountConfig, String> {
+        let mut cp_interval = self.cp_interval;
+        let mut peer = self.peer.clone();
+        let mut secret = self.secret.clone();
+        let mut mode = self.mode;
+        let mut cp_sync = self.cp_sync;
+        let mut dirty_limit = self.dirty_limit;
+        let mut fuse_options = Vec::new();
+        for opt in &self.options {
+            match opt {
+                MountOpt::Fuse(f) => fuse_options.push(f.clone()),
+                MountOpt::Ignored(name) => log::debug!("ignoring mount option '{name}'"),
+                MountOpt::Twinfs(t) => match t.clone() {
+                    TwinfsOpt::Peer(v) => set_once(&mut peer, v, "peer")?,
+                    TwinfsOpt::Secret(v) => set_once(&mut secret, v, "secret")?,
+                    TwinfsOpt::Mode(v) => set_once(&mut mode, v, "mode")?,
+                    TwinfsOpt::CpInterval(v) => set_once(&mut cp_interval, v, "cp_interval")?,
+                    TwinfsOpt::CpSync(v) => set_once(&mut cp_sync, v, "cp_sync")?,
+                    TwinfsOpt::DirtyLimit(v) => set_once(&mut dirty_limit, v, "dirty_limit")?,
+                },
+            }
+        }
+        let peer = match (peer, secret) {
+            (Some(addr), Some(secret)) => Some(PeerTarget { addr, secret }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err("--peer needs --secret FILE (the secret shared with the peer)".into())
+            }
+            (None, Some(_)) => {
+                return Err("--secret is only meaningful with --peer HOST:PORT".into())
+            }
+        };
+        Ok(MountConfig {
+            image: self.image.clone(),
+            mountpoint: self.mountpoint.clone(),
+            foreground: self.foreground,
+            fuse_options,
+            cp_interval: Duration::from_secs(cp_interval.unwrap_or(DEFAULT_CP_INTERVAL_SECS)),
+            peer,
+            mode: mode.unwrap_or(Mode::Sync),
+            cp_sync: cp_sync.unwrap_or(CpSync::Best),
+            dirty_limit_bytes: dirty_limit.map(|s| s.bytes),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("twinfs").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes_accept_plain_bytes_and_binary_suffixes() {
+        let bytes = |s: &str| s.parse::<Size>().map(|s| s.bytes);
+        assert_eq!(bytes("4096"), Ok(4096));
+        assert_eq!(bytes("512K"), Ok(512 << 10));
+        assert_eq!(bytes("64m"), Ok(64 << 20));
+        assert_eq!(bytes("10G"), Ok(10 << 30));
+        assert_eq!(bytes("2T"), Ok(2 << 40));
+        assert_eq!(bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(bytes("1GB"), Ok(1 << 30));
+    }
+
+    #[test]
+    fn sizes_reject_bad_units_zero_overflow_and_fractions() {
+        for bad in [
+            "10Q",
+            "",
+            "G",
+            "0",
+            "0K",
+            "1.5G",
+            "-1",
+            "99999999999T",
+            "1 G",
+            "1KK",
+            "B",
+        ] {
+            let err = bad.parse::<Size>().expect_err(bad);
+            assert!(err.contains("invalid size"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn size_display_round_trips() {
+        for s in ["4000", "512K", "64M", "10G", "2T", "4097"] {
+            let size: Size = s.parse().expect(s);
+            assert_eq!(size.to_string(), s);
+        }
+        assert_eq!(Size { bytes: 4096 }.to_string(), "4K");
+    }
+
+    #[test]
+    fn addresses_accept_names_ipv4_and_bracketed_ipv6() {
+        let hp = |h: &str, p| HostPort {
+            host: h.into(),
+            port: p,
+        };
+        assert_eq!(parse_peer_addr("peer.lan:7070"), Ok(hp("peer.lan", 7070)));
+        assert_eq!(parse_peer_addr("192.0.2.7:1"), Ok(hp("192.0.2.7", 1)));
+        assert_eq!(parse_peer_addr("[::1]:7070"), Ok(hp("::1", 7070)));
+        assert_eq!(parse_listen_addr("0.0.0.0:0"), Ok(hp("0.0.0.0", 0)));
+        assert_eq!(hp("::1", 7070).to_string(), "[::1]:7070");
+        assert_eq!(hp("peer.lan", 7070).to_string(), "peer.lan:7070");
+    }
+
+    #[test]
+    fn addresses_reject_missing_port_bad_port_and_bare_ipv6() {
+        for bad in [
+            "peer",
+            "peer:",
+            ":7070",
+            "peer:70000",
+            "peer:x",
+            "::1:7070",
+            "[::1]",
+            "[zz]:1",
+            "a b:1",
+        ] {
+            let err = parse_peer_addr(bad).expect_err(bad);
+            assert!(err.contains("invalid address"), "{bad}: {err}");
+        }
+        assert!(parse_peer_addr("peer:0").is_err());
+    }
+
+    #[test]
+    fn mount_defaults_match_the_contract() {
+        let cli = parse(&["mount", "img", "/mnt"]).expect("parses");
+        let Command::Mount(args) = cli.command else {
+            panic!("not mount")
+        };
+        let config = args.config().expect("valid");
+        assert_eq!(config.cp_interval, Duration::from_secs(10));
+        assert_eq!(config.mode, Mode::Sync);
+        assert_eq!(config.cp_sync, CpSync::Best);
+        assert_eq!(config.peer, None);
+        assert_eq!(config.dirty_limit_bytes, None);
+        assert!(!config.foreground);
+        assert!(config.fuse_options.is_empty());
+    }
+
+    #[test]
+    fn mount_merges_repeated_o_options_and_flags() {
+        let cli = parse(&[
+            "mount",
+            "img",
+            "/mnt",
+            "-f",
+            "-o",
+            "allow_other,defaults,_netdev",
+            "-o",
+            "peer=host:7070,secret=/etc/twinfs.key,cp_sync=refs",
+            "--mode",
+            "strict",
+            "--cp-interval",
+            "3",
+            "--dirty-limit",
+            "64M",
+        ])
+        .expect("parses");
+        let Command::Mount(args) = cli.command else {
+            panic!("not mount")
+        };
+        let config = args.config().expect("valid");
+        assert!(config.foreground);
+        assert_eq!(config.fuse_options, vec![FuseOption::AllowOther]);
+        assert_eq!(
+            config.peer,
+            Some(PeerTarget {
+                addr: HostPort {
+                    host: "host".into(),
+                    port: 7070
+                },
+                secret: PathBuf::from("/etc/twinfs.key"),
+            })
+        );
+        assert_eq!(config.mode, Mode::Strict);
+        assert_eq!(config.cp_sync, CpSync::Refs);
+        assert_eq!(config.cp_interval, Duration::from_secs(3));
+        assert_eq!(config.dirty_limit_bytes, Some(64 << 20));
+    }
+
+    #[test]
+    fn mount_refuses_a_setting_given_twice_and_a_peer_without_secret() {
+        let config = |args: &[&str]| {
+            let Command::Mount(m) = parse(args).expect("parses").command else {
+                panic!("not mount")
+            };
+            m.config()
+        };
+        let twice = config(&["mount", "i", "m", "--mode", "sync", "-o", "mode=async"]);
+        assert!(twice.expect_err("twice").contains("given twice"));
+        let no_secret = config(&["mount", "i", "m", "--peer", "h:1"]);
+        assert!(no_secret.expect_err("no secret").contains("--secret"));
+        let no_peer = config(&["mount", "i", "m", "--secret", "k"]);
+        assert!(no_peer.expect_err("no peer").contains("--peer"));
+    }
+
+    #[test]
+    fn usage_errors_are_clap_errors_with_exit_code_2() {
+        for args in [
+            &["mkfs", "img", "--size", "10Q"][..],
+            &["mkfs", "img"],
+            &["mount", "img", "/mnt", "-o", "allow_ohter"],
+            &["mount", "img", "/mnt", "--mode", "eventually"],
+            &["mount", "img", "/mnt", "--cp-interval", "0"],
+            &["mount", "img", "/mnt", "--peer", "nohost"],
+            &["peer", "--dir", "d", "--secret", "s"],
+            &["status"],
+            &["status", "/mnt", "--dir", "d"],
+            &["snapshot", "create", "/mnt", "../x"],
+            &["snapshot", "delete", "/mnt"],
+            &["frobnicate"],
+        ] {
+            let err = parse(args).expect_err(&args.join(" "));
+            assert_eq!(err.exit_code(), 2, "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn status_takes_a_mountpoint_or_a_dir() {
+        let target = |args: &[&str]| {
+            let Command::Status(s) = parse(args).expect("parses").command else {
+                panic!("not status")
+            };
+            (s.target(), s.json)
+        };
+        assert_eq!(
+            target(&["status", "/mnt"]),
+            (StatusTarget::Mount("/mnt".into()), false)
+        );
+        assert_eq!(
+            target(&["status", "--dir", "/srv/r", "--json"]),
+            (StatusTarget::Dir("/srv/r".into()), true)
+        );
+    }
+
+    #[test]
+    fn verbosity_sets_the_log_filter() {
+        let level = |args: &[&str]| parse(args).expect("parses").log_filter();
+        assert_eq!(level(&["fsck", "i"]), "warn");
+        assert_eq!(level(&["-v", "fsck", "i"]), "info");
+        assert_eq!(level(&["fsck", "i", "-vv"]), "debug");
+        assert_eq!(level(&["--verbose", "-vv", "fsck", "i"]), "trace");
+    }
+}

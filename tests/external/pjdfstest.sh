@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# tests/external/pjdfstest.sh — the pjdfstest POSIX conformance suite on a
+# real twinfs mount. Fails on any failed test; prints the failures and the
+# summary; the full log goes to target/external/pjdfstest/.
+#
+#   bash tests/external/pjdfstest.sh [PATTERN...]   (patterns filter test names)
+#
+#   PJD_MOUNT_OPTS     options for twinfs mount (default: -o allow_other,default_permissions;
+#                      pjdfstest switches to other users, which FUSE refuses without allow_other)
+#   PJDFSTEST_TIMEOUT  seconds before the run is stopped (default 1200)
+#   and those of tests/external/common.sh (TWINFS, TOOLS, IMAGE_SIZE, ...)
+set -euo pipefail
+SUITE=pjdfstest
+source "$(dirname "$0")/common.sh"
+ARTIFACTS="$ROOT/target/external/pjdfstest"
+rm -rf "$ARTIFACTS" && mkdir -p "$ARTIFACTS"
+
+[ "$(id -u)" -eq 0 ] || die "pjdfstest needs root (it changes owners and switches users)"
+pjdfstest="$(find_tool pjdfstest)"
+make_workdir pjd
+work="$WORKDIR"
+trap cleanup EXIT
+
+# The configuration of STYLE.md, known to work on Debian (no group "nobody",
+# no user "tests").
+cat >"$work/pjdfstest.toml" <<'TOML'
+[features]
+posix_fallocate = {}
+utime_now = {}
+utimensat = {}
+
+[settings]
+naptime = 0.01
+allow_remount = false
+
+[dummy_auth]
+entries = [["nobody", "nogroup"], ["daemon", "daemon"]]
+TOML
+cp "$work/pjdfstest.toml" "$ARTIFACTS/"
+
+read -r -a mount_opts <<<"${PJD_MOUNT_OPTS--o allow_other,default_permissions}"
+mount_volume "$work" "${mount_opts[@]}"
+# A short directory under the mount: pjdfstest binds Unix sockets below it
+# (108-byte path limit).
+mkdir "$MNT/p"
+
+log "running $pjdfstest -c pjdfstest.toml -p $MNT/p $*"
+run_log="$ARTIFACTS/pjdfstest.log"
+set +e
+NO_COLOR=1 timeout --kill-after=30 "${PJDFSTEST_TIMEOUT:-1200}" \
+    "$pjdfstest" -c "$work/pjdfstest.toml" -p "$MNT/p" "$@" >"$run_log" 2>&1
+rc=$?
+set -e
+# Strip colour codes in case the tool emits them anyway.
+sed -i 's/\x1b\[[0-9;]*m//g' "$run_log"
+
+if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+    tail -n 20 "$run_log" >&2
+    die "pjdfstest did not finish within ${PJDFSTEST_TIMEOUT:-1200}s (log: $run_log)"
+fi
+summary="$(grep -a -E '^Summary: ' "$run_log" | tail -n 1 || true)"
+if [ -z "$summary" ]; then
+    tail -n 30 "$run_log" >&2
+    show_daemon_log
+    die "pjdfstest (exit $rc) printed no summary (log: $run_log)"
+fi
+# Summary: N failed, N skipped, N passed, N expected failures, N total
+failed="$(sed -E -n 's/^Summary: ([0-9]+) failed, ([0-9]+) skipped, ([0-9]+) passed.*/\1/p' <<<"$summary")"
+passed="$(sed -E -n 's/^Summary: ([0-9]+) failed, ([0-9]+) skipped, ([0-9]+) passed.*/\3/p' <<<"$summary")"
+[ -n "$failed" ] && [ -n "$passed" ] || die "cannot parse the summary line: $summary"
+
+if [ "$failed" -ne 0 ] || [ "$rc" -ne 0 ]; then
+    echo "failed tests:" >&2
+    # A failed test is a line "NAME   FAILED" followed by its message.
+    awk '/[[:space:]]FAILED$/ { name = $1; getline msg; sub(/^[[:space:]]+/, "", msg);
+         printf "  %s: %s\n", name, msg }' "$run_log" >&2
+    echo "$summary" >&2
+    show_daemon_log
+    die "$failed pjdfstest tests failed (exit $rc; full log: $run_log)"
+fi
+if [ "$passed" -eq 0 ]; then
+    die "pjdfstest passed no test: $summary"
+fi
+log "$summary"
