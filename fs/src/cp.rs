@@ -15,7 +15,7 @@ use crate::alloc::{self, Allocator};
 use crate::btree::{self, Key, NodeReader, NodeStore, TreeRoot};
 use crate::cache::{BlockCache, Class};
 use crate::descriptor::BlockSource;
-use crate::device::BlockDevice;
+use crate::device::{AlignedBuf, BlockDevice};
 use crate::error::{FsError, Result};
 use crate::filetree::{self, DataStore, DirtyBlock};
 use crate::items::{self, InodeRecord, RetainedImage, XattrEntry, XattrValue};
@@ -91,7 +91,7 @@ pub struct CpWriter<'a> {
     cp: CpNumber,
     sink: Option<&'a mut (dyn CpSink + 'static)>,
     run_start: u64,
-    run: Vec<u8>,
+    run: AlignedBuf,
     /// Allocating for the allocation map's own tree.
     map_mode: bool,
     /// The first error met in a call that cannot return one.
@@ -114,7 +114,7 @@ impl<'a> CpWriter<'a> {
             cp,
             sink,
             run_start: 0,
-            run: Vec::new(),
+            run: AlignedBuf::new(),
             map_mode: false,
             deferred: None,
             stats: CpStats::default(),
@@ -124,7 +124,7 @@ impl<'a> CpWriter<'a> {
     fn flush_run(&mut self) -> Result<()> {
         if !self.run.is_empty() {
             self.dev
-                .write(BlockAddr(self.run_start), &self.run)
+                .write(BlockAddr(self.run_start), self.run.as_slice())
                 .map_err(|e| {
                     FsError::io(
                         format!("writing CP {} blocks at {}", self.cp.0, self.run_start),

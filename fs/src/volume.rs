@@ -93,6 +93,8 @@ pub const MAX_DEFAULT_LOG_BLOCKS: u64 = 131072;
 const META_RESERVE_MIN: u64 = 64;
 /// How long an open batch may wait before the log writer seals it.
 const SEAL_AFTER: Duration = Duration::from_millis(20);
+/// Most bytes of sealed batches waiting for the disk before writers wait.
+const MAX_LOG_BACKLOG: usize = 32 << 20;
 /// Largest write the volume takes in one record (bigger ones are split).
 const MAX_WRITE_CHUNK: usize = 1 << 20;
 
@@ -256,6 +258,8 @@ struct LogQueue {
     pending: std::collections::VecDeque<(u64, SealedBatch)>,
     /// Written, not yet flushed.
     written: Vec<SealedBatch>,
+    /// Bytes of batches queued or written but not yet durable.
+    bytes: usize,
     durable: TransferId,
     shutdown: bool,
     error: Option<String>,
@@ -647,6 +651,17 @@ impl Volume {
     // ---- reads -------------------------------------------------------------
 
     fn with_layers<T>(&self, view: View, f: impl FnOnce(&Layers<'_>) -> Result<T>) -> Result<T> {
+        self.with_state_layers(view, |_, l| f(l))
+    }
+
+    /// Like `with_layers`, and hands `f` the state it holds locked: `f` must
+    /// not lock it again, since a writer queued in between (the CP or log
+    /// thread) would deadlock the second read lock.
+    fn with_state_layers<T>(
+        &self,
+        view: View,
+        f: impl FnOnce(&State, &Layers<'_>) -> Result<T>,
+    ) -> Result<T> {
         let st = self.inner.state.read();
         match view {
             View::Live => {
@@ -657,7 +672,7 @@ impl Volume {
                     cache: &self.inner.cache,
                     key: &self.inner.key,
                 };
-                f(&layers)
+                f(&st, &layers)
             }
             View::Snapshot(id) => {
                 let snap = st
@@ -673,23 +688,19 @@ impl Volume {
                     cache: &self.inner.cache,
                     key: &self.inner.key,
                 };
-                f(&layers)
+                f(&st, &layers)
             }
         }
     }
 
     pub fn getattr(&self, view: View, ino: Ino) -> Result<Attr> {
-        self.with_layers(view, |l| {
+        self.with_state_layers(view, |st, l| {
             let a = l.attrs(ino)?;
-            if a.nlink == 0 && view == View::Live && !self.is_open(ino) {
+            if a.nlink == 0 && view == View::Live && !st.open_files.contains_key(&ino) {
                 return Err(FsError::NotFound);
             }
             Ok(Attr::from(ino, &a))
         })
-    }
-
-    fn is_open(&self, ino: Ino) -> bool {
-        self.inner.state.read().open_files.contains_key(&ino)
     }
 
     pub fn lookup(&self, view: View, parent: Ino, name: &[u8]) -> Result<Attr> {
@@ -1502,6 +1513,7 @@ impl Inner {
                 self.seal(&mut st)?;
             }
             drop(st);
+            self.wait_log_backlog();
             if dirty > self.cfg.dirty_limit_bytes || log_busy {
                 self.want_cp(dirty > 2 * self.cfg.dirty_limit_bytes)?;
             }
@@ -1568,7 +1580,11 @@ impl Inner {
         st.last_sealed = Some(sealed.id);
         st.batch_opened = None;
         self.stats.batches_sealed.fetch_add(1, Ordering::Relaxed);
-        self.log.lock().pending.push_back((pos, sealed));
+        {
+            let mut q = self.log.lock();
+            q.bytes += sealed.bytes.len();
+            q.pending.push_back((pos, sealed));
+        }
         if self.cfg.background {
             self.log_cv.notify_all();
         } else {
@@ -1615,6 +1631,7 @@ impl Inner {
         {
             let mut q = self.log.lock();
             q.durable = q.durable.max(last);
+            q.bytes -= written.iter().map(|b| b.bytes.len()).sum::<usize>();
         }
         self.log_cv.notify_all();
         let rep = self.replicator.read().clone();
@@ -1624,6 +1641,19 @@ impl Inner {
             }
         }
         Ok(())
+    }
+
+    /// Holds a writer back while more than [`MAX_LOG_BACKLOG`] bytes of
+    /// sealed batches wait for the disk, so memory stays bounded.
+    fn wait_log_backlog(&self) {
+        if !self.cfg.background {
+            return;
+        }
+        let mut q = self.log.lock();
+        while q.bytes > MAX_LOG_BACKLOG && q.error.is_none() && !q.shutdown {
+            self.log_cv.notify_all();
+            self.log_cv.wait_for(&mut q, Duration::from_millis(50));
+        }
     }
 
     fn wait_durable(&self, id: TransferId) -> Result<()> {
