@@ -13,6 +13,7 @@ pub mod frame;
 pub mod handshake;
 mod kdf;
 pub mod message;
+pub mod peer;
 pub mod seal;
 pub mod secret;
 pub mod session;

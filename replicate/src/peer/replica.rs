@@ -1,0 +1,868 @@
+//! The replica: what the peer does with each message of the source.
+//!
+//! [`Replica`] owns `DIR` (its lock, state, log store, mirror image and
+//! journal) and answers messages synchronously; the daemon feeds it from the
+//! network on a blocking thread. Everything here can be driven directly by
+//! tests, without a socket.
+//!
+//! # Applying a CP
+//!
+//! Every block of a CP is rebuilt ([`super::apply`]) and verified against its
+//! hash. A block that cannot be rebuilt is remembered as missing and never
+//! written; `CpEnd` then answers `CpMissing` and the source resends those in
+//! full before repeating `CpEnd`. A good block is written **in place** when
+//! its address is free in the committed image — readers of that image never
+//! look there — and **staged** in the journal when the committed image uses
+//! the address (after a gap, the source may reuse blocks of the peer's old CP).
+//!
+//! Commit, once every block is good and the superblock checks:
+//!
+//! 1. fdatasync the image (every in-place block is durable);
+//! 2. if anything was staged, or the new CP goes to the slot of the committed
+//!    CP, or the other slot holds a CP not older than the new one: write the
+//!    journal's commit record (staged list + superblock) and fdatasync it —
+//!    from here a restart redoes the commit; then copy the staged blocks into
+//!    place and fdatasync;
+//! 3. write the superblock (its peer hold cleared: the source's hold is not
+//!    the replica's business and lies outside the root hash) to its slot,
+//!    wiping the other slot if it holds a CP not older, and fdatasync;
+//! 4. delete the journal durably; release the transfers the CP covers.
+//!
+//! A kill before the commit point leaves the previous CP intact (only blocks
+//! it does not use were written, and its superblock slot was not touched); a
+//! kill after it is finished by the redo on startup. Without step 2, the new
+//! superblock goes to the slot the committed CP does not use, so a torn write
+//! of it leaves the committed CP readable.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use twinfs_fs::nvlog::batch;
+use twinfs_fs::superblock::{Superblock, MAX_VOLUME_BLOCKS};
+use twinfs_fs::{CpNumber, BLOCK_SIZE};
+
+use super::apply::{rebuild, BlockSources};
+use super::image::MirrorImage;
+use super::journal::{self, Journal, Recovery};
+use super::logstore::LogStore;
+use super::state::{ensure_dir, DirLock, PeerState};
+use super::status::{self, PeerStatus};
+use super::{PeerError, Result, IMAGE_FILE, JOURNAL_FILE, LOG_DIR};
+use crate::handshake::{AppliedCp, ResumePoint};
+use crate::message::{clip_reason, CpBlock, Message, MAX_MISSING_ADDRS};
+
+/// How many times a CP may come back with blocks still missing before the
+/// peer gives up on it and asks for a resync (`CpRejected`).
+pub const MAX_MISSING_ROUNDS: u32 = 4;
+
+/// Told when the replica's image changes, so that a read-only view of it
+/// (`twinfs peer --mount`) switches CPs without showing a half-applied one.
+///
+/// Blocks of a CP are written only where the committed image has none,
+/// except *staged* blocks, which are copied over blocks of the committed image
+/// right before its superblock switches (rare: only after a gap). Between
+/// [`ReplicaView::before_overwrite`] and [`ReplicaView::after_commit`] readers
+/// of the old image could meet a block of the new one (its hash would not
+/// match: an EIO, never wrong data), so a view should hold readers off
+/// in between. If the commit fails in between, `after_commit` comes only once
+/// the peer has recovered the image (at the next session, or the next start).
+pub trait ReplicaView: Send + Sync {
+    /// Staged blocks of CP `cp` are about to overwrite blocks of the image
+    /// readers see: hold readers off until [`ReplicaView::after_commit`].
+    fn before_overwrite(&self, cp: u64) {
+        let _ = cp;
+    }
+    /// CP `cp` is committed and durable: switch readers to it (e.g.
+    /// `Volume::reload`) and let held readers go.
+    fn after_commit(&self, cp: u64, root_hash: [u8; 32]);
+}
+
+impl<F: Fn(u64, [u8; 32]) + Send + Sync> ReplicaView for F {
+    fn after_commit(&self, cp: u64, root_hash: [u8; 32]) {
+        self(cp, root_hash)
+    }
+}
+
+/// Steps of a CP commit after which a test can make the commit stop, as a
+/// kill at that moment would ([`Replica::set_crash_after`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommitStep {
+    /// Every in-place block is durable; no commit record yet.
+    BlocksSynced,
+    /// The journal's commit record is durable (the commit point).
+    JournalCommitted,
+    /// Staged blocks are copied into place and durable; the superblock is not written.
+    StagedCopied,
+    /// The superblock is durable; the journal is not yet deleted.
+    SuperblockWritten,
+}
+
+/// Whether the session goes on after a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// Keep receiving.
+    Continue,
+    /// The source said goodbye (or reported an error): end the session cleanly.
+    End,
+}
+
+/// The CP being received.
+#[derive(Debug)]
+struct OpenCp {
+    cp: u64,
+    covers: u64,
+    missing: BTreeSet<u64>,
+    missing_rounds: u32,
+    /// Lowest and highest addresses written, to check against the superblock's geometry.
+    min_addr: u64,
+    max_addr: u64,
+    in_place: u64,
+    staged: u64,
+    rebuilt: u64,
+}
+
+#[derive(Debug)]
+enum CpPhase {
+    Idle,
+    Open(OpenCp),
+    /// The CP was rejected: its frames are ignored until the next `CpBegin`.
+    Ignoring(u64),
+}
+
+/// The peer's directory and what it does with the source's messages.
+pub struct Replica {
+    dir: PathBuf,
+    _lock: DirLock,
+    state: PeerState,
+    log: LogStore,
+    image: MirrorImage,
+    journal: Journal,
+    cp: CpPhase,
+    view: Option<Arc<dyn ReplicaView>>,
+    crash_after: Option<CommitStep>,
+    needs_recovery: bool,
+    source_connected: bool,
+    last_error: Option<String>,
+}
+
+impl Replica {
+    /// Opens `dir` (creating it if needed): takes its lock, redoes or
+    /// discards an interrupted commit, and rebuilds the log store's index.
+    /// Fails on a promoted directory, or one whose image and state disagree.
+    pub fn open(dir: &Path, view: Option<Arc<dyn ReplicaView>>) -> Result<Replica> {
+        ensure_dir(dir)?;
+        let lock = DirLock::acquire(dir)?;
+        let mut state = PeerState::load(dir)?;
+        if state.promoted {
+            return Err(PeerError::Dir {
+                dir: dir.to_path_buf(),
+                problem: format!(
+                    "it was promoted: {} is now a read-write volume (mount it with `twinfs mount`); run the peer on a new directory",
+                    dir.join(IMAGE_FILE).display()
+                ),
+            });
+        }
+        let mut image = MirrorImage::open(&dir.join(IMAGE_FILE))?;
+        let recovered = journal::recover(&dir.join(JOURNAL_FILE), &mut image)?;
+        if let Some(sb) = image.committed() {
+            match state.volume_uuid {
+                Some(u) if u != sb.uuid => {
+                    return Err(PeerError::Dir {
+                        dir: dir.to_path_buf(),
+                        problem: format!(
+                            "its state is bound to volume {} but its image holds volume {}; the directory is damaged — use a new one",
+                            twinfs_fs::hex(&u),
+                            twinfs_fs::hex(&sb.uuid)
+                        ),
+                    })
+                }
+                Some(_) => {}
+                None => {
+                    log::warn!(
+                        "{}: no binding recorded; binding to the image's volume {}",
+                        dir.display(),
+                        twinfs_fs::hex(&sb.uuid)
+                    );
+                    state.volume_uuid = Some(sb.uuid);
+                    state.store(dir)?;
+                }
+            }
+        }
+        let mut log = LogStore::open(&dir.join(LOG_DIR))?;
+        if let Some(sb) = image.committed() {
+            log.release_through(sb.log.next_transfer.0.saturating_sub(1))?;
+        }
+        let replica = Replica {
+            dir: dir.to_path_buf(),
+            _lock: lock,
+            state,
+            log,
+            image,
+            journal: Journal::new(&dir.join(JOURNAL_FILE)),
+            cp: CpPhase::Idle,
+            view,
+            crash_after: None,
+            needs_recovery: false,
+            source_connected: false,
+            last_error: None,
+        };
+        if let Recovery::Redone(cp) = recovered {
+            replica.notify_committed(cp);
+        }
+        log::info!(
+            "peer directory {}: applied CP {}, {} transfers held (up to {})",
+            dir.display(),
+            replica
+                .applied()
+                .map_or("none".to_string(), |a| a.cp.to_string()),
+            replica.log.transfers(),
+            replica.log.highest()
+        );
+        replica.write_status();
+        Ok(replica)
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The volume this directory is bound to, if any.
+    pub fn bound_uuid(&self) -> Option<[u8; 16]> {
+        self.state.volume_uuid
+    }
+
+    /// The log store (tests and promote read it).
+    pub fn log_store(&self) -> &LogStore {
+        &self.log
+    }
+
+    /// The mirror image.
+    pub fn image(&self) -> &MirrorImage {
+        &self.image
+    }
+
+    /// The CP the mirror holds, with its root hash.
+    pub fn applied(&self) -> Option<AppliedCp> {
+        self.image.committed().map(|sb| AppliedCp {
+            cp: sb.cp.0,
+            root_hash: sb.root_hash().0,
+        })
+    }
+
+    /// What the source must resume from: the applied CP and the highest
+    /// transfer held (transfers the applied CP contains count as held).
+    pub fn resume_point(&self) -> ResumePoint {
+        ResumePoint {
+            applied_cp: self.applied(),
+            durable_transfer: self.durable_transfer(),
+        }
+    }
+
+    fn durable_transfer(&self) -> u64 {
+        let covered = self
+            .image
+            .committed()
+            .map_or(0, |sb| sb.log.next_transfer.0.saturating_sub(1));
+        self.log.highest().max(covered)
+    }
+
+    /// The binding policy of the handshake: the first volume served binds the
+    /// directory (durably, before anything of it is stored); any other is
+    /// refused with a reason naming both.
+    pub fn accept_uuid(&mut self, uuid: [u8; 16]) -> std::result::Result<(), String> {
+        match self.state.volume_uuid {
+            Some(bound) if bound == uuid => Ok(()),
+            Some(bound) => Err(format!(
+                "this peer's directory {} mirrors volume {}, not volume {}; run another peer (another --dir) for that volume",
+                self.dir.display(),
+                twinfs_fs::hex(&bound),
+                twinfs_fs::hex(&uuid)
+            )),
+            None => {
+                let mut state = self.state.clone();
+                state.volume_uuid = Some(uuid);
+                state.store(&self.dir).map_err(|e| {
+                    format!("the peer cannot record the volume it mirrors: {e}")
+                })?;
+                log::info!(
+                    "peer directory {} is now bound to volume {}",
+                    self.dir.display(),
+                    twinfs_fs::hex(&uuid)
+                );
+                self.state = state;
+                Ok(())
+            }
+        }
+    }
+
+    /// Makes the next commit stop after `step`, as a kill would (tests).
+    #[doc(hidden)]
+    pub fn set_crash_after(&mut self, step: Option<CommitStep>) {
+        self.crash_after = step;
+    }
+
+    /// Prepares for a new source session: recovers from an earlier storage
+    /// failure, makes every transfer received so far durable (so that the
+    /// resume point promises only what is on disk), and returns the resume point.
+    pub fn prepare_session(&mut self) -> Result<ResumePoint> {
+        self.recover_if_needed()?;
+        self.log.sync()?;
+        Ok(self.resume_point())
+    }
+
+    /// Marks the start or end of a source session (for status), and abandons
+    /// any CP left open by the previous session.
+    pub fn set_source_connected(&mut self, connected: bool) {
+        self.source_connected = connected;
+        if !connected {
+            self.abandon_cp("the session ended");
+        }
+        self.write_status();
+    }
+
+    /// Records the error that ended a session (shown by status). A storage
+    /// error also makes the replica recover from disk before the next session.
+    pub fn record_error(&mut self, err: &PeerError) {
+        self.last_error = Some(err.to_string());
+        if err.is_storage() {
+            self.needs_recovery = true;
+        }
+        self.write_status();
+    }
+
+    /// Re-reads the directory after a storage failure: redoes or discards an
+    /// interrupted commit and rebuilds the log store's index. Does nothing
+    /// unless a storage error was recorded.
+    pub fn recover_if_needed(&mut self) -> Result<()> {
+        if !self.needs_recovery {
+            return Ok(());
+        }
+        log::info!(
+            "recovering the peer directory {} after a storage error",
+            self.dir.display()
+        );
+        self.cp = CpPhase::Idle;
+        self.journal.reset();
+        let recovered = journal::recover(&self.dir.join(JOURNAL_FILE), &mut self.image)?;
+        self.image.reread_superblock();
+        self.log = LogStore::open(&self.dir.join(LOG_DIR))?;
+        self.needs_recovery = false;
+        if let Recovery::Redone(cp) = recovered {
+            self.notify_committed(cp);
+        }
+        Ok(())
+    }
+
+    fn notify_committed(&self, cp: CpNumber) {
+        if let (Some(view), Some(sb)) = (&self.view, self.image.committed()) {
+            if sb.cp == cp {
+                view.after_commit(cp.0, sb.root_hash().0);
+            }
+        }
+    }
+
+    /// Answers one message (a `Transfer` is stored and synced at once; the
+    /// daemon groups transfers with [`Replica::receive_transfer`] and
+    /// [`Replica::sync_transfers`] instead). Replies are pushed to `replies`.
+    pub fn handle(&mut self, msg: Message, replies: &mut Vec<Message>) -> Result<Flow> {
+        match msg {
+            Message::Transfer { id, batch } => {
+                self.receive_transfer(id, &batch)?;
+                replies.push(self.sync_transfers()?);
+            }
+            Message::CpBegin {
+                cp,
+                base_cp,
+                covers_transfer,
+                resync,
+            } => self.cp_begin(cp, base_cp, covers_transfer, resync, replies),
+            Message::CpBlocks { cp, blocks } => self.cp_blocks(cp, &blocks)?,
+            Message::CpEnd {
+                cp,
+                superblock,
+                root_hash,
+            } => self.cp_end(cp, &superblock, root_hash, replies)?,
+            Message::VerifyRequest { cp, deep } => replies.push(self.verify(cp, deep)),
+            Message::Ping { nonce } => replies.push(Message::Pong { nonce }),
+            Message::Pong { .. } => {}
+            Message::Bye => return Ok(Flow::End),
+            Message::Error { reason } => {
+                log::warn!("the source ends the session with an error: {reason}");
+                self.last_error = Some(format!("the source reported: {reason}"));
+                return Ok(Flow::End);
+            }
+            other => {
+                return Err(PeerError::Protocol(format!(
+                    "{} is not sent to a peer",
+                    other.kind()
+                )))
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    // ---- transfers ---------------------------------------------------------
+
+    /// Verifies transfer `id` and appends it to the log store (not yet
+    /// durable). A batch that fails its checksum or belongs to another volume
+    /// is a protocol error.
+    pub fn receive_transfer(&mut self, id: u64, batch_bytes: &[u8]) -> Result<()> {
+        let bound = self
+            .state
+            .volume_uuid
+            .ok_or_else(|| PeerError::Protocol("a transfer before the volume was bound".into()))?;
+        let decoded = batch::decode(batch_bytes).map_err(|e| {
+            PeerError::Protocol(format!("transfer {id} is not a valid log batch: {e}"))
+        })?;
+        let h = &decoded.header;
+        if h.id.0 != id {
+            return Err(PeerError::Protocol(format!(
+                "transfer {id} carries log batch {}",
+                h.id.0
+            )));
+        }
+        if h.uuid != bound {
+            return Err(PeerError::Protocol(format!(
+                "transfer {id} is a log batch of volume {}, not of volume {}",
+                twinfs_fs::hex(&h.uuid),
+                twinfs_fs::hex(&bound)
+            )));
+        }
+        log::debug!(
+            "transfer {id}: {} bytes, {} records",
+            batch_bytes.len(),
+            h.nrecords
+        );
+        self.log.append(id, batch_bytes)
+    }
+
+    /// Makes every received transfer durable; returns the cumulative
+    /// acknowledgement to send.
+    pub fn sync_transfers(&mut self) -> Result<Message> {
+        self.log.sync()?;
+        Ok(Message::TransferAck {
+            id: self.durable_transfer(),
+        })
+    }
+
+    // ---- CPs ---------------------------------------------------------------
+
+    fn cp_begin(
+        &mut self,
+        cp: u64,
+        base_cp: Option<u64>,
+        covers: u64,
+        resync: bool,
+        replies: &mut Vec<Message>,
+    ) {
+        self.abandon_cp("a new CP began before it ended");
+        let applied = self.applied().map(|a| a.cp);
+        if let Some(base) = base_cp {
+            if applied != Some(base) {
+                let reason = format!(
+                    "CP {cp} builds on CP {base}, but this peer holds {}; resync",
+                    applied.map_or("no CP".to_string(), |a| format!("CP {a}"))
+                );
+                log::warn!("rejecting CP {cp}: {reason}");
+                replies.push(Message::CpRejected {
+                    cp,
+                    reason: clip_reason(&reason),
+                });
+                self.cp = CpPhase::Ignoring(cp);
+                return;
+            }
+        }
+        log::debug!("CP {cp} begins (base {base_cp:?}, covers transfer {covers}, resync {resync})");
+        self.journal.reset();
+        self.cp = CpPhase::Open(OpenCp {
+            cp,
+            covers,
+            missing: BTreeSet::new(),
+            missing_rounds: 0,
+            min_addr: u64::MAX,
+            max_addr: 0,
+            in_place: 0,
+            staged: 0,
+            rebuilt: 0,
+        });
+    }
+
+    fn abandon_cp(&mut self, why: &str) {
+        if let CpPhase::Open(o) = std::mem::replace(&mut self.cp, CpPhase::Idle) {
+            log::info!("CP {} abandoned before its commit: {why}", o.cp);
+            self.journal.reset();
+        }
+    }
+
+    /// The open CP numbered `cp`, `None` if `cp` is being ignored, or a
+    /// protocol error.
+    fn open_cp(&mut self, cp: u64, what: &str) -> Result<Option<&mut OpenCp>> {
+        match &self.cp {
+            CpPhase::Open(o) if o.cp == cp => Ok(Some(self.open_cp_mut())),
+            CpPhase::Ignoring(c) if *c == cp => Ok(None),
+            CpPhase::Open(o) => Err(PeerError::Protocol(format!(
+                "{what} for CP {cp} while CP {} is open",
+                o.cp
+            ))),
+            _ => Err(PeerError::Protocol(format!(
+                "{what} for CP {cp}, which did not begin"
+            ))),
+        }
+    }
+
+    fn cp_blocks(&mut self, cp: u64, blocks: &[CpBlock]) -> Result<()> {
+        if self.open_cp(cp, "CpBlocks")?.is_none() {
+            return Ok(());
+        }
+        let (lo, hi) = match self.image.committed() {
+            Some(sb) => (sb.data_start(), sb.total_blocks),
+            None => (2, MAX_VOLUME_BLOCKS),
+        };
+        let mut run = Run::default();
+        for b in blocks {
+            if b.addr < lo || b.addr >= hi {
+                return Err(PeerError::Protocol(format!(
+                    "CP {cp} writes block {}, outside the data area {lo}..{hi}",
+                    b.addr
+                )));
+            }
+            let rebuilt = rebuild(
+                b,
+                &Sources {
+                    log: &self.log,
+                    image: &self.image,
+                },
+            );
+            let o = self.open_cp_mut();
+            match rebuilt {
+                Err(why) => {
+                    log::debug!("CP {cp}: block {} is missing: {why}", b.addr);
+                    o.missing.insert(b.addr);
+                }
+                Ok(block) => {
+                    o.missing.remove(&b.addr);
+                    o.min_addr = o.min_addr.min(b.addr);
+                    o.max_addr = o.max_addr.max(b.addr);
+                    o.rebuilt += 1;
+                    if self.image.in_use(b.addr) {
+                        run.flush(&self.image)?;
+                        self.journal.stage(b.addr, &block[..])?;
+                        self.open_cp_mut().staged += 1;
+                    } else {
+                        run.push(b.addr, &block[..], &self.image)?;
+                        self.open_cp_mut().in_place += 1;
+                    }
+                }
+            }
+        }
+        run.flush(&self.image)
+    }
+
+    fn open_cp_mut(&mut self) -> &mut OpenCp {
+        match &mut self.cp {
+            CpPhase::Open(o) => o,
+            _ => unreachable!("called while a CP is open"),
+        }
+    }
+
+    fn cp_end(
+        &mut self,
+        cp: u64,
+        superblock: &[u8],
+        root_hash: [u8; 32],
+        replies: &mut Vec<Message>,
+    ) -> Result<()> {
+        let Some(o) = self.open_cp(cp, "CpEnd")? else {
+            return Ok(());
+        };
+        if !o.missing.is_empty() {
+            o.missing_rounds += 1;
+            if o.missing_rounds > MAX_MISSING_ROUNDS {
+                let reason = format!(
+                    "{} blocks of CP {cp} (first: {}) still cannot be rebuilt after {MAX_MISSING_ROUNDS} resends",
+                    o.missing.len(),
+                    o.missing.first().expect("not empty")
+                );
+                self.reject(cp, reason, replies);
+                return Ok(());
+            }
+            let addrs: Vec<u64> = o.missing.iter().copied().collect();
+            log::info!(
+                "CP {cp}: asking the source for {} blocks it could not rebuild here",
+                addrs.len()
+            );
+            let chunks: Vec<&[u64]> = addrs.chunks(MAX_MISSING_ADDRS).collect();
+            for (i, chunk) in chunks.iter().enumerate() {
+                replies.push(Message::CpMissing {
+                    cp,
+                    addrs: chunk.to_vec(),
+                    more: i + 1 < chunks.len(),
+                });
+            }
+            return Ok(());
+        }
+        let sb = match self.check_superblock(cp, superblock, root_hash) {
+            Ok(sb) => sb,
+            Err(reason) => {
+                self.reject(cp, reason, replies);
+                return Ok(());
+            }
+        };
+        let CpPhase::Open(o) = std::mem::replace(&mut self.cp, CpPhase::Idle) else {
+            unreachable!("checked above")
+        };
+        let root = sb.root_hash().0;
+        self.commit(&o, sb)?;
+        replies.push(Message::CpApplied {
+            cp,
+            root_hash: root,
+        });
+        Ok(())
+    }
+
+    fn reject(&mut self, cp: u64, reason: String, replies: &mut Vec<Message>) {
+        log::warn!("rejecting CP {cp}: {reason}");
+        self.abandon_cp("rejected");
+        self.cp = CpPhase::Ignoring(cp);
+        replies.push(Message::CpRejected {
+            cp,
+            reason: clip_reason(&reason),
+        });
+    }
+
+    /// Decodes the CP's superblock and checks it against what the peer knows.
+    fn check_superblock(
+        &self,
+        cp: u64,
+        bytes: &[u8],
+        root_hash: [u8; 32],
+    ) -> std::result::Result<Superblock, String> {
+        let block: &twinfs_fs::Block = bytes
+            .try_into()
+            .map_err(|_| format!("the superblock of CP {cp} has {} bytes", bytes.len()))?;
+        let sb = Superblock::decode(block, cp % 2)
+            .map_err(|e| format!("the superblock of CP {cp} does not decode: {e}"))?;
+        if sb.cp.0 != cp {
+            return Err(format!(
+                "the superblock sent for CP {cp} is CP {}'s",
+                sb.cp.0
+            ));
+        }
+        if sb.root_hash().0 != root_hash {
+            return Err(format!(
+                "the superblock of CP {cp} has root hash {}, not the {} announced",
+                sb.root_hash(),
+                twinfs_fs::hex(&root_hash)
+            ));
+        }
+        if Some(sb.uuid) != self.state.volume_uuid {
+            return Err(format!(
+                "the superblock of CP {cp} is of volume {}, not of the bound volume",
+                twinfs_fs::hex(&sb.uuid)
+            ));
+        }
+        if let Some(cur) = self.image.committed() {
+            if (cur.total_blocks, cur.log_blocks) != (sb.total_blocks, sb.log_blocks) {
+                return Err(format!(
+                    "CP {cp} has a geometry of {} blocks with a {}-block log, the mirror {} and {}",
+                    sb.total_blocks, sb.log_blocks, cur.total_blocks, cur.log_blocks
+                ));
+            }
+        }
+        let o = match &self.cp {
+            CpPhase::Open(o) => o,
+            _ => unreachable!("checked by the caller"),
+        };
+        if o.rebuilt > 0 && (o.min_addr < sb.data_start() || o.max_addr >= sb.total_blocks) {
+            return Err(format!(
+                "CP {cp} wrote blocks {}..={}, outside its data area {}..{}",
+                o.min_addr,
+                o.max_addr,
+                sb.data_start(),
+                sb.total_blocks
+            ));
+        }
+        Ok(sb)
+    }
+
+    fn crash_point(&self, step: CommitStep) -> Result<()> {
+        if self.crash_after == Some(step) {
+            return Err(PeerError::SimulatedCrash(step));
+        }
+        Ok(())
+    }
+
+    /// Commits the CP (see the module documentation for the steps).
+    fn commit(&mut self, o: &OpenCp, mut sb: Superblock) -> Result<()> {
+        let cp = sb.cp;
+        sb.peer_hold = None;
+        let bytes = sb.encode();
+        let slot = sb.slot();
+        self.image.ensure_blocks(sb.total_blocks)?;
+        self.image.sync()?;
+        self.crash_point(CommitStep::BlocksSynced)?;
+        let same_slot = self.image.committed().is_some_and(|c| c.slot() == slot);
+        let other_not_older = self.image.slot_cp(1 - slot).is_some_and(|c| c >= cp);
+        let journaled = o.staged > 0 || same_slot || other_not_older;
+        if journaled {
+            self.journal.commit(cp, &bytes[..])?;
+            self.crash_point(CommitStep::JournalCommitted)?;
+            if o.staged > 0 {
+                if let Some(view) = &self.view {
+                    view.before_overwrite(cp.0);
+                }
+                self.journal.copy_into(&self.image)?;
+                self.image.sync()?;
+                self.crash_point(CommitStep::StagedCopied)?;
+            }
+        }
+        self.image.write_superblock(cp, &bytes[..])?;
+        self.image.sync()?;
+        self.crash_point(CommitStep::SuperblockWritten)?;
+        if journaled {
+            self.journal.remove()?;
+        }
+        let root = sb.root_hash();
+        let covered = o.covers.min(sb.log.next_transfer.0.saturating_sub(1));
+        self.image.set_committed(sb);
+        log::info!(
+            "applied CP {} (root {root}): {} blocks in place, {} staged",
+            cp.0,
+            o.in_place,
+            o.staged
+        );
+        self.log.release_through(covered)?;
+        self.last_error = None;
+        if let Some(view) = &self.view {
+            view.after_commit(cp.0, root.0);
+        }
+        self.write_status();
+        Ok(())
+    }
+
+    // ---- verify and status -------------------------------------------------
+
+    fn verify(&mut self, cp: u64, deep: bool) -> Message {
+        let Some(sb) = self.image.committed() else {
+            return Message::VerifyReply {
+                cp: 0,
+                root_hash: [0; 32],
+                deep_hash: None,
+            };
+        };
+        if sb.cp.0 != cp {
+            log::info!(
+                "verify asks about CP {cp}; answering for the applied CP {}",
+                sb.cp.0
+            );
+        }
+        let deep_hash = if deep {
+            match twinfs_fs::diff::deep_hash(self.image.cache(), &**self.image.device(), sb) {
+                Ok(h) => Some(h.to_vec()),
+                Err(e) => {
+                    let msg = format!("verify --deep: the mirror's CP {} fails: {e}", sb.cp.0);
+                    log::error!("{msg}");
+                    self.last_error = Some(msg);
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        Message::VerifyReply {
+            cp: sb.cp.0,
+            root_hash: sb.root_hash().0,
+            deep_hash,
+        }
+    }
+
+    /// The status `twinfs status --dir` shows.
+    pub fn status(&self) -> PeerStatus {
+        let sb = self.image.committed();
+        PeerStatus {
+            applied_cp: sb.map(|s| s.cp.0),
+            root_hash: sb.map(|s| s.root_hash().to_hex()),
+            log_bytes_held: self.log.bytes_held(),
+            log_transfers: self.log.transfers(),
+            durable_transfer: self.durable_transfer(),
+            volume_uuid: self.state.volume_uuid.map(|u| twinfs_fs::hex(&u)),
+            source_connected: self.source_connected,
+            last_error: self.last_error.clone(),
+            daemon_running: true,
+            promoted: false,
+        }
+    }
+
+    /// Writes `status.json` (best effort: a failure is logged, not fatal).
+    pub fn write_status(&self) {
+        if let Err(e) = status::write_status_file(&self.dir, &self.status()) {
+            log::warn!("cannot write the status file: {e}");
+        }
+    }
+}
+
+/// The log store and the mirror as the sources of rebuilt blocks.
+struct Sources<'a> {
+    log: &'a LogStore,
+    image: &'a MirrorImage,
+}
+
+impl BlockSources for Sources<'_> {
+    fn transfer_bytes(
+        &self,
+        transfer: u64,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> std::result::Result<(), String> {
+        self.log.read(transfer, offset, buf)
+    }
+
+    fn transfer_block(
+        &self,
+        transfer: u64,
+        block_no: u32,
+        buf: &mut [u8],
+    ) -> std::result::Result<(), String> {
+        self.log.read_block(transfer, block_no, buf)
+    }
+
+    fn base_block(&self, addr: u64, buf: &mut [u8]) -> std::result::Result<(), String> {
+        self.image
+            .read_block(addr, buf)
+            .map_err(|e| format!("reading block {addr} of the mirror: {e}"))
+    }
+}
+
+/// Coalesces in-place writes to adjacent addresses into one write.
+#[derive(Default)]
+struct Run {
+    start: u64,
+    bytes: Vec<u8>,
+}
+
+/// Largest coalesced write.
+const MAX_RUN_BYTES: usize = 1 << 20;
+
+impl Run {
+    fn push(&mut self, addr: u64, block: &[u8], image: &MirrorImage) -> Result<()> {
+        let next = self.start + (self.bytes.len() / BLOCK_SIZE) as u64;
+        if !self.bytes.is_empty() && (addr != next || self.bytes.len() >= MAX_RUN_BYTES) {
+            self.flush(image)?;
+        }
+        if self.bytes.is_empty() {
+            self.start = addr;
+        }
+        self.bytes.extend_from_slice(block);
+        Ok(())
+    }
+
+    fn flush(&mut self, image: &MirrorImage) -> Result<()> {
+        if !self.bytes.is_empty() {
+            image.write_blocks(self.start, &self.bytes)?;
+            self.bytes.clear();
+        }
+        Ok(())
+    }
+}

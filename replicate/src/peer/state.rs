@@ -1,0 +1,201 @@
+//! `DIR/state`, `DIR/lock`, and the small durable-file helpers the peer uses.
+//!
+//! The state file holds what the peer must remember that its image and log
+//! store cannot tell: the volume it is bound to (recorded before anything of
+//! that volume is stored, so that a second volume can never mix into the
+//! directory) and whether the directory was promoted. It is JSON:
+//!
+//! ```json
+//! {"format": 1, "volume_uuid": "00112233445566778899aabbccddeeff", "promoted": false}
+//! ```
+//!
+//! It is replaced atomically: written to `state.tmp`, fsync'ed, renamed over
+//! `state`, and the directory fsync'ed.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{parse_hex, PeerError, Result, LOCK_FILE, STATE_FILE};
+
+/// Version of the state file's format.
+pub const STATE_FORMAT: u32 = 1;
+
+/// Largest state file read (it is a few dozen bytes; anything larger is not ours).
+const MAX_STATE_BYTES: u64 = 64 * 1024;
+
+/// What `DIR/state` records.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerState {
+    /// The volume this directory mirrors; `None` until the first source is accepted.
+    pub volume_uuid: Option<[u8; 16]>,
+    /// `twinfs promote` turned the mirror into a read-write volume: the daemon
+    /// must not apply anything more to it.
+    pub promoted: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StateJson {
+    format: u32,
+    volume_uuid: Option<String>,
+    promoted: bool,
+}
+
+impl PeerState {
+    /// Reads `DIR/state`; a missing file is a fresh, unbound state.
+    pub fn load(dir: &Path) -> Result<PeerState> {
+        let path = dir.join(STATE_FILE);
+        let bad = |problem: String| PeerError::Dir {
+            dir: dir.to_path_buf(),
+            problem: format!("{}: {problem}", path.display()),
+        };
+        let bytes = match std::fs::metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(PeerState::default()),
+            Err(e) => return Err(PeerError::io(format!("reading {}", path.display()), e)),
+            Ok(m) if m.len() > MAX_STATE_BYTES => {
+                return Err(bad("too large to be a twinfs peer state file".into()))
+            }
+            Ok(_) => std::fs::read(&path)
+                .map_err(|e| PeerError::io(format!("reading {}", path.display()), e))?,
+        };
+        let json: StateJson = serde_json::from_slice(&bytes).map_err(|e| {
+            bad(format!(
+                "not a twinfs peer state file ({e}); is --dir the right directory?"
+            ))
+        })?;
+        if json.format != STATE_FORMAT {
+            return Err(bad(format!(
+                "state format {} is not the {STATE_FORMAT} this twinfs reads",
+                json.format
+            )));
+        }
+        let volume_uuid = match json.volume_uuid {
+            None => None,
+            Some(h) => Some(
+                parse_hex::<16>(&h)
+                    .ok_or_else(|| bad(format!("volume_uuid {h:?} is not 32 hex digits")))?,
+            ),
+        };
+        Ok(PeerState {
+            volume_uuid,
+            promoted: json.promoted,
+        })
+    }
+
+    /// Replaces `DIR/state` atomically and durably.
+    pub fn store(&self, dir: &Path) -> Result<()> {
+        let json = StateJson {
+            format: STATE_FORMAT,
+            volume_uuid: self.volume_uuid.map(|u| twinfs_fs::hex(&u)),
+            promoted: self.promoted,
+        };
+        let mut bytes = serde_json::to_vec_pretty(&json).expect("the state always serializes");
+        bytes.push(b'\n');
+        write_atomic(&dir.join(STATE_FILE), &bytes, true)
+    }
+}
+
+/// Writes `bytes` to `path` through `path.tmp` and a rename, so that readers
+/// see the old or the new content whole. With `durable`, the file and the
+/// directory are fsync'ed so the new content survives a crash.
+pub fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
+    let tmp = tmp_path(path);
+    let io = |what: &str, e| PeerError::io(format!("{what} {}", tmp.display()), e);
+    let mut f = File::create(&tmp).map_err(|e| io("creating", e))?;
+    f.write_all(bytes).map_err(|e| io("writing", e))?;
+    if durable {
+        f.sync_all().map_err(|e| io("syncing", e))?;
+    }
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(|e| {
+        PeerError::io(
+            format!("renaming {} to {}", tmp.display(), path.display()),
+            e,
+        )
+    })?;
+    if durable {
+        if let Some(parent) = path.parent() {
+            fsync_dir(parent)?;
+        }
+    }
+    Ok(())
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+/// Makes the directory's entries (created, renamed, removed files) durable.
+pub fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| PeerError::io(format!("syncing directory {}", dir.display()), e))
+}
+
+/// An exclusive `flock` on `DIR/lock`: one daemon (or promote) per directory.
+/// Released when dropped (or when the process dies).
+#[derive(Debug)]
+pub struct DirLock {
+    _file: File,
+}
+
+impl DirLock {
+    /// Takes the lock, or fails at once naming who presumably holds it.
+    pub fn acquire(dir: &Path) -> Result<DirLock> {
+        let file = open_lock_file(dir)?;
+        if flock(&file, libc::LOCK_EX | libc::LOCK_NB)? {
+            Ok(DirLock { _file: file })
+        } else {
+            Err(PeerError::Dir {
+                dir: dir.to_path_buf(),
+                problem:
+                    "it is in use by another twinfs peer daemon or promote; stop that process first"
+                        .into(),
+            })
+        }
+    }
+
+    /// Whether some process holds the lock now (the daemon is running).
+    pub fn is_held(dir: &Path) -> bool {
+        let Ok(file) = OpenOptions::new().read(true).open(dir.join(LOCK_FILE)) else {
+            return false;
+        };
+        matches!(flock(&file, libc::LOCK_SH | libc::LOCK_NB), Ok(false))
+    }
+}
+
+fn open_lock_file(dir: &Path) -> Result<File> {
+    let path = dir.join(LOCK_FILE);
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| PeerError::io(format!("opening {}", path.display()), e))
+}
+
+/// `flock(2)`; `Ok(false)` when another process holds a conflicting lock.
+fn flock(file: &File, op: libc::c_int) -> Result<bool> {
+    // SAFETY: flock on a valid, owned file descriptor.
+    if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+        return Ok(true);
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(PeerError::io("locking the peer directory", err))
+    }
+}
+
+/// Creates `dir` (and parents) if needed.
+pub fn ensure_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| PeerError::io(format!("creating directory {}", dir.display()), e))
+}
