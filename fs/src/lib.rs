@@ -15,6 +15,7 @@ pub mod diff;
 pub mod error;
 pub mod filetree;
 pub mod fsck;
+pub mod fuse;
 pub mod items;
 pub mod nvlog;
 pub mod overlay;
