@@ -440,3 +440,110 @@ fn the_source_mirror_keeps_the_replica_in_step() {
     drop(replica);
     d.shutdown().unwrap();
 }
+
+#[test]
+fn a_peer_that_was_away_is_resynced_by_the_source_mirror() {
+    use twinfs_replicate::encode::CpSync;
+    use twinfs_replicate::source::{Mirror, MirrorConfig, Mode, Phase, DEFAULT_QUEUE_BYTES};
+    init_log();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = start(tmp.path());
+    let addr = d.local_addr();
+
+    let dev = Arc::new(twinfs_fs::device::MemDevice::new(8192));
+    twinfs_fs::volume::mkfs(dev.clone(), &Default::default()).unwrap();
+    let vol = Arc::new(
+        twinfs_fs::Volume::open(
+            dev,
+            VolumeConfig {
+                cp_interval: None,
+                ..Default::default()
+            },
+        )
+        .unwrap(),
+    );
+    let mirror = Mirror::start(
+        vol.clone(),
+        MirrorConfig {
+            peer: addr.to_string(),
+            secret: secret(),
+            mode: Mode::Async,
+            cp_sync: CpSync::Best,
+            sync_timeout: Duration::from_secs(5),
+            queue_bytes: DEFAULT_QUEUE_BYTES,
+        },
+    )
+    .unwrap();
+    wait_for("the mirror to stream", || {
+        mirror.status().phase == Phase::Streaming
+    });
+    let write = |name: &str, data: &[u8]| {
+        let ino = match vol.lookup(twinfs_fs::View::Live, twinfs_fs::ROOT_INO, name.as_bytes()) {
+            Ok(a) => a.ino,
+            Err(_) => {
+                vol.create(
+                    twinfs_fs::ROOT_INO,
+                    name.as_bytes(),
+                    twinfs_fs::FileKind::Regular,
+                    0o644,
+                    0,
+                    0,
+                    0,
+                )
+                .unwrap()
+                .ino
+            }
+        };
+        vol.write(ino, 0, data, false).unwrap();
+        vol.fsync().unwrap();
+        vol.checkpoint().unwrap()
+    };
+    let cp1 = write("a", &pattern(8 * BLOCK_SIZE, 1));
+    assert!(mirror.wait_applied(cp1, Duration::from_secs(20)));
+
+    // The peer goes away; the source goes on for two CPs.
+    d.shutdown().unwrap();
+    write("a", &pattern(8 * BLOCK_SIZE, 2));
+    let b = pattern(5 * BLOCK_SIZE + 3, 3);
+    let cp3 = write("b", &b);
+    assert_eq!(peer_status(tmp.path()).unwrap().applied_cp, Some(cp1.0));
+
+    // It comes back on the same address: the source resyncs it from CP 1.
+    let d = PeerDaemon::start(PeerConfig {
+        dir: tmp.path().to_path_buf(),
+        listen: addr.to_string(),
+        secret: secret(),
+        view: None,
+    })
+    .expect("restart on the same address");
+    // (wait_applied answers false at once while the source is reconnecting.)
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !mirror.wait_applied(cp3, Duration::from_secs(1)) {
+        assert!(Instant::now() < deadline, "resynced to CP {}", cp3.0);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let outcome = mirror
+        .verify(true, Duration::from_secs(20))
+        .expect("verify");
+    assert!(outcome.equal(), "{outcome:?}");
+    let replica = open_read_only(&tmp.path().join("mirror.img"));
+    assert_eq!(read_file(&replica, "a"), pattern(8 * BLOCK_SIZE, 2));
+    assert_eq!(read_file(&replica, "b"), b);
+    drop(replica);
+    mirror.shutdown();
+    vol.close().unwrap();
+    d.shutdown().unwrap();
+}
+
+#[test]
+fn setting_the_shutdown_flag_stops_the_daemon() {
+    init_log();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = start(tmp.path());
+    // What a SIGTERM handler does: store true, nothing else.
+    d.shutdown_handle().flag().store(true, Ordering::SeqCst);
+    let started = Instant::now();
+    d.run().expect("a clean stop");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(!peer_status(tmp.path()).unwrap().daemon_running);
+}
