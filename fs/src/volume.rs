@@ -146,7 +146,7 @@ impl Attr {
             gid: a.gid,
             rdev: a.rdev,
             size: a.size,
-            blocks512: a.blocks * (BLOCK_SIZE_U64 / 512),
+            blocks512: a.blocks.saturating_mul(BLOCK_SIZE_U64 / 512),
             atime: a.atime,
             mtime: a.mtime,
             ctime: a.ctime,
