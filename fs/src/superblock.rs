@@ -46,8 +46,9 @@ const OFF_HOLD_META: usize = OFF_HOLD_CP + 8;
 const OFF_HOLD_META_HEIGHT: usize = OFF_HOLD_META + BlockPtr::SIZE;
 const OFF_HOLD_ALLOC: usize = OFF_HOLD_META_HEIGHT + 8;
 const OFF_HOLD_ALLOC_HEIGHT: usize = OFF_HOLD_ALLOC + BlockPtr::SIZE;
+const OFF_HOLD_ROOT_HASH: usize = OFF_HOLD_ALLOC_HEIGHT + 8;
 /// End of the fields; the rest up to the checksum is zero.
-pub const FIELDS_END: usize = OFF_HOLD_ALLOC_HEIGHT + 8;
+pub const FIELDS_END: usize = OFF_HOLD_ROOT_HASH + 32;
 /// `hold_cp` value meaning "no peer hold".
 const NO_HOLD: u64 = u64::MAX;
 /// The checksum: blake3 of every byte before it.
@@ -74,6 +75,8 @@ pub struct PeerHold {
     pub cp: CpNumber,
     pub meta: TreeRoot,
     pub alloc: TreeRoot,
+    /// Root hash of that CP: lets a restarted source recognise the peer's CP.
+    pub root_hash: RootHash,
 }
 
 /// Decoded superblock.
@@ -147,6 +150,7 @@ impl Superblock {
                 b[OFF_HOLD_META_HEIGHT] = h.meta.height;
                 h.alloc.ptr.encode(&mut b[OFF_HOLD_ALLOC..]);
                 b[OFF_HOLD_ALLOC_HEIGHT] = h.alloc.height;
+                b[OFF_HOLD_ROOT_HASH..OFF_HOLD_ROOT_HASH + 32].copy_from_slice(&h.root_hash.0);
             }
         }
         let sum = blake3::hash(&b[..OFF_CHECKSUM]);
@@ -223,6 +227,11 @@ impl Superblock {
                         ptr: BlockPtr::decode(&b[OFF_HOLD_ALLOC..]),
                         height: b[OFF_HOLD_ALLOC_HEIGHT],
                     },
+                    root_hash: RootHash(
+                        b[OFF_HOLD_ROOT_HASH..OFF_HOLD_ROOT_HASH + 32]
+                            .try_into()
+                            .expect("32 bytes"),
+                    ),
                 }),
             },
         };
@@ -372,6 +381,7 @@ mod tests {
                 cp: CpNumber(4),
                 meta: TreeRoot::default(),
                 alloc: TreeRoot::default(),
+                root_hash: RootHash([9; 32]),
             }),
         }
     }

@@ -250,6 +250,8 @@ struct State {
     snapshots: Vec<(u64, RetainedImage)>,
     /// The peer hold the next CP records.
     peer_hold: Option<superblock::PeerHold>,
+    /// Root hashes of the CPs committed since open (most recent last).
+    history: std::collections::VecDeque<(CpNumber, RootHash)>,
 }
 
 #[derive(Default)]
@@ -471,6 +473,7 @@ impl Volume {
             retained: RetainedChanges::default(),
             snapshots,
             peer_hold: sb.peer_hold,
+            history: [(sb.cp, sb.root_hash())].into(),
             image: sb.clone(),
         };
         let inner = Arc::new(Inner {
@@ -1301,6 +1304,7 @@ impl Volume {
                 cp: sb.cp,
                 meta: sb.meta,
                 alloc: sb.alloc,
+                root_hash: sb.root_hash(),
             });
         }
     }
@@ -1309,6 +1313,19 @@ impl Volume {
     pub fn peer_forget(&self) {
         self.inner.cp.lock().alloc.drop_peer_hold();
         self.inner.state.write().peer_hold = None;
+    }
+
+    /// The root hash of CP `cp` if this volume knows it: a CP committed since
+    /// it was opened, or the peer hold recorded in the superblock.
+    pub fn known_root_hash(&self, cp: CpNumber) -> Option<RootHash> {
+        let st = self.inner.state.read();
+        if let Some(h) = st.history.iter().find(|(c, _)| *c == cp) {
+            return Some(h.1);
+        }
+        st.image
+            .peer_hold
+            .filter(|h| h.cp == cp)
+            .map(|h| h.root_hash)
     }
 
     /// The CP protected for the peer, if any.
@@ -1357,6 +1374,9 @@ impl Drop for Volume {
         }
     }
 }
+
+/// Root hashes of recent CPs remembered, to recognise a peer's CP.
+const CP_HISTORY: usize = 4096;
 
 /// Most snapshots a volume keeps.
 pub const MAX_SNAPSHOTS: usize = 256;
@@ -1832,6 +1852,10 @@ impl Inner {
             let mut st = self.state.write();
             st.image = sb.clone();
             st.frozen = None;
+            st.history.push_back((sb.cp, sb.root_hash()));
+            if st.history.len() > CP_HISTORY {
+                st.history.pop_front();
+            }
             if let Some(c) = covers {
                 st.region.release_through(c);
             }

@@ -826,24 +826,32 @@ async fn run_session(
             Some(a) if a.cp == pinned.cp.0 && a.root_hash == pinned.root_hash().0 => {
                 log::info!("peer is at CP {}: streaming", a.cp);
                 sender.last_cp_sent = pinned.cp;
-                sender.last_transfer_sent = TransferId(pinned.log.next_transfer.0 - 1);
+                // The peer keeps transfers it already has: start after them.
+                let covered = TransferId(pinned.log.next_transfer.0 - 1);
+                sender.last_transfer_sent = covered.max(TransferId(info.resume.durable_transfer));
             }
             other => {
-                let base = other.and_then(|a| (a.cp < pinned.cp.0).then_some(CpNumber(a.cp)));
-                if let Some(a) = other {
-                    if a.cp >= pinned.cp.0 {
-                        let msg = format!(
-                            "the peer's CP {} (root {}) does not match the source's history: full resync",
-                            a.cp,
-                            twinfs_fs::hex(&a.root_hash)
-                        );
-                        log::error!("{msg}");
+                // Build on the peer's CP only if it is one of ours.
+                let known = other.filter(|a| {
+                    a.cp < pinned.cp.0 && s.vol.known_root_hash(CpNumber(a.cp)).is_some_and(|h| h.0 == a.root_hash)
+                });
+                if let (Some(a), None) = (other, known) {
+                    let msg = format!(
+                        "the peer's CP {} (root {}) is not one the source can vouch for: full resync",
+                        a.cp,
+                        twinfs_fs::hex(&a.root_hash)
+                    );
+                    log::warn!("{msg}");
+                    if s.vol.known_root_hash(CpNumber(a.cp)).is_some() {
                         s.link.lock().alarm = Some(msg);
                     }
                 }
-                sender.resync(&pinned, base).await?;
+                sender.resync(&pinned, known.map(|a| CpNumber(a.cp))).await?;
             }
         }
+        // Batches that became durable before the queue accepted them.
+        let durable = tokio::task::block_in_place(|| s.vol.status().last_durable_transfer);
+        sender.fill_gap(TransferId(durable.0 + 1)).await?;
         s.set_phase(Phase::Streaming);
         sender.stream(&mut ctrl_rx, &mut peer_rx).await
     }
