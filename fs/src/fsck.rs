@@ -55,12 +55,15 @@ const PROGRESS_EVERY_BLOCKS: u64 = 4096;
 pub fn check(dev: &dyn BlockDevice, progress: &mut dyn FnMut(Progress)) -> Result<Report> {
     let mut early = Vec::new();
     let (sb, slot) = superblocks(dev, &mut early)?;
-    let mut c = Checker::new(dev, &sb, progress);
-    for (sev, block, what) in early {
-        c.flag(sev, Kind::Superblock, VOLUME, Some(block), None, what);
-    }
-    c.run();
-    Ok(c.finish(slot))
+    let report = std::thread::scope(|s| {
+        let mut c = Checker::new(dev, &sb, progress, DataQueue::new(s, dev));
+        for (sev, block, what) in early {
+            c.flag(sev, Kind::Superblock, VOLUME, Some(block), None, what);
+        }
+        c.run();
+        c.finish(slot)
+    });
+    Ok(report)
 }
 
 // ---------------------------------------------------------------------------
@@ -301,12 +304,12 @@ impl Leaves {
     }
 }
 
-struct Checker<'a, 'p> {
+struct Checker<'a, 'p, 's> {
     dev: &'a dyn BlockDevice,
     sb: &'a Superblock,
     key: [u8; 32],
     disk: Disk<'a>,
-    queue: DataQueue,
+    queue: DataQueue<'s, 'a>,
     progress: &'p mut dyn FnMut(Progress),
     phase: Phase,
     reported_at: u64,
@@ -334,18 +337,19 @@ struct Checker<'a, 'p> {
     log: LogSummary,
 }
 
-impl<'a, 'p> Checker<'a, 'p> {
+impl<'a, 'p, 's> Checker<'a, 'p, 's> {
     fn new(
         dev: &'a dyn BlockDevice,
         sb: &'a Superblock,
         progress: &'p mut dyn FnMut(Progress),
-    ) -> Checker<'a, 'p> {
+        queue: DataQueue<'s, 'a>,
+    ) -> Checker<'a, 'p, 's> {
         Checker {
             dev,
             sb,
             key: items::name_hash_key(&sb.uuid),
             disk: Disk::new(dev),
-            queue: DataQueue::new(),
+            queue,
             progress,
             phase: Phase::AllocMap,
             reported_at: 0,

@@ -572,3 +572,87 @@ fn random_damage_never_panics_and_never_returns_wrong_bytes() {
         read_through_the_volume(&dev, &e);
     }
 }
+
+/// Rewrites B-tree leaf `leaf` (a child of the root) and fixes the hashes
+/// above it, as a buggy CP would have written it: reads cannot see the
+/// damage, only the rules can.
+fn forge_leaf(dev: &MemDevice, root: &BlockPtr, leaf: &BlockPtr, bytes: &[u8]) {
+    dev.poke(leaf.addr, 0, bytes);
+    let mut parent = dev.peek(root.addr);
+    let entry = (8..4096 - 49)
+        .step_by(49)
+        .find(|&at| BlockPtr::decode(&parent[at + 17..at + 49]).addr == leaf.addr)
+        .expect("the leaf is a child of the root");
+    parent[entry + 17 + 16..entry + 49].copy_from_slice(&Hash128::of(bytes).0);
+    dev.poke(root.addr, 0, &parent);
+    let (mut sb, _) = superblock::read_latest(dev).unwrap();
+    sb.meta.ptr.hash = Hash128::of(&parent);
+    dev.write(BlockAddr(sb.slot()), &sb.encode()[..]).unwrap();
+}
+
+#[test]
+fn forged_leaves_are_reported_without_panics() {
+    let (dev, e, sb) = image();
+    assert_eq!(sb.meta.height, 1, "leaves hang right below the root");
+    let leaves: Vec<BlockPtr> = btree_nodes(&dev, &sb)
+        .iter()
+        .filter(|n| n.0 == 0)
+        .map(|n| n.1)
+        .collect();
+    let pristine: Vec<(BlockAddr, Vec<u8>)> = [sb.meta.ptr]
+        .iter()
+        .chain(&leaves)
+        .map(|p| (p.addr, dev.peek(p.addr)))
+        .chain([(BlockAddr(sb.slot()), dev.peek(BlockAddr(sb.slot())))])
+        .collect();
+    let mut seed = 99u64;
+    let mut next = move || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        seed >> 33
+    };
+    let mut found = 0;
+    for round in 0..150 {
+        for (a, b) in &pristine {
+            dev.poke(*a, 0, b);
+        }
+        let leaf = leaves[next() as usize % leaves.len()];
+        let mut bytes = dev.peek(leaf.addr);
+        // Mostly inside the entries, where item values live.
+        let used = 8 + u16::from_le_bytes([bytes[6], bytes[7]]) as usize;
+        for _ in 0..1 + next() % 3 {
+            let at = next() as usize % if round % 4 == 0 { BLOCK_SIZE } else { used };
+            bytes[at] ^= 1 << (next() % 8);
+        }
+        forge_leaf(&dev, &sb.meta.ptr, &leaf, &bytes);
+        let report = fsck(&*dev);
+        if !report.is_clean() {
+            found += 1;
+        }
+        // The volume must not panic either (what it reads may differ: the
+        // forged hashes make the change look legitimate).
+        for cfg in [read_only(), quiet()] {
+            if let Ok(vol) = Volume::open(dev.clone() as Arc<dyn BlockDevice>, cfg) {
+                let _ = read_everything_lenient(&vol, &e);
+                vol.crash();
+            }
+        }
+    }
+    assert!(
+        found > 100,
+        "only {found} of 150 forged leaves were reported"
+    );
+}
+
+/// Every read of the tree, ignoring results.
+fn read_everything_lenient(vol: &Volume, e: &Expected) -> usize {
+    let mut n = 0;
+    for (ino, data) in &e.files {
+        n += vol.read(View::Live, *ino, 0, data.len() as u32).is_ok() as usize;
+        let _ = vol.getattr(View::Live, *ino);
+        let _ = vol.listxattr(View::Live, *ino);
+    }
+    let _ = vol.readdir(View::Live, ROOT_INO, 0, &mut |_| true);
+    n
+}

@@ -241,3 +241,130 @@ fn problems_render_with_severity_image_and_place() {
     );
     assert!(report.to_string().contains("1 errors"), "{report}");
 }
+
+/// Measures fsck on an image file: `TWINFS_FSCK_GIB` GiB (default 10) of
+/// 1 GiB files plus 20,000 small files, checked once with the image in the
+/// page cache and once after dropping it from the cache. Prints the times.
+/// `TWINFS_FSCK_IMAGE=path` keeps the image there (and reuses it if present).
+/// `cargo test --release -p twinfs-fs --test fsck -- --ignored --nocapture`
+#[test]
+#[ignore = "a measurement, not a check: writes a large image"]
+fn fsck_speed_on_a_large_image() {
+    use std::os::unix::io::AsRawFd;
+    use std::time::Instant;
+    use twinfs_fs::device::FileDevice;
+
+    let gib: u64 = std::env::var("TWINFS_FSCK_GIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let path = std::env::var("TWINFS_FSCK_IMAGE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| tmp.path().join("big.img"));
+    if !path.exists() {
+        build_large_image(&path, gib);
+    }
+    let dev = FileDevice::open(&path, false).unwrap();
+    let file = std::fs::File::open(&path).unwrap();
+    let drop_cache = || {
+        // SAFETY: posix_fadvise on an open descriptor only drops clean cached pages.
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    };
+    let cpu = || {
+        // SAFETY: getrusage fills the struct it is given.
+        let mut r: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut r) };
+        let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        secs(r.ru_utime) + secs(r.ru_stime)
+    };
+    // Baselines in the same run: reading the whole image in 4 MiB reads,
+    // and blake3 over 4 KiB blocks on one core.
+    for cold in [false, true] {
+        if cold {
+            drop_cache();
+        }
+        let (t, c) = (Instant::now(), cpu());
+        let mut buf = vec![0u8; 4 << 20];
+        let mut off = 0u64;
+        let len = file.metadata().unwrap().len();
+        while off < len {
+            let n = (len - off).min(buf.len() as u64) as usize;
+            std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf[..n], off).unwrap();
+            off += n as u64;
+        }
+        eprintln!(
+            "baseline: reading the {:.2} GiB image ({}): {:.2} s wall, {:.2} s CPU",
+            len as f64 / (1u64 << 30) as f64,
+            if cold { "cold cache" } else { "warm cache" },
+            t.elapsed().as_secs_f64(),
+            cpu() - c
+        );
+    }
+    let block = bytes(1, 4096);
+    let (t, c) = (Instant::now(), cpu());
+    for i in 0..262_144u32 {
+        std::hint::black_box(blake3::hash(std::hint::black_box(&block[..])));
+        std::hint::black_box(i);
+    }
+    eprintln!(
+        "baseline: blake3 of 1 GiB in 4 KiB blocks, one thread: {:.2} s wall, {:.2} s CPU",
+        t.elapsed().as_secs_f64(),
+        cpu() - c
+    );
+    for cold in [false, true] {
+        if cold {
+            drop_cache();
+        }
+        let (t, c) = (Instant::now(), cpu());
+        let report = fsck::check(&dev, &mut |_| {}).unwrap();
+        let secs = t.elapsed().as_secs_f64();
+        assert!(report.is_clean(), "{report}");
+        let s = &report.summary;
+        eprintln!(
+            "fsck ({}): {} blocks verified ({:.2} GiB) in {secs:.2} s wall = {:.2} GiB/s, {:.2} s CPU; {} inodes",
+            if cold { "cold cache" } else { "warm cache" },
+            s.blocks_verified,
+            s.blocks_verified as f64 / 262_144.0,
+            s.blocks_verified as f64 / 262_144.0 / secs,
+            cpu() - c,
+            s.inodes
+        );
+    }
+}
+
+fn build_large_image(path: &std::path::Path, gib: u64) {
+    let t = std::time::Instant::now();
+    let dev = Arc::new(twinfs_fs::device::FileDevice::create(path, (gib + 2) << 30).unwrap());
+    volume::mkfs(dev.clone(), &MkfsOptions::default()).unwrap();
+    let vol = Volume::open(dev.clone(), quiet()).unwrap();
+    let chunk = bytes(7, 1 << 20);
+    for f in 0..gib {
+        let name = format!("big{f}");
+        let ino = vol
+            .create(ROOT_INO, name.as_bytes(), FileKind::Regular, 0o644, 0, 0, 0)
+            .unwrap()
+            .ino;
+        for i in 0..1024u64 {
+            let mut c = chunk.clone();
+            c[..8].copy_from_slice(&(f * 1024 + i).to_le_bytes());
+            vol.write(ino, i << 20, &c, false).unwrap();
+        }
+    }
+    let small = vol
+        .create(ROOT_INO, b"small", FileKind::Directory, 0o755, 0, 0, 0)
+        .unwrap()
+        .ino;
+    for i in 0..20_000u64 {
+        let name = format!("s{i}");
+        let ino = vol
+            .create(small, name.as_bytes(), FileKind::Regular, 0o644, 0, 0, 0)
+            .unwrap()
+            .ino;
+        vol.write(ino, 0, &bytes(i, 3000), false).unwrap();
+    }
+    vol.close().unwrap();
+    drop(vol);
+    dev.flush().unwrap();
+    eprintln!("built a {gib} GiB image in {:.1?}", t.elapsed());
+}

@@ -3,11 +3,12 @@
 //! runs of adjacent addresses, every block hashed and compared with the
 //! pointer that names it.
 //!
-//! Metadata is read synchronously (its contents tell where to go next).
-//! Data blocks only need their hash checked, so they are queued, read in
-//! long runs by the walking thread and hashed by worker threads meanwhile.
+//! Metadata is read synchronously (its contents tell where to go next),
+//! scattered blocks from several threads at once. Data blocks only need
+//! their hash checked, so they are queued, sorted into long runs, and read
+//! and hashed by worker threads while the walk goes on.
 
-use std::thread::JoinHandle;
+use std::thread::{Scope, ScopedJoinHandle};
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
@@ -17,12 +18,20 @@ use crate::types::*;
 
 /// Longest single device read, in blocks (4 MiB).
 const MAX_RUN_BLOCKS: usize = 1024;
+/// Unwanted blocks a read may span to join two runs (file trees interleave
+/// an indirect block with every 128 data blocks).
+const MAX_GAP_BLOCKS: u64 = 8;
 /// Data blocks queued before they are sorted into runs and read (16 MiB).
 const QUEUE_BLOCKS: usize = 4096;
-/// Hash jobs waiting for a worker; bounds the memory in flight.
-const JOBS_IN_FLIGHT: usize = 8;
-/// Most hashing threads.
+/// Runs waiting for a worker.
+const JOBS_IN_FLIGHT: usize = 16;
+/// Threads reading and hashing data blocks: at least a few, so that reads
+/// overlap even on one core (they wait for the disk more than they compute).
+const MIN_WORKERS: usize = 3;
 const MAX_WORKERS: usize = 8;
+/// A metadata fetch of this many separate runs is spread over threads.
+const PARALLEL_RUNS: usize = 8;
+const READ_THREADS: usize = 4;
 
 /// Why a block could not be verified.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,22 +57,98 @@ impl Fault {
 /// Synchronous verified reads.
 pub(super) struct Disk<'a> {
     dev: &'a dyn BlockDevice,
-    /// Blocks read and hashed so far (including queued data blocks).
+    /// Blocks read to be verified so far (data blocks count when read, before their hash is checked).
     pub(super) verified: u64,
 }
 
-/// Groups `order` (indices into `addrs`, sorted by address) into runs of
-/// adjacent addresses, each at most `MAX_RUN_BLOCKS` long.
-fn runs(addrs: &[u64], order: &[usize]) -> Vec<std::ops::Range<usize>> {
+/// One device read: `blocks` blocks from `start`, covering the members
+/// `members` of an address-sorted list (a few blocks between members may be
+/// read and skipped: one long read beats several short ones).
+struct Run {
+    start: u64,
+    blocks: usize,
+    members: std::ops::Range<usize>,
+}
+
+/// Groups address-sorted `addrs` into runs of at most `MAX_RUN_BLOCKS`,
+/// bridging gaps of up to `MAX_GAP_BLOCKS`.
+fn runs(addrs: &[u64]) -> Vec<Run> {
+    let mut out: Vec<Run> = Vec::new();
+    for (k, &a) in addrs.iter().enumerate() {
+        if let Some(r) = out.last_mut() {
+            let end = r.start + r.blocks as u64;
+            if a < end {
+                r.members.end = k + 1;
+                continue;
+            }
+            if a - end <= MAX_GAP_BLOCKS && a + 1 - r.start <= MAX_RUN_BLOCKS as u64 {
+                r.blocks = (a + 1 - r.start) as usize;
+                r.members.end = k + 1;
+                continue;
+            }
+        }
+        out.push(Run {
+            start: a,
+            blocks: 1,
+            members: k..k + 1,
+        });
+    }
+    out
+}
+
+/// Reads `buf.len() / BLOCK_SIZE` blocks from `start` into `buf`. A failed
+/// long read is retried block by block so that one bad sector does not
+/// condemn its neighbours; returns the blocks (offsets in the run) that failed.
+fn read_run(dev: &dyn BlockDevice, start: u64, buf: &mut [u8]) -> Vec<(usize, Fault)> {
+    let n = buf.len() / BLOCK_SIZE;
+    match dev.read(BlockAddr(start), buf) {
+        Ok(()) => Vec::new(),
+        Err(e) if n == 1 => vec![(0, Fault::Io(e.to_string()))],
+        Err(_) => buf
+            .chunks_mut(BLOCK_SIZE)
+            .enumerate()
+            .filter_map(|(i, one)| {
+                dev.read(BlockAddr(start + i as u64), one)
+                    .err()
+                    .map(|e| (i, Fault::Io(e.to_string())))
+            })
+            .collect(),
+    }
+}
+
+/// Reads the runs `runs` of the address-sorted `addrs` and verifies each
+/// member against `ptrs[order[k]]`; returns (pointer index, result) pairs.
+fn read_runs(
+    dev: &dyn BlockDevice,
+    runs: &[Run],
+    addrs: &[u64],
+    order: &[usize],
+    ptrs: &[BlockPtr],
+) -> Vec<(usize, Result<Box<Block>, Fault>)> {
     let mut out = Vec::new();
-    let mut start = 0;
-    for k in 1..=order.len() {
-        let ends = k == order.len()
-            || addrs[order[k]] != addrs[order[k - 1]] + 1
-            || k - start >= MAX_RUN_BLOCKS;
-        if ends {
-            out.push(start..k);
-            start = k;
+    let mut buf = Vec::new();
+    for run in runs {
+        buf.resize(run.blocks * BLOCK_SIZE, 0);
+        let failed = read_run(dev, run.start, &mut buf);
+        for k in run.members.clone() {
+            let i = order[k];
+            let at = (addrs[k] - run.start) as usize;
+            if let Some((_, f)) = failed.iter().find(|(j, _)| *j == at) {
+                out.push((i, Err(f.clone())));
+                continue;
+            }
+            let bytes = &buf[at * BLOCK_SIZE..(at + 1) * BLOCK_SIZE];
+            let found = Hash128::of(bytes);
+            out.push((
+                i,
+                if found != ptrs[i].hash {
+                    Err(Fault::Checksum { found })
+                } else {
+                    let mut block = new_block();
+                    block.copy_from_slice(bytes);
+                    Ok(block)
+                },
+            ));
         }
     }
     out
@@ -74,54 +159,48 @@ impl<'a> Disk<'a> {
         Disk { dev, verified: 0 }
     }
 
-    /// Reads `n` blocks from `start`. A failed long read is retried block by
-    /// block so that one bad sector does not condemn its neighbours.
-    fn read_run(&mut self, start: u64, n: usize) -> Vec<Result<Vec<u8>, Fault>> {
-        self.verified += n as u64;
-        let mut buf = vec![0u8; n * BLOCK_SIZE];
-        match self.dev.read(BlockAddr(start), &mut buf) {
-            Ok(()) => buf.chunks(BLOCK_SIZE).map(|c| Ok(c.to_vec())).collect(),
-            Err(_) if n > 1 => (0..n as u64)
-                .map(|i| {
-                    let mut one = vec![0u8; BLOCK_SIZE];
-                    self.dev
-                        .read(BlockAddr(start + i), &mut one)
-                        .map(|()| one)
-                        .map_err(|e| Fault::Io(e.to_string()))
-                })
-                .collect(),
-            Err(e) => vec![Err(Fault::Io(e.to_string()))],
-        }
-    }
-
     /// Reads and verifies the blocks `ptrs` point at, coalescing adjacent
-    /// addresses into single reads. The caller has checked that every
+    /// addresses into single reads, and issuing scattered ones from several
+    /// threads (their latencies overlap). The caller has checked that every
     /// address lies inside the device.
     pub(super) fn read_many(&mut self, ptrs: &[BlockPtr]) -> Vec<Result<Box<Block>, Fault>> {
-        let addrs: Vec<u64> = ptrs.iter().map(|p| p.addr.0).collect();
         let mut order: Vec<usize> = (0..ptrs.len()).collect();
-        order.sort_by_key(|&i| addrs[i]);
-        let mut out: Vec<Option<Result<Box<Block>, Fault>>> = vec![None; ptrs.len()];
-        for run in runs(&addrs, &order) {
-            let idx = &order[run];
-            let blocks = self.read_run(addrs[idx[0]], idx.len());
-            for (&i, got) in idx.iter().zip(blocks) {
-                out[i] = Some(got.and_then(|bytes| {
-                    let found = Hash128::of(&bytes);
-                    if found != ptrs[i].hash {
-                        return Err(Fault::Checksum { found });
+        order.sort_by_key(|&i| ptrs[i].addr.0);
+        let addrs: Vec<u64> = order.iter().map(|&i| ptrs[i].addr.0).collect();
+        let runs = runs(&addrs);
+        self.verified += ptrs.len() as u64;
+        let dev = self.dev;
+        let results = if runs.len() < PARALLEL_RUNS {
+            read_runs(dev, &runs, &addrs, &order, ptrs)
+        } else {
+            let per = runs.len().div_ceil(READ_THREADS);
+            std::thread::scope(|s| {
+                let handles: Vec<_> = runs
+                    .chunks(per)
+                    .map(|part| {
+                        let (addrs, order) = (&addrs, &order);
+                        std::thread::Builder::new()
+                            .name("fsck-read".into())
+                            .spawn_scoped(s, move || read_runs(dev, part, addrs, order, ptrs))
+                    })
+                    .collect();
+                let mut out = Vec::with_capacity(ptrs.len());
+                for (h, part) in handles.into_iter().zip(runs.chunks(per)) {
+                    match h.map_err(|_| ()).and_then(|h| h.join().map_err(|_| ())) {
+                        Ok(got) => out.extend(got),
+                        // No thread: read this part here.
+                        Err(()) => out.extend(read_runs(dev, part, &addrs, &order, ptrs)),
                     }
-                    let block: Box<Block> = bytes
-                        .into_boxed_slice()
-                        .try_into()
-                        .map_err(|_| Fault::Io("short read".into()))?;
-                    Ok(block)
-                }));
-            }
+                }
+                out
+            })
+        };
+        let mut out: Vec<Result<Box<Block>, Fault>> =
+            vec![Err(Fault::Io("not read".into())); ptrs.len()];
+        for (i, r) in results {
+            out[i] = r;
         }
-        out.into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(Fault::Io("not read".into()))))
-            .collect()
+        out
     }
 }
 
@@ -133,57 +212,77 @@ pub(super) struct Queued {
     pub(super) image: usize,
 }
 
-/// Blocks of one run and what they must hash to.
+/// One read for a worker: `blocks` blocks from `start`, and each wanted
+/// block with its offset (in blocks) in the run.
 struct Job {
-    bytes: Vec<u8>,
-    blocks: Vec<Queued>,
+    start: u64,
+    blocks: usize,
+    members: Vec<(Queued, usize)>,
 }
 
-/// Data blocks verified in the background.
-pub(super) struct DataQueue {
-    pending: Vec<Queued>,
-    jobs: Option<Sender<Job>>,
-    results: Receiver<Vec<(Queued, Fault)>>,
-    workers: Vec<JoinHandle<()>>,
-    sent: usize,
-    received: usize,
-    faults: Vec<(Queued, Fault)>,
-}
-
-fn hash_worker(jobs: Receiver<Job>, results: Sender<Vec<(Queued, Fault)>>) {
-    for job in jobs {
-        let mut bad = Vec::new();
-        for (q, bytes) in job.blocks.into_iter().zip(job.bytes.chunks(BLOCK_SIZE)) {
-            let found = Hash128::of(bytes);
-            if found != q.ptr.hash {
-                bad.push((q, Fault::Checksum { found }));
-            }
+/// Reads and verifies one run.
+fn do_job(dev: &dyn BlockDevice, job: Job, buf: &mut Vec<u8>) -> Vec<(Queued, Fault)> {
+    buf.resize(job.blocks * BLOCK_SIZE, 0);
+    let failed = read_run(dev, job.start, &mut buf[..]);
+    let mut bad = Vec::new();
+    for (q, at) in job.members {
+        if let Some((_, f)) = failed.iter().find(|(j, _)| *j == at) {
+            bad.push((q, f.clone()));
+            continue;
         }
-        if results.send(bad).is_err() {
+        let found = Hash128::of(&buf[at * BLOCK_SIZE..(at + 1) * BLOCK_SIZE]);
+        if found != q.ptr.hash {
+            bad.push((q, Fault::Checksum { found }));
+        }
+    }
+    bad
+}
+
+fn worker(dev: &dyn BlockDevice, jobs: Receiver<Job>, results: Sender<Vec<(Queued, Fault)>>) {
+    let mut buf = Vec::with_capacity(MAX_RUN_BLOCKS * BLOCK_SIZE);
+    for job in jobs {
+        if results.send(do_job(dev, job, &mut buf)).is_err() {
             return;
         }
     }
 }
 
-impl DataQueue {
-    pub(super) fn new() -> DataQueue {
+/// Data blocks verified in the background: the walking thread queues them,
+/// sorts them into runs, and worker threads read and hash the runs.
+pub(super) struct DataQueue<'scope, 'env> {
+    dev: &'env dyn BlockDevice,
+    pending: Vec<Queued>,
+    jobs: Option<Sender<Job>>,
+    results: Receiver<Vec<(Queued, Fault)>>,
+    workers: Vec<ScopedJoinHandle<'scope, ()>>,
+    sent: usize,
+    received: usize,
+    faults: Vec<(Queued, Fault)>,
+    /// For jobs done on the walking thread when no worker could start.
+    buf: Vec<u8>,
+}
+
+impl<'scope, 'env> DataQueue<'scope, 'env> {
+    /// Starts the workers in `scope`; they end when the queue is dropped.
+    pub(super) fn new(scope: &'scope Scope<'scope, 'env>, dev: &'env dyn BlockDevice) -> Self {
         let n = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
-            .clamp(1, MAX_WORKERS);
+            .clamp(MIN_WORKERS, MAX_WORKERS);
         let (jobs_tx, jobs_rx) = bounded::<Job>(JOBS_IN_FLIGHT);
         let (res_tx, res_rx) = unbounded();
         let mut workers = Vec::with_capacity(n);
         for i in 0..n {
             let (jobs, results) = (jobs_rx.clone(), res_tx.clone());
             let spawned = std::thread::Builder::new()
-                .name(format!("fsck-hash-{i}"))
-                .spawn(move || hash_worker(jobs, results));
-            // Without workers, `send` below hashes on the walking thread.
+                .name(format!("fsck-verify-{i}"))
+                .spawn_scoped(scope, move || worker(dev, jobs, results));
+            // Without workers, `send` below does the job on the walking thread.
             if let Ok(h) = spawned {
                 workers.push(h);
             }
         }
         DataQueue {
+            dev,
             pending: Vec::with_capacity(QUEUE_BLOCKS),
             jobs: (!workers.is_empty()).then_some(jobs_tx),
             results: res_rx,
@@ -191,6 +290,7 @@ impl DataQueue {
             sent: 0,
             received: 0,
             faults: Vec::new(),
+            buf: Vec::new(),
         }
     }
 
@@ -201,31 +301,27 @@ impl DataQueue {
         }
     }
 
-    /// Reads everything queued, in runs, and hands the runs to the workers.
+    /// Sorts everything queued into runs and hands them to the workers.
     pub(super) fn flush(&mut self, disk: &mut Disk<'_>) {
         let mut pending = std::mem::take(&mut self.pending);
         pending.sort_by_key(|q| q.ptr.addr.0);
+        disk.verified += pending.len() as u64;
         let addrs: Vec<u64> = pending.iter().map(|q| q.ptr.addr.0).collect();
-        let order: Vec<usize> = (0..pending.len()).collect();
-        let spans = runs(&addrs, &order);
         let mut queued = pending.into_iter();
-        for span in spans {
-            let blocks: Vec<Queued> = queued.by_ref().take(span.len()).collect();
-            let got = disk.read_run(addrs[span.start], span.len());
-            let mut bytes = Vec::with_capacity(span.len() * BLOCK_SIZE);
-            let mut ok = Vec::with_capacity(span.len());
-            for (q, r) in blocks.into_iter().zip(got) {
-                match r {
-                    Ok(b) => {
-                        bytes.extend_from_slice(&b);
-                        ok.push(q);
-                    }
-                    Err(f) => self.faults.push((q, f)),
-                }
-            }
-            self.send(Job { bytes, blocks: ok });
+        for run in runs(&addrs) {
+            let members = run
+                .members
+                .clone()
+                .zip(queued.by_ref())
+                .map(|(k, q)| (q, (addrs[k] - run.start) as usize))
+                .collect();
+            self.send(Job {
+                start: run.start,
+                blocks: run.blocks,
+                members,
+            });
+            self.collect(false);
         }
-        self.collect(false);
     }
 
     fn send(&mut self, job: Job) {
@@ -239,15 +335,8 @@ impl DataQueue {
             },
             None => job,
         };
-        // No worker to take it: hash here.
-        let (tx, rx) = unbounded();
-        let (jtx, jrx) = unbounded();
-        let _ = jtx.send(job);
-        drop(jtx);
-        hash_worker(jrx, tx);
-        for bad in rx.try_iter() {
-            self.faults.extend(bad);
-        }
+        let bad = do_job(self.dev, job, &mut self.buf);
+        self.faults.extend(bad);
     }
 
     fn collect(&mut self, wait: bool) {
@@ -280,7 +369,7 @@ impl DataQueue {
     }
 }
 
-impl Drop for DataQueue {
+impl Drop for DataQueue<'_, '_> {
     fn drop(&mut self) {
         self.jobs = None;
         for w in self.workers.drain(..) {
@@ -294,11 +383,97 @@ mod tests {
     use super::*;
 
     #[test]
-    fn runs_split_at_gaps_and_at_the_length_limit() {
-        let addrs: Vec<u64> = (0..MAX_RUN_BLOCKS as u64 + 5).chain([5000, 5002]).collect();
-        let order: Vec<usize> = (0..addrs.len()).collect();
-        let lens: Vec<usize> = runs(&addrs, &order).iter().map(|r| r.len()).collect();
-        assert_eq!(lens, vec![MAX_RUN_BLOCKS, 5, 1, 1]);
-        assert!(runs(&[], &[]).is_empty());
+    fn runs_bridge_small_gaps_and_stop_at_the_length_limit() {
+        let mut addrs: Vec<u64> = (0..MAX_RUN_BLOCKS as u64 + 5).collect();
+        addrs.extend([5000, 5000, 5003, 5004 + MAX_GAP_BLOCKS + 1, 9000]);
+        let got: Vec<(u64, usize, usize)> = runs(&addrs)
+            .iter()
+            .map(|r| (r.start, r.blocks, r.members.len()))
+            .collect();
+        let n = MAX_RUN_BLOCKS;
+        assert_eq!(
+            got,
+            vec![
+                (0, n, n),
+                (n as u64, 5, 5),
+                (5000, 4, 3),
+                (5004 + MAX_GAP_BLOCKS + 1, 1, 1),
+                (9000, 1, 1)
+            ]
+        );
+        assert!(runs(&[]).is_empty());
+    }
+
+    /// Fails every read that touches block `bad`.
+    struct BadSector(crate::device::MemDevice, u64);
+
+    impl BlockDevice for BadSector {
+        fn num_blocks(&self) -> u64 {
+            self.0.num_blocks()
+        }
+        fn read(&self, addr: BlockAddr, buf: &mut [u8]) -> std::io::Result<()> {
+            let n = (buf.len() / BLOCK_SIZE) as u64;
+            if (addr.0..addr.0 + n).contains(&self.1) {
+                return Err(std::io::Error::other("bad sector"));
+            }
+            self.0.read(addr, buf)
+        }
+        fn write(&self, addr: BlockAddr, data: &[u8]) -> std::io::Result<()> {
+            self.0.write(addr, data)
+        }
+        fn flush(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_bad_sector_fails_only_its_block_and_a_bad_hash_is_named() {
+        let dev = BadSector(crate::device::MemDevice::new(64), 12);
+        let ptrs: Vec<BlockPtr> = (10..16u64)
+            .map(|a| {
+                let block = [a as u8; BLOCK_SIZE];
+                dev.write(BlockAddr(a), &block).unwrap();
+                BlockPtr {
+                    addr: BlockAddr(a),
+                    birth: CpNumber(1),
+                    hash: Hash128::of(&block),
+                }
+            })
+            .collect();
+        let mut wrong = ptrs.clone();
+        wrong[4].hash = Hash128([0; 16]);
+        let got = Disk::new(&dev).read_many(&wrong);
+        for (i, r) in got.iter().enumerate() {
+            match i {
+                2 => assert!(matches!(r, Err(Fault::Io(_)))),
+                4 => assert!(matches!(r, Err(Fault::Checksum { .. }))),
+                _ => assert_eq!(r.as_ref().unwrap()[0], 10 + i as u8),
+            }
+        }
+        std::thread::scope(|s| {
+            let mut q = DataQueue::new(s, &dev);
+            let mut disk = Disk::new(&dev);
+            for (i, p) in wrong.iter().enumerate() {
+                let role = Role::Data {
+                    ino: 5,
+                    index: i as u64,
+                };
+                q.push(
+                    &mut disk,
+                    Queued {
+                        ptr: *p,
+                        role,
+                        image: 1,
+                    },
+                );
+            }
+            let mut faults: Vec<(u64, bool)> = q
+                .finish(&mut disk)
+                .into_iter()
+                .map(|(q, f)| (q.ptr.addr.0, matches!(f, Fault::Io(_))))
+                .collect();
+            faults.sort();
+            assert_eq!(faults, vec![(12, true), (14, false)]);
+        });
     }
 }

@@ -113,9 +113,12 @@ mod tests {
         assert!(decode(&b, 0).unwrap_err().contains("magic"));
         b[0..2].copy_from_slice(&NODE_MAGIC);
         b[2] = NODE_VERSION;
+        b[4] = 2;
+        b[6] = 19;
+        assert!(decode(&b, 0).unwrap_err().contains("runs past"));
         b[4] = 1;
         b[6] = 200;
-        assert!(decode(&b, 0).unwrap_err().contains("runs past"));
+        assert!(decode(&b, 0).unwrap_err().contains("header says"));
         b[6] = 19;
         let node = decode(&b, 0).expect("one empty item at key 0");
         assert_eq!((node.keys.len(), node.values[0].len()), (1, 0));
