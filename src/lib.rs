@@ -12,6 +12,8 @@ use clap::Parser;
 
 pub mod cli;
 pub mod cmd;
+pub mod control;
+pub mod daemon;
 pub mod error;
 pub mod helper;
 

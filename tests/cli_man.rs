@@ -5,7 +5,8 @@
 
 use clap::CommandFactory;
 use twinfs::cli::Cli;
-use twinfs::cmd::status::{ByteCounters, DirStatus, EncodingCounter, MountStatus, PeerStatus};
+use twinfs::cmd::status::{ByteCounters, EncodingCounter, MountStatus, PeerStatus, ResyncStatus};
+use twinfs_replicate::peer::PeerStatus as DirStatus;
 
 const MAN_PAGE: &str = include_str!("../man/twinfs.8");
 
@@ -155,7 +156,13 @@ fn every_status_field_is_in_the_man_page() {
     let page = plain(MAN_PAGE);
     let fields_section = section(&page, ".SH STATUS FIELDS").expect("a STATUS FIELDS section");
     let mount = MountStatus {
-        peer: Some(PeerStatus::default()),
+        peer: Some(PeerStatus {
+            resync: Some(ResyncStatus::default()),
+            alarm: Some(String::new()),
+            last_error: Some(String::new()),
+            rtt_ms: Some(0.0),
+            ..PeerStatus::default()
+        }),
         bytes: ByteCounters {
             full: EncodingCounter::default(),
             ..ByteCounters::default()

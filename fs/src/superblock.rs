@@ -313,9 +313,12 @@ pub const MAX_VOLUME_BLOCKS: u64 = 1 << 40;
 pub fn read_latest(dev: &dyn crate::device::BlockDevice) -> Result<(Superblock, Vec<String>)> {
     let mut found = Vec::new();
     let mut problems = Vec::new();
+    let mut empty = Vec::new();
     for slot in 0..2u64 {
         let mut b = new_block();
         match dev.read(BlockAddr(slot), &mut b[..]) {
+            // mkfs leaves slot 1 zeroed until CP 1 is written there.
+            Ok(()) if b.iter().all(|&x| x == 0) => empty.push(slot),
             Ok(()) => match Superblock::decode(&b, slot) {
                 Ok(sb) if sb.slot() != slot => problems.push(format!(
                     "superblock slot {slot} holds CP {} which belongs in slot {}",
@@ -329,6 +332,14 @@ pub fn read_latest(dev: &dyn crate::device::BlockDevice) -> Result<(Superblock, 
         }
     }
     let best = found.into_iter().max_by_key(|sb| sb.cp);
+    // An empty slot is expected only next to CP 0; otherwise it is damage.
+    for slot in empty {
+        if best.as_ref().is_none_or(|sb| sb.cp.0 > 0) {
+            problems.push(format!(
+                "superblock slot {slot}: all zeros (wiped or never written)"
+            ));
+        }
+    }
     match best {
         Some(sb) => {
             if sb.total_blocks > dev.num_blocks() {

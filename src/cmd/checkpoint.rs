@@ -2,20 +2,31 @@
 
 use crate::cli::CheckpointArgs;
 use crate::cmd::require_dir;
+use crate::control::{request, Request};
 use crate::error::CmdError;
 
-/// Takes a CP now; returns once it is committed locally and, with a peer
-/// connected, applied there. Prints the CP number and root hash.
-///
-/// To wire: ask the daemon serving `args.mountpoint` (control channel of the
-/// volume's choosing) and wait for its answer.
+/// Takes a CP in the running mount; returns once it is committed there and,
+/// when a peer is connected, applied at the peer.
 pub fn run(args: CheckpointArgs) -> Result<(), CmdError> {
-    require_dir(
-        "checkpoint",
-        &args.mountpoint,
-        "give the mount point of a twinfs volume",
-    )?;
-    Err(CmdError::NotBuilt {
-        command: "checkpoint",
-    })
+    let mp = &args.mountpoint;
+    require_dir("checkpoint", mp, "give the mount point of a twinfs volume")?;
+    let what = format!("checkpoint {}", mp.display());
+    let v = request(mp, &Request::Checkpoint)
+        .map_err(|e| CmdError::failed(&what, e, "check `twinfs status`"))?;
+    let cp = v["cp"].as_u64().unwrap_or(0);
+    match v["applied_at_peer"].as_bool() {
+        Some(false) => Err(CmdError::failed(
+            what,
+            format!("CP {cp} is committed here but the peer did not apply it"),
+            "check the peer with `twinfs status`",
+        )),
+        Some(true) => {
+            println!("CP {cp} committed and applied at the peer");
+            Ok(())
+        }
+        None => {
+            println!("CP {cp} committed");
+            Ok(())
+        }
+    }
 }

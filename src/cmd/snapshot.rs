@@ -1,28 +1,53 @@
-//! `twinfs snapshot create|list|delete MOUNTPOINT [NAME]`
+//! `twinfs snapshot (create|list|delete) MOUNTPOINT [NAME]`
 
 use crate::cli::SnapshotCommand;
 use crate::cmd::require_dir;
+use crate::control::{request, Request};
 use crate::error::CmdError;
 
-/// Creates, lists or deletes a snapshot of the mounted volume.
-///
-/// To wire: `create` takes a CP and saves its root under the name (default
-/// `cp-N`), printing the name; `list` prints one line per snapshot (name, CP,
-/// root hash); `delete` releases the snapshot. Names were validated by
-/// `cli::parse_snapshot_name`.
+/// Creates, lists or deletes snapshots of the running mount. Snapshots are
+/// readable under `MOUNTPOINT/.snapshot/NAME`.
 pub fn run(command: SnapshotCommand) -> Result<(), CmdError> {
-    let mountpoint = match &command {
-        SnapshotCommand::Create(a) => &a.mountpoint,
-        SnapshotCommand::List(a) => &a.mountpoint,
-        SnapshotCommand::Delete(a) => &a.mountpoint,
+    let (mp, label) = match &command {
+        SnapshotCommand::Create(a) => (&a.mountpoint, "create"),
+        SnapshotCommand::List(a) => (&a.mountpoint, "list"),
+        SnapshotCommand::Delete(a) => (&a.mountpoint, "delete"),
     };
-    require_dir(
-        "snapshot",
-        mountpoint,
-        "give the mount point of a twinfs volume",
-    )?;
-    log::info!("snapshot {command:?}");
-    Err(CmdError::NotBuilt {
-        command: "snapshot",
-    })
+    require_dir("snapshot", mp, "give the mount point of a twinfs volume")?;
+    let what = format!("snapshot {label} {}", mp.display());
+    let todo = "check the name and `twinfs status`";
+    let req = match &command {
+        SnapshotCommand::List(_) => Request::SnapshotList,
+        SnapshotCommand::Delete(a) => Request::SnapshotDelete {
+            name: a.name.clone(),
+        },
+        SnapshotCommand::Create(a) => {
+            let name = match &a.name {
+                Some(n) => n.clone(),
+                None => {
+                    let st = request(mp, &Request::Status)
+                        .map_err(|e| CmdError::failed(&what, e, todo))?;
+                    format!("cp-{}", st["cp"].as_u64().unwrap_or(0) + 1)
+                }
+            };
+            Request::SnapshotCreate { name }
+        }
+    };
+    let v = request(mp, &req).map_err(|e| CmdError::failed(&what, e, todo))?;
+    match req {
+        Request::SnapshotList => {
+            for s in v["snapshots"].as_array().into_iter().flatten() {
+                println!(
+                    "{}\tcp {}\t{}",
+                    s["name"].as_str().unwrap_or("?"),
+                    s["cp"].as_u64().unwrap_or(0),
+                    s["root_hash"].as_str().unwrap_or("")
+                );
+            }
+        }
+        Request::SnapshotCreate { name } => println!("snapshot {name} created"),
+        Request::SnapshotDelete { name } => println!("snapshot {name} deleted"),
+        _ => {}
+    }
+    Ok(())
 }

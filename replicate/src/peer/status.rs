@@ -38,7 +38,7 @@ use super::{PeerError, Result, IMAGE_FILE, LOG_DIR, STATUS_FILE};
 const MAX_STATUS_BYTES: u64 = 64 * 1024;
 
 /// The peer's side of `twinfs status` (`--dir DIR`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerStatus {
     /// The CP the mirror holds.
     pub applied_cp: Option<u64>,

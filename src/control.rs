@@ -1,0 +1,297 @@
+//! Control of a running mount: a Unix socket the mount process serves, found
+//! from the mount point.
+//!
+//! The socket lives in `/run/twinfs/` (or `$XDG_RUNTIME_DIR/twinfs/`, or
+//! `/tmp/twinfs-UID/` for users without either), named after a hash of the
+//! mount point's canonical path, in a directory only its owner can enter.
+//! One request per connection: a JSON object on one line, answered by one
+//! JSON object on one line, `{"ok": true, ...}` or `{"ok": false, "error": ...}`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use twinfs_fs::Volume;
+use twinfs_replicate::source::{Mirror, Mode, Phase};
+
+use crate::cmd::status::{ByteCounters, EncodingCounter, MountStatus, PeerStatus, ResyncStatus};
+
+/// Longest request line accepted.
+const MAX_REQUEST_BYTES: u64 = 64 * 1024;
+/// How long `checkpoint` waits for a connected peer to apply the CP.
+const PEER_APPLY_WAIT: Duration = Duration::from_secs(600);
+
+/// A request to the mount process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    Checkpoint,
+    SnapshotCreate { name: String },
+    SnapshotList,
+    SnapshotDelete { name: String },
+    Verify { deep: bool },
+}
+
+/// The directory holding control sockets for this user.
+fn socket_dir() -> PathBuf {
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    if uid == 0 {
+        return PathBuf::from("/run/twinfs");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) => PathBuf::from(d).join("twinfs"),
+        None => PathBuf::from(format!("/tmp/twinfs-{uid}")),
+    }
+}
+
+/// The control socket of the mount at `mountpoint`.
+pub fn socket_path(mountpoint: &Path) -> std::io::Result<PathBuf> {
+    let canon = std::fs::canonicalize(mountpoint)?;
+    let hash = blake3::hash(canon.as_os_str().as_encoded_bytes());
+    Ok(socket_dir().join(format!("{}.sock", &hash.to_hex()[..24])))
+}
+
+/// Sends `req` to the mount at `mountpoint` and returns its answer.
+pub fn request(mountpoint: &Path, req: &Request) -> Result<serde_json::Value, String> {
+    let path = socket_path(mountpoint).map_err(|e| format!("{}: {e}", mountpoint.display()))?;
+    let mut s = UnixStream::connect(&path).map_err(|e| {
+        format!(
+            "no twinfs mount answers at {} ({e}); is it mounted with `twinfs mount`?",
+            mountpoint.display()
+        )
+    })?;
+    let mut line = serde_json::to_string(req).map_err(|e| e.to_string())?;
+    line.push('\n');
+    s.write_all(line.as_bytes())
+        .map_err(|e| format!("sending to the mount: {e}"))?;
+    let mut answer = String::new();
+    BufReader::new(s)
+        .read_line(&mut answer)
+        .map_err(|e| format!("reading the mount's answer: {e}"))?;
+    let v: serde_json::Value = serde_json::from_str(&answer)
+        .map_err(|e| format!("the mount's answer is not JSON: {e}"))?;
+    if v["ok"] == true {
+        Ok(v)
+    } else {
+        Err(v["error"]
+            .as_str()
+            .unwrap_or("the mount refused the request")
+            .to_string())
+    }
+}
+
+/// What the control server works on.
+pub struct Target {
+    pub vol: Arc<Volume>,
+    pub mirror: Option<Arc<Mirror>>,
+    pub mode: Mode,
+}
+
+/// A running control server; dropping it removes the socket.
+pub struct Server {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Serves the control socket of `mountpoint` on a thread. Fails if another
+/// mount already answers there.
+pub fn serve(mountpoint: &Path, target: Arc<Target>) -> Result<Server, String> {
+    let path = socket_path(mountpoint).map_err(|e| format!("{}: {e}", mountpoint.display()))?;
+    let dir = path.parent().expect("socket path has a parent");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    if UnixStream::connect(&path).is_ok() {
+        return Err(format!(
+            "{} is already served by a running twinfs mount",
+            mountpoint.display()
+        ));
+    }
+    let _ = std::fs::remove_file(&path);
+    let listener =
+        UnixListener::bind(&path).map_err(|e| format!("binding {}: {e}", path.display()))?;
+    let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    std::thread::Builder::new()
+        .name("twinfs-control".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let t = target.clone();
+                // Each request on its own thread: a long checkpoint or verify
+                // must not block status.
+                let _ = std::thread::Builder::new()
+                    .name("twinfs-control-req".into())
+                    .spawn(move || handle(conn, &t));
+            }
+        })
+        .map_err(|e| format!("starting the control thread: {e}"))?;
+    Ok(Server { path, stop })
+}
+
+fn handle(conn: UnixStream, t: &Target) {
+    let mut line = String::new();
+    let mut reader = BufReader::new((&conn).take(MAX_REQUEST_BYTES));
+    let answer = match reader.read_line(&mut line) {
+        Err(e) => serde_json::json!({"ok": false, "error": format!("reading the request: {e}")}),
+        Ok(_) => match serde_json::from_str::<Request>(&line) {
+            Err(e) => serde_json::json!({"ok": false, "error": format!("bad request: {e}")}),
+            Ok(req) => match answer(req, t) {
+                Ok(mut v) => {
+                    v["ok"] = true.into();
+                    v
+                }
+                Err(e) => serde_json::json!({"ok": false, "error": e}),
+            },
+        },
+    };
+    let mut w = &conn;
+    let _ = writeln!(w, "{answer}");
+}
+
+fn answer(req: Request, t: &Target) -> Result<serde_json::Value, String> {
+    match req {
+        Request::Status => serde_json::to_value(mount_status(t)).map_err(|e| e.to_string()),
+        Request::Checkpoint => {
+            let cp = t
+                .vol
+                .checkpoint()
+                .map_err(|e| format!("checkpoint failed: {e}"))?;
+            let applied = match &t.mirror {
+                Some(m) if m.status().connected => Some(m.wait_applied(cp, PEER_APPLY_WAIT)),
+                _ => None,
+            };
+            Ok(serde_json::json!({"cp": cp.0, "applied_at_peer": applied}))
+        }
+        Request::SnapshotCreate { name } => {
+            let id = t
+                .vol
+                .snapshot_create(&name)
+                .map_err(|e| format!("creating snapshot {name:?}: {e}"))?;
+            Ok(serde_json::json!({"id": id, "name": name}))
+        }
+        Request::SnapshotDelete { name } => {
+            t.vol
+                .snapshot_delete(&name)
+                .map_err(|e| format!("deleting snapshot {name:?}: {e}"))?;
+            Ok(serde_json::json!({"name": name}))
+        }
+        Request::SnapshotList => {
+            let list: Vec<serde_json::Value> = t
+                .vol
+                .snapshot_list()
+                .into_iter()
+                .map(|s| {
+                    serde_json::json!({
+                        "id": s.id, "name": s.name, "cp": s.cp.0,
+                        "created": s.created.secs, "root_hash": s.root_hash.to_hex(),
+                    })
+                })
+                .collect();
+            Ok(serde_json::json!({ "snapshots": list }))
+        }
+        Request::Verify { deep } => {
+            let m = t
+                .mirror
+                .as_ref()
+                .ok_or("this mount has no peer to verify against")?;
+            // Make the latest changes part of the comparison.
+            let cp = t
+                .vol
+                .checkpoint()
+                .map_err(|e| format!("checkpoint failed: {e}"))?;
+            if !m.wait_applied(cp, PEER_APPLY_WAIT) {
+                return Err(format!(
+                    "the peer has not applied CP {} (is it connected?)",
+                    cp.0
+                ));
+            }
+            let o = m.verify(deep, Duration::from_secs(3600))?;
+            Ok(serde_json::json!({
+                "cp": o.cp.0,
+                "equal": o.equal(),
+                "source_root_hash": o.source_root.to_hex(),
+                "peer_root_hash": o.peer_root.to_hex(),
+                "source_deep_hash": o.source_deep.as_deref().map(twinfs_fs::hex),
+                "peer_deep_hash": o.peer_deep.as_deref().map(twinfs_fs::hex),
+            }))
+        }
+    }
+}
+
+/// The `status` of a mount (DESIGN.md "Command line and status").
+pub fn mount_status(t: &Target) -> MountStatus {
+    let v = t.vol.status();
+    let mut s = MountStatus {
+        cp: v.cp.0,
+        root_hash: v.root_hash.to_hex(),
+        mode: t.mode.name().to_string(),
+        peer: None,
+        bytes: ByteCounters {
+            written: v.bytes_written,
+            ..Default::default()
+        },
+    };
+    if let Some(m) = &t.mirror {
+        let st = m.status();
+        let c = m.counters();
+        let enc = |k: &twinfs_replicate::source::Counter| {
+            let (blocks, bytes) = k.get();
+            EncodingCounter { blocks, bytes }
+        };
+        s.bytes.log_sent = c.log_sent.load(Ordering::Relaxed);
+        s.bytes.cp_sent = c.cp_sent.load(Ordering::Relaxed);
+        s.bytes.wire_total = c.wire_total.load(Ordering::Relaxed);
+        s.bytes.full = enc(&c.full);
+        s.bytes.refs = enc(&c.refs);
+        s.bytes.recipes = enc(&c.recipes);
+        s.bytes.deltas = enc(&c.deltas);
+        s.bytes.misses = enc(&c.misses);
+        let state = if st.degraded && st.phase != Phase::Streaming {
+            "degraded-async".to_string()
+        } else if st.degraded {
+            format!("{}-degraded", st.phase.name())
+        } else {
+            st.phase.name().to_string()
+        };
+        s.peer = Some(PeerStatus {
+            connected: st.connected,
+            addr: st.addr.clone(),
+            acked_cp: st.acked_cp.map_or(0, |c| c.0),
+            acked_root_hash: st.acked_root_hash.map(|h| h.to_hex()).unwrap_or_default(),
+            state,
+            resync: st.resync.as_ref().map(|r| ResyncStatus {
+                target_cp: r.target_cp.0,
+                bytes_total: r.bytes_total,
+                bytes_left: r.bytes_total.saturating_sub(r.bytes_done),
+                rate_bytes_per_sec: r.rate() as u64,
+                eta_secs: r.eta_secs() as u64,
+            }),
+            alarm: st.alarm.clone(),
+            last_error: st.last_error.clone(),
+            rtt_ms: st.rtt_ms,
+        });
+    }
+    s
+}

@@ -1,0 +1,129 @@
+//! Process plumbing shared by the long-running commands (`mount`, `peer`):
+//! going to the background once ready, and turning SIGTERM/SIGINT/SIGHUP
+//! into a clean stop on a thread of our own.
+
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+
+use crate::error::CmdError;
+
+/// The child's end of the readiness pipe: say "ready" or why not.
+pub struct Ready {
+    pipe: Option<std::fs::File>,
+}
+
+impl Ready {
+    /// A foreground process: nothing to report to.
+    pub fn foreground() -> Ready {
+        Ready { pipe: None }
+    }
+
+    /// Tells the waiting parent that the service is up; it exits 0.
+    pub fn ok(&mut self) {
+        if let Some(mut p) = self.pipe.take() {
+            let _ = p.write_all(b"OK\n");
+            detach_stdio();
+        }
+    }
+
+    /// Tells the waiting parent why we failed; it prints that and exits 1.
+    pub fn fail(&mut self, e: &CmdError) {
+        if let Some(mut p) = self.pipe.take() {
+            let _ = p.write_all(e.one_line().as_bytes());
+        }
+    }
+}
+
+/// Forks. The parent waits until the child reports readiness and then
+/// exits (0 when ready, 1 with the child's message otherwise); only the
+/// child returns. Must be called before any thread is started.
+pub fn background(what: &str) -> Result<Ready, CmdError> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe writes two valid descriptors into fds.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(CmdError::failed(
+            what,
+            std::io::Error::last_os_error(),
+            "try again with -f",
+        ));
+    }
+    // SAFETY: both descriptors were just created and are owned here.
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: no other thread runs yet, so the child is a faithful copy.
+    match unsafe { libc::fork() } {
+        -1 => Err(CmdError::failed(
+            what,
+            std::io::Error::last_os_error(),
+            "try again with -f",
+        )),
+        0 => {
+            drop(read_end);
+            // SAFETY: setsid has no preconditions; the child leaves the terminal's session.
+            unsafe { libc::setsid() };
+            Ok(Ready {
+                pipe: Some(std::fs::File::from(write_end)),
+            })
+        }
+        _ => {
+            drop(write_end);
+            let mut msg = String::new();
+            let _ = std::fs::File::from(read_end).read_to_string(&mut msg);
+            if msg.starts_with("OK") {
+                std::process::exit(0);
+            }
+            let msg = msg.trim();
+            if msg.is_empty() {
+                eprintln!("twinfs: {what}: the background process died before it was ready; run with -f to see why");
+            } else {
+                eprintln!("twinfs: {msg}");
+            }
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Points stdin and stdout at /dev/null once the parent has gone (stderr
+/// stays, for log lines that still have somewhere to go).
+fn detach_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: dup2 onto the standard descriptors with a valid source fd.
+        unsafe {
+            libc::dup2(null.as_raw_fd(), 0);
+            libc::dup2(null.as_raw_fd(), 1);
+        }
+    }
+}
+
+/// Blocks SIGTERM, SIGINT and SIGHUP in this thread and every thread started
+/// after it, and runs `on_signal` on a dedicated thread for each one that
+/// arrives. Call before starting other threads.
+pub fn on_termination(on_signal: impl Fn(i32) + Send + 'static) -> Result<(), CmdError> {
+    // SAFETY: the sigset is initialised by sigemptyset before use; masks only
+    // this thread (threads started later inherit it).
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    std::thread::Builder::new()
+        .name("twinfs-signals".into())
+        .spawn(move || loop {
+            let mut sig = 0;
+            // SAFETY: `set` is a valid, initialised signal set.
+            if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+                on_signal(sig);
+            }
+        })
+        .map_err(|e| CmdError::failed("starting the signal thread", e, "try again"))?;
+    Ok(())
+}
