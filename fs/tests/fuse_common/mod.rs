@@ -88,6 +88,16 @@ impl Mounted {
         self.mnt.join(rel)
     }
 
+    /// The mount's handle.
+    pub fn handle(&self) -> &MountHandle {
+        self.handle.as_ref().expect("mounted")
+    }
+
+    /// Takes the handle: the caller unmounts and waits.
+    pub fn take_handle(&mut self) -> MountHandle {
+        self.handle.take().expect("mounted")
+    }
+
     /// Unmounts and waits until the kernel has let go and every request is answered.
     pub fn unmount(&mut self) {
         if let Some(h) = self.handle.take() {
