@@ -1,22 +1,215 @@
 //! `twinfs mount IMAGE MOUNTPOINT [-f] [-o OPTIONS]... [--peer HOST:PORT --secret FILE] ...`
 
-use crate::cli::{MountArgs, MountConfig};
+use std::sync::{Arc, Mutex};
+
+use twinfs_fs::device::{BlockDevice, FileDevice};
+use twinfs_fs::fuse;
+use twinfs_fs::{Volume, VolumeConfig};
+use twinfs_replicate::encode::CpSync;
+use twinfs_replicate::source::{
+    Mirror, MirrorConfig, Mode, DEFAULT_QUEUE_BYTES, DEFAULT_SYNC_TIMEOUT,
+};
+use twinfs_replicate::Secret;
+
+use crate::cli::{self, FuseOption, MountArgs, MountConfig};
 use crate::cmd::{read_secret, require_dir, require_image};
+use crate::control;
+use crate::daemon::{self, Ready};
 use crate::error::CmdError;
 
-/// Serves the volume in `args.image` on `args.mountpoint`.
-///
-/// To wire: with the [`MountConfig`] from [`check`], open the volume (replaying
-/// the log), map `fuse_options` to `fuser::MountOption` in the FUSE adapter
-/// (fsname defaults to the image path, subtype to "twinfs"), connect the
-/// forwarder when `peer` is set, and mount. Without `-f`, return only once
-/// the mount is ready (mount(8) waits for its helper) and keep serving in a
-/// daemon; with `-f`, serve until unmounted or SIGINT/SIGTERM, then take a
-/// final CP.
+/// Serves the volume in `args.image` on `args.mountpoint`: opens it
+/// (replaying the log), starts mirroring when a peer is given, serves the
+/// control socket, and mounts. Without `-f` it returns once the mount is
+/// usable and keeps serving in the background. SIGTERM/SIGINT, `umount` or
+/// `fusermount3 -u` end it with a final CP.
 pub fn run(args: MountArgs) -> Result<(), CmdError> {
-    let config = check(&args)?;
-    log::info!("mount {config:?}");
-    Err(CmdError::NotBuilt { command: "mount" })
+    let mut config = check(&args)?;
+    config.image = absolute(&config.image)?;
+    config.mountpoint = absolute(&config.mountpoint)?;
+    let what = format!(
+        "mount {} on {}",
+        config.image.display(),
+        config.mountpoint.display()
+    );
+    let mut ready = if config.foreground {
+        Ready::foreground()
+    } else {
+        daemon::background(&what)?
+    };
+    match serve(&config, &what, &mut ready) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            ready.fail(&e);
+            Err(e)
+        }
+    }
+}
+
+fn absolute(p: &std::path::Path) -> Result<std::path::PathBuf, CmdError> {
+    std::fs::canonicalize(p)
+        .map_err(|e| CmdError::failed(format!("mount: {}", p.display()), e, "check the path"))
+}
+
+/// How long an unmount waits for the peer to apply the final CP.
+const FINAL_CP_PEER_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn serve(config: &MountConfig, what: &str, ready: &mut Ready) -> Result<(), CmdError> {
+    let unmounter: Arc<Mutex<Option<fuse::Unmounter>>> = Arc::new(Mutex::new(None));
+    let u = unmounter.clone();
+    daemon::on_termination(move |sig| {
+        log::info!("signal {sig}: unmounting");
+        if let Some(u) = u.lock().ok().and_then(|g| g.clone()) {
+            if u.unmount().is_err() {
+                let _ = u.unmount_lazy();
+            }
+        }
+    })?;
+    let options = fuse_options(config);
+    let read_only = options.iter().any(|o| o == "ro");
+    let dev = FileDevice::open(&config.image, !read_only).map_err(|e| {
+        CmdError::failed(
+            what,
+            e,
+            "check the image path; a volume can be mounted only once at a time",
+        )
+    })?;
+    let dev: Arc<dyn BlockDevice> = Arc::new(dev);
+    let mut vcfg = VolumeConfig {
+        read_only,
+        cp_interval: Some(config.cp_interval),
+        ..VolumeConfig::default()
+    };
+    if let Some(limit) = config.dirty_limit_bytes {
+        vcfg.dirty_limit_bytes = limit;
+    }
+    let vol = Arc::new(
+        Volume::open(dev, vcfg)
+            .map_err(|e| CmdError::failed(what, e, "run `twinfs fsck` on the image"))?,
+    );
+    let mode = match config.mode {
+        cli::Mode::Sync => Mode::Sync,
+        cli::Mode::Strict => Mode::Strict,
+        cli::Mode::Async => Mode::Async,
+    };
+    let mirror = match &config.peer {
+        None => None,
+        Some(p) if read_only => {
+            log::warn!("read-only mount: not mirroring to {}", p.addr);
+            None
+        }
+        Some(p) => {
+            let secret = Secret::from_file(&p.secret).map_err(|e| {
+                CmdError::failed(what, e, "give a --secret file of 16 bytes or more")
+            })?;
+            let cp_sync = match config.cp_sync {
+                cli::CpSync::Full => CpSync::Full,
+                cli::CpSync::Refs => CpSync::Refs,
+                cli::CpSync::Best => CpSync::Best,
+            };
+            let m = Mirror::start(
+                vol.clone(),
+                MirrorConfig {
+                    peer: format!("{}:{}", p.addr.host, p.addr.port),
+                    secret,
+                    mode,
+                    cp_sync,
+                    sync_timeout: DEFAULT_SYNC_TIMEOUT,
+                    queue_bytes: DEFAULT_QUEUE_BYTES,
+                },
+            )
+            .map_err(|e| CmdError::failed(what, e, "check the --peer address"))?;
+            Some(m)
+        }
+    };
+    let target = Arc::new(control::Target {
+        vol: vol.clone(),
+        mirror: mirror.clone(),
+        mode,
+    });
+    let server = control::serve(&config.mountpoint, target)
+        .map_err(|e| CmdError::failed(what, e, "unmount it first"))?;
+    let handle = fuse::mount_with(
+        vol.clone(),
+        &config.mountpoint,
+        fuse::MountConfig::with_options(&options),
+    )
+    .map_err(|e| {
+        CmdError::failed(
+            what,
+            e,
+            "check that the mount point is an empty directory and /dev/fuse is usable",
+        )
+    })?;
+    *unmounter
+        .lock()
+        .map_err(|_| CmdError::failed(what, "lock poisoned", "report a bug"))? =
+        Some(handle.unmounter());
+    log::info!("{what}: mounted");
+    ready.ok();
+    let session = handle.wait();
+    drop(server);
+    // The final CP, and with a connected peer, its application there.
+    let closing = vol.checkpoint();
+    if let (Some(m), Ok(cp)) = (&mirror, &closing) {
+        if m.status().connected && !m.wait_applied(*cp, FINAL_CP_PEER_WAIT) {
+            log::warn!(
+                "the peer did not apply the final CP {} before unmount",
+                cp.0
+            );
+        }
+    }
+    if let Some(m) = &mirror {
+        m.shutdown();
+    }
+    let closed = vol.close();
+    session.map_err(|e| CmdError::failed(what, e, "check the kernel log"))?;
+    closing
+        .and(closed)
+        .map_err(|e| CmdError::failed(what, e, "run `twinfs fsck` on the image"))?;
+    log::info!("{what}: unmounted cleanly");
+    Ok(())
+}
+
+/// The mount options in FUSE spelling; `auto_unmount` is added when the
+/// fuse3 helper is installed, so that a killed daemon leaves no stale mount.
+fn fuse_options(config: &MountConfig) -> Vec<String> {
+    let mut out: Vec<String> = config.fuse_options.iter().map(fuse_word).collect();
+    if !out.iter().any(|o| o.starts_with("fsname=")) {
+        out.push(format!("fsname={}", config.image.display()));
+    }
+    if !out.iter().any(|o| o == "auto_unmount") && fusermount3_present() {
+        out.push("auto_unmount".into());
+    }
+    out
+}
+
+fn fusermount3_present() -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("fusermount3").is_file()))
+}
+
+fn fuse_word(o: &FuseOption) -> String {
+    match o {
+        FuseOption::ReadOnly => "ro".into(),
+        FuseOption::ReadWrite => "rw".into(),
+        FuseOption::AllowOther => "allow_other".into(),
+        FuseOption::AllowRoot => "allow_root".into(),
+        FuseOption::AutoUnmount => "auto_unmount".into(),
+        FuseOption::DefaultPermissions => "default_permissions".into(),
+        FuseOption::Dev => "dev".into(),
+        FuseOption::NoDev => "nodev".into(),
+        FuseOption::Suid => "suid".into(),
+        FuseOption::NoSuid => "nosuid".into(),
+        FuseOption::Exec => "exec".into(),
+        FuseOption::NoExec => "noexec".into(),
+        FuseOption::Atime => "atime".into(),
+        FuseOption::NoAtime => "noatime".into(),
+        FuseOption::Sync => "sync".into(),
+        FuseOption::Async => "async".into(),
+        FuseOption::DirSync => "dirsync".into(),
+        FuseOption::FsName(n) => format!("fsname={n}"),
+        FuseOption::Subtype(n) => format!("subtype={n}"),
+    }
 }
 
 /// Resolves the options and checks that the image, the mount point and the
