@@ -50,10 +50,9 @@
 //! and nlink after link, unlink and rename through cached attributes, and
 //! pjdfstest (`fs/tests/fuse_pjdfstest.rs`) passes all its ctime and nlink
 //! cases: 382 passed, 0 failed, 16 skipped (remounts, a second file system,
-//! LINK_MAX) of 398. Hence a
-//! TTL of [`LIVE_TTL`] for attributes and entries, and negative entries (a
-//! lookup that finds nothing is cached too, which saves the ENOENT storms of
-//! compilers searching include paths). A mount whose volume changes under it
+//! LINK_MAX) of 398. Hence a TTL of [`LIVE_TTL`] for attributes and
+//! entries, and negative entries (a lookup that finds nothing is cached too,
+//! which saves the ENOENT storms of compilers searching include paths). A mount whose volume changes under it
 //! (a replica view, [`MountConfig::changing`]) uses [`CHANGING_TTL`], no
 //! negative entries, no `KEEP_CACHE`, and `FUSE_AUTO_INVAL_DATA`.
 //!
