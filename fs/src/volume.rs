@@ -1079,8 +1079,18 @@ impl Volume {
                 limit: MAX_FILE_SIZE,
             });
         }
+        if data.is_empty() {
+            // Writing nothing changes nothing (POSIX): no size, no times, no
+            // record; only the errors a write would give.
+            self.inner.check_usable()?;
+            return match self.with_layers(View::Live, |l| l.attrs(ino))?.kind {
+                FileKind::Regular => Ok(0),
+                FileKind::Directory => Err(FsError::IsDir),
+                _ => Err(FsError::Invalid("not a regular file")),
+            };
+        }
         let mut done = 0usize;
-        while done < data.len() || data.is_empty() {
+        while done < data.len() {
             let n = (data.len() - done).min(MAX_WRITE_CHUNK);
             let off = offset + done as u64;
             let chunk = &data[done..done + n];
@@ -1091,9 +1101,6 @@ impl Volume {
                 ))])
             })?;
             done += n;
-            if data.is_empty() {
-                break;
-            }
         }
         self.inner
             .stats
