@@ -769,8 +769,10 @@ type Rx = RecvHalf<tokio::io::ReadHalf<TcpStream>>;
 
 /// What the receiving task tells the sending one.
 enum FromPeer {
-    /// The session ended (error or Bye).
-    Ended,
+    /// The session ended: with the receive error that ended it, or `None`
+    /// after the peer's `Bye`. The sender ends the session with that error,
+    /// so that status keeps the cause rather than "the session ended".
+    Ended(Option<ReplicateError>),
     Missing {
         cp: u64,
         addrs: Vec<u64>,
@@ -1187,7 +1189,10 @@ impl Sender<'_> {
                 self.last_cp_sent = CpNumber(0);
                 self.catch_up().await
             }
-            FromPeer::Ended => Err(ReplicateError::Protocol("the peer session ended".into())),
+            FromPeer::Ended(Some(e)) => Err(e),
+            FromPeer::Ended(None) => Err(ReplicateError::Protocol(
+                "the peer ended the session".into(),
+            )),
             FromPeer::Verify(cp, root, deep) => {
                 if let Some(r) = self.pending_verify.take() {
                     let _ = r.send(Ok((cp, root, deep)));
@@ -1301,11 +1306,15 @@ async fn receive_loop(s: Arc<Shared>, mut rx: Rx, to_sender: mpsc::UnboundedSend
         }
     }
     .await;
-    if let Err(e) = result {
-        log::warn!("peer session: {e}");
-        s.link.lock().last_error = Some(e.to_string());
-    }
+    let ended = match result {
+        Err(e) => {
+            log::warn!("peer session: {e}");
+            s.link.lock().last_error = Some(e.to_string());
+            Some(e)
+        }
+        Ok(()) => None,
+    };
     // Wake the sender so it notices the session is over.
-    let _ = to_sender.send(FromPeer::Ended);
+    let _ = to_sender.send(FromPeer::Ended(ended));
     s.wake.notify_one();
 }
