@@ -855,6 +855,18 @@ async fn run_session(
         let durable = tokio::task::block_in_place(|| s.vol.status().last_durable_transfer);
         sender.fill_gap(TransferId(durable.0 + 1)).await?;
         s.set_phase(Phase::Streaming);
+        {
+            // A peer that already holds everything sends no acknowledgement
+            // to end the degraded state with: end it here.
+            let mut l = s.link.lock();
+            if l.degraded
+                && l.acked_transfer >= durable
+                && l.applied.is_some_and(|(c, _)| c >= pinned.cp)
+            {
+                log::info!("the peer holds everything again: fsync waits for it again");
+                l.degraded = false;
+            }
+        }
         sender.stream(&mut ctrl_rx, &mut peer_rx).await
     }
     .await;
@@ -1263,6 +1275,12 @@ async fn receive_loop(s: Arc<Shared>, mut rx: Rx, to_sender: mpsc::UnboundedSend
                     l.sent.retain(|&c, _| c > cp);
                     if l.resync.as_ref().is_some_and(|r| r.target_cp <= sb.cp) {
                         l.resync = None;
+                    }
+                    // A resync ends with a CP, not with transfers: its
+                    // application is what says the peer is back.
+                    if l.degraded && l.phase == Phase::Streaming {
+                        log::info!("the peer applied CP {cp}: fsync waits for it again");
+                        l.degraded = false;
                     }
                     s.link_cv.notify_all();
                 }
