@@ -49,6 +49,7 @@ fn refusal(src: &mut Source) -> String {
         err = st["peer"]["last_error"].as_str().unwrap_or("").to_string();
         !err.is_empty()
     });
+    println!("{}: last_error: {err}", src.image.display());
     let st = src.status();
     assert_eq!(st["peer"]["connected"], false, "{st:#}");
     assert_ne!(st["peer"]["state"], "streaming", "{st:#}");

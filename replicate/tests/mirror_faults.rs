@@ -411,6 +411,38 @@ fn assert_peer_at_a_source_cp(dir: &Path, src: &Source, seed: u64, when: &str) {
     );
 }
 
+/// Samples the peer's status until told to stop; returns how many distinct
+/// CPs it checked and every (CP, root hash) the source did not commit.
+fn watch_peer(
+    dir: &Path,
+    roots: &Mutex<BTreeMap<u64, RootHash>>,
+    watching: &AtomicBool,
+) -> (usize, Vec<(u64, String)>) {
+    let mut checked = std::collections::BTreeSet::new();
+    let mut wrong = Vec::new();
+    while watching.load(Ordering::SeqCst) {
+        let st = peer_status(dir).ok();
+        if let Some((cp, root)) = st.and_then(|s| Some((s.applied_cp?, s.root_hash?))) {
+            if checked.insert(cp) {
+                // The workload records a CP just after committing it.
+                let deadline = Instant::now() + Duration::from_secs(5);
+                let ours = loop {
+                    let h = roots.lock().unwrap().get(&cp).copied();
+                    if h.is_some() || Instant::now() > deadline {
+                        break h;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                };
+                if ours.map(|h| h.to_hex()) != Some(root.clone()) {
+                    wrong.push((cp, root));
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (checked.len(), wrong)
+}
+
 /// Words the receiver's error must contain for each fault.
 fn expected_words(fault: &Fault) -> &'static [&'static str] {
     match fault {
@@ -481,6 +513,12 @@ fn run_seed(seed: u64) {
         || src.mirror.status().phase == Phase::Streaming,
     );
     src.run_workload(seed);
+    // All along, whatever CP the peer reports has the source's root hash.
+    let watching = Arc::new(AtomicBool::new(true));
+    let watcher = {
+        let (watching, dir, roots) = (watching.clone(), dir.clone(), src.roots.clone());
+        std::thread::spawn(move || watch_peer(&dir, &roots, &watching))
+    };
 
     let mut seen_errors = Vec::new();
     for i in 0..FAULTY_SESSIONS {
@@ -640,6 +678,13 @@ fn run_seed(seed: u64) {
 
     // The faults stop; the sides find each other again by themselves.
     let ops = src.stop_workload();
+    watching.store(false, Ordering::SeqCst);
+    let (checked, wrong) = watcher.join().expect("the watcher does not panic");
+    assert!(
+        wrong.is_empty(),
+        "seed {seed}: the peer reported CPs the source did not make: {wrong:?}"
+    );
+    assert!(checked > 0, "seed {seed}: the watcher saw the peer's CPs");
     wait_until(
         "the mirror to stream again",
         seed,
