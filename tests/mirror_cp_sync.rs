@@ -53,21 +53,8 @@ struct Run {
 /// Phase A: one large file in whole blocks. Phase B: many small files and
 /// small overwrites of the large one. A CP after each; both verified deep.
 fn run_method(method: &'static str) -> Run {
-    let t = scratch();
-    let root = t.path();
-    let secret = secret_file(&root.join("secret"), b"cp-sync comparison secret!!\n");
-    let image = root.join("source.img");
-    mkfs(&image, "512M");
-    let _peer = Peer::start(&root.join("peer"), 0, &secret, None, &root.join("peer.log"));
-    let mut src = Source::mirrored(
-        &image,
-        &root.join("mnt"),
-        &_peer.addr(),
-        &secret,
-        &["--cp-sync", method],
-        &root.join("source.log"),
-    );
-    src.wait_streaming(Duration::from_secs(30));
+    let mut p = Pair::start("512M", false, &["--cp-sync", method]);
+    let src = &mut p.src;
     src.checkpoint();
     let s0 = src.status();
 

@@ -15,29 +15,8 @@ use mirror_common::*;
 #[test]
 fn a_peer_killed_mid_copy_is_resynced_and_the_copy_never_noticed() {
     let _serial = serial();
-    let t = scratch();
-    let root = t.path();
-    let secret = secret_file(&root.join("secret"), b"kill the peer mid copy, secret\n");
-    let image = root.join("source.img");
-    mkfs(&image, "2G");
-    let replica = root.join("replica");
-    fs::create_dir(&replica).unwrap();
-    let mut peer = Peer::start(
-        &root.join("peer"),
-        0,
-        &secret,
-        Some(&replica),
-        &root.join("peer.log"),
-    );
-    let mut src = Source::mirrored(
-        &image,
-        &root.join("mnt"),
-        &peer.addr(),
-        &secret,
-        &[],
-        &root.join("source.log"),
-    );
-    src.wait_streaming(Duration::from_secs(30));
+    let mut p = Pair::start("2G", true, &[]);
+    let (src, peer, root, replica) = (&mut p.src, &mut p.peer, p.root.clone(), p.replica.clone());
     let before = src.checkpoint();
 
     let outside = root.join("outside");
@@ -133,25 +112,13 @@ fn a_peer_killed_mid_copy_is_resynced_and_the_copy_never_noticed() {
 #[test]
 fn a_peer_killed_while_applying_a_large_cp_keeps_the_previous_cp_and_recovers() {
     let _serial = serial();
-    let t = scratch();
-    let root = t.path();
-    let secret = secret_file(&root.join("secret"), b"kill the peer mid CP, a secret\n");
-    let image = root.join("source.img");
-    mkfs(&image, "4G");
-    let replica = root.join("replica");
-    fs::create_dir(&replica).unwrap();
-    let dir = root.join("peer");
-    let mut peer = Peer::start(&dir, 0, &secret, Some(&replica), &root.join("peer.log"));
     // Whole blocks on the wire and no CP until asked: one large CP.
-    let mut src = Source::mirrored(
-        &image,
-        &root.join("mnt"),
-        &peer.addr(),
-        &secret,
+    let mut p = Pair::start(
+        "4G",
+        true,
         &["--cp-sync", "full", "--dirty-limit", "3G", "--mode", "sync"],
-        &root.join("source.log"),
     );
-    src.wait_streaming(Duration::from_secs(30));
+    let (src, peer, dir, replica) = (&mut p.src, &mut p.peer, p.dir.clone(), p.replica.clone());
     fs::write(src.path("small"), b"before the large CP").unwrap();
     let cp0 = src.checkpoint();
     let root0 = src.status()["root_hash"].clone();

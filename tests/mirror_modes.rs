@@ -89,24 +89,11 @@ fn strict_mode_fails_fsync_with_eio_while_the_peer_is_down() {
 #[test]
 fn sync_mode_waits_then_carries_on_degraded_and_recovers_when_the_peer_returns() {
     let _serial = serial();
-    let t = scratch();
-    let root = t.path();
-    let secret = secret_file(&root.join("secret"), b"sync mode test secret bytes!!\n");
-    let image = root.join("source.img");
-    mkfs(&image, "256M");
-    let mut peer = Peer::start(&root.join("peer"), 0, &secret, None, &root.join("peer.log"));
-    let mut src = Source::mirrored(
-        &image,
-        &root.join("mnt"),
-        &peer.addr(),
-        &secret,
-        &["--mode", "sync"],
-        &root.join("source.log"),
-    );
-    src.wait_streaming(Duration::from_secs(30));
+    let mut p = Pair::start("256M", false, &["--mode", "sync"]);
+    let (src, peer) = (&mut p.src, &mut p.peer);
     let (r, _) = write_and_fsync(&src.path("before"), b"with the peer");
     r.expect("fsync with the peer");
-    assert_eq!(state(&src), "streaming");
+    assert_eq!(state(src), "streaming");
 
     peer.kill9();
     let (r, took) = write_and_fsync(&src.path("during"), &pattern(50_000, 2));
@@ -133,7 +120,7 @@ fn sync_mode_waits_then_carries_on_degraded_and_recovers_when_the_peer_returns()
     let cleared = {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            last = state(&src);
+            last = state(src);
             if last == "streaming" || Instant::now() > deadline {
                 break last == "streaming";
             }
@@ -166,21 +153,8 @@ fn sync_mode_waits_then_carries_on_degraded_and_recovers_when_the_peer_returns()
 #[test]
 fn async_mode_never_waits_for_the_peer() {
     let _serial = serial();
-    let t = scratch();
-    let root = t.path();
-    let secret = secret_file(&root.join("secret"), b"async mode test secret bytes!\n");
-    let image = root.join("source.img");
-    mkfs(&image, "256M");
-    let mut peer = Peer::start(&root.join("peer"), 0, &secret, None, &root.join("peer.log"));
-    let mut src = Source::mirrored(
-        &image,
-        &root.join("mnt"),
-        &peer.addr(),
-        &secret,
-        &["--mode", "async"],
-        &root.join("source.log"),
-    );
-    src.wait_streaming(Duration::from_secs(30));
+    let mut p = Pair::start("256M", false, &["--mode", "async"]);
+    let (src, peer) = (&mut p.src, &mut p.peer);
 
     // A peer that is connected but answers nothing.
     peer.freeze(true);
@@ -208,7 +182,7 @@ fn async_mode_never_waits_for_the_peer() {
             "async fsync waited for a missing peer: {took:?}"
         );
     }
-    assert!(!state(&src).contains("degraded"), "async is never degraded");
+    assert!(!state(src).contains("degraded"), "async is never degraded");
 
     // And it catches up by itself.
     peer.restart();

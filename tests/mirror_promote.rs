@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::time::Duration;
 
 use mirror_common::*;
 
@@ -22,22 +21,14 @@ fn write_synced(path: &std::path::Path, data: &[u8]) {
 #[test]
 fn every_fsynced_file_survives_the_loss_of_the_source_after_promote() {
     let _serial = serial();
-    let t = scratch();
-    let root = t.path();
-    let secret = secret_file(&root.join("secret"), b"rpo zero: the secret of the pair\n");
-    let image = root.join("source.img");
-    mkfs(&image, "1G");
-    let dir = root.join("peer");
-    let mut peer = Peer::start(&dir, 0, &secret, None, &root.join("peer.log"));
-    let mut src = Source::mirrored(
-        &image,
-        &root.join("mnt"),
-        &peer.addr(),
-        &secret,
-        &["--mode", "sync"],
-        &root.join("source.log"),
+    let mut p = Pair::start("1G", false, &["--mode", "sync"]);
+    let (src, peer, root, image, dir) = (
+        &mut p.src,
+        &mut p.peer,
+        p.root.clone(),
+        p.image.clone(),
+        p.dir.clone(),
     );
-    src.wait_streaming(Duration::from_secs(30));
 
     let mut expected: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     // Some files reach the peer in a CP...

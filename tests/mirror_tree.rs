@@ -17,28 +17,8 @@ use mirror_common::*;
 #[test]
 fn cp_and_rsync_trees_reach_the_replica_mount_identical_and_verified() {
     let _serial = serial();
-    let t = scratch();
-    let root = t.path();
-    let secret = secret_file(&root.join("secret"), b"a shared secret for the tree test\n");
-    let image = root.join("source.img");
-    mkfs(&image, "2G");
-    fs::create_dir(root.join("replica")).unwrap();
-    let mut peer = Peer::start(
-        &root.join("peer"),
-        0,
-        &secret,
-        Some(&root.join("replica")),
-        &root.join("peer.log"),
-    );
-    let mut src = Source::mirrored(
-        &image,
-        &root.join("mnt"),
-        &peer.addr(),
-        &secret,
-        &[],
-        &root.join("source.log"),
-    );
-    src.wait_streaming(Duration::from_secs(30));
+    let mut p = Pair::start("2G", true, &[]);
+    let (src, peer, root, image) = (&mut p.src, &mut p.peer, p.root.clone(), p.image.clone());
 
     let outside = root.join("outside");
     let written = make_tree(&outside, 42, TreeShape::SMALL);

@@ -559,6 +559,63 @@ pub fn counter(st: &Value, path: &str) -> u64 {
         .unwrap_or_else(|| panic!("status has no counter {path}: {st:#}"))
 }
 
+// ---- a source and its peer -------------------------------------------------
+
+/// A fresh volume mounted with `--peer` and its peer (with a replica view
+/// if asked), streaming, in a scratch directory. Fields drop in order: the
+/// mount first (its final CP), then the peer, then the directory.
+pub struct Pair {
+    pub src: Source,
+    pub peer: Peer,
+    /// The scratch directory holding everything below.
+    pub root: PathBuf,
+    pub image: PathBuf,
+    pub secret: PathBuf,
+    /// The peer's `--dir`.
+    pub dir: PathBuf,
+    /// The replica view's mount point (made even without a view).
+    pub replica: PathBuf,
+    _scratch: tempfile::TempDir,
+}
+
+impl Pair {
+    /// `mkfs --size SIZE`, `peer [--mount]`, `mount --peer ... SOURCE_ARGS`,
+    /// then waits until the mirror streams.
+    pub fn start(size: &str, view: bool, source_args: &[&str]) -> Pair {
+        let scratch = scratch();
+        let root = scratch.path().to_path_buf();
+        let secret = secret_file(
+            &root.join("secret"),
+            b"twinfs mirror tests: the shared secret\n",
+        );
+        let image = root.join("source.img");
+        mkfs(&image, size);
+        let (dir, replica) = (root.join("peer"), root.join("replica"));
+        fs::create_dir(&replica).expect("replica mount point");
+        let view = view.then_some(replica.as_path());
+        let peer = Peer::start(&dir, 0, &secret, view, &root.join("peer.log"));
+        let mut src = Source::mirrored(
+            &image,
+            &root.join("mnt"),
+            &peer.addr(),
+            &secret,
+            source_args,
+            &root.join("source.log"),
+        );
+        src.wait_streaming(Duration::from_secs(30));
+        Pair {
+            src,
+            peer,
+            root,
+            image,
+            secret,
+            dir,
+            replica,
+            _scratch: scratch,
+        }
+    }
+}
+
 // ---- a generated tree ------------------------------------------------------
 
 /// Deterministic bytes.
