@@ -1069,7 +1069,9 @@ impl Volume {
     }
 
     /// Writes `data` at `offset`. `kill_suid` clears set-user-ID (a write by
-    /// someone other than the owner).
+    /// someone other than the owner). Returns the bytes written: fewer than
+    /// asked when a large write fails after its first chunk (e.g. ENOSPC);
+    /// an error means nothing was written.
     pub fn write(&self, ino: Ino, offset: u64, data: &[u8], kill_suid: bool) -> Result<u32> {
         if offset
             .checked_add(data.len() as u64)
@@ -1095,18 +1097,24 @@ impl Volume {
             let off = offset + done as u64;
             let chunk = &data[done..done + n];
             let blocks = (off % BLOCK_SIZE_U64 + n as u64).div_ceil(BLOCK_SIZE_U64);
-            self.inner.submit(Need::Blocks(blocks), |_, now| {
+            let r = self.inner.submit(Need::Blocks(blocks), |_, now| {
                 Ok(vec![Record::Write(Write::split(
                     ino, off, chunk, now, kill_suid,
                 ))])
-            })?;
-            done += n;
+            });
+            match r {
+                Ok(()) => done += n,
+                Err(e) if done == 0 => return Err(e),
+                // Earlier chunks are written: a short write, as POSIX has it
+                // (an error here would say nothing changed).
+                Err(_) => break,
+            }
         }
         self.inner
             .stats
             .bytes_written
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
-        Ok(data.len() as u32)
+            .fetch_add(done as u64, Ordering::Relaxed);
+        Ok(done as u32)
     }
 
     pub fn fallocate(&self, ino: Ino, offset: u64, len: u64, mode: u32) -> Result<()> {
