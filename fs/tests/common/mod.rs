@@ -213,11 +213,32 @@ impl Harness {
         let backup = self.setup.may_fill.then(|| self.model.clone());
         let v = exec_volume(self.vol(), act);
         let mut m = self.model.exec(act, now);
-        if let (Err(libc::ENOSPC), Some(backup)) = (&v, backup) {
-            // The volume is full: the call must have changed nothing (the
-            // next check compares the tree with the model as it was).
-            self.model = backup;
-            m = Err(libc::ENOSPC);
+        match (&v, backup, act) {
+            (Err(libc::ENOSPC), Some(backup), _) => {
+                // The volume is full: the call must have changed nothing (the
+                // next check compares the tree with the model as it was).
+                self.model = backup;
+                m = Err(libc::ENOSPC);
+            }
+            (
+                Ok(Val::Count(n)),
+                Some(backup),
+                Act::Write {
+                    ino,
+                    off,
+                    data,
+                    kill_suid,
+                },
+            ) if (*n as usize) < data.len() => {
+                // A short write: the space ran out after the first chunks,
+                // which (and only which) must be in the file.
+                self.model = backup;
+                m = self
+                    .model
+                    .write(*ino, *off, &data[..*n as usize], *kill_suid, now)
+                    .map(Val::Count);
+            }
+            _ => {}
         }
         let cp_moved = self.vol().committed().cp != cp_before;
         let res = match &v {
