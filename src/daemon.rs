@@ -22,7 +22,6 @@ impl Ready {
     pub fn ok(&mut self) {
         if let Some(mut p) = self.pipe.take() {
             let _ = p.write_all(b"OK\n");
-            detach_stdio();
         }
     }
 
@@ -61,6 +60,9 @@ pub fn background(what: &str) -> Result<Ready, CmdError> {
             drop(read_end);
             // SAFETY: setsid has no preconditions; the child leaves the terminal's session.
             unsafe { libc::setsid() };
+            // Helpers we start (fusermount3 for auto_unmount) must not hold
+            // our caller's pipes open; errors travel through the ready pipe.
+            detach_stdio();
             Ok(Ready {
                 pipe: Some(std::fs::File::from(write_end)),
             })
