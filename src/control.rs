@@ -174,12 +174,17 @@ fn answer(req: Request, t: &Target) -> Result<serde_json::Value, String> {
     match req {
         Request::Status => serde_json::to_value(mount_status(t)).map_err(|e| e.to_string()),
         Request::Checkpoint => {
+            // A peer connected when the CP starts must apply it for success,
+            // even if it goes away meanwhile.
+            let connected = t.mirror.as_ref().is_some_and(|m| m.status().connected);
             let cp = t
                 .vol
                 .checkpoint()
                 .map_err(|e| format!("checkpoint failed: {e}"))?;
             let applied = match &t.mirror {
-                Some(m) if m.status().connected => Some(m.wait_applied(cp, PEER_APPLY_WAIT)),
+                Some(m) if connected || m.status().connected => {
+                    Some(m.wait_applied(cp, PEER_APPLY_WAIT))
+                }
                 _ => None,
             };
             Ok(serde_json::json!({"cp": cp.0, "applied_at_peer": applied}))
