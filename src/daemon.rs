@@ -85,8 +85,12 @@ pub fn background(what: &str) -> Result<Ready, CmdError> {
     }
 }
 
-/// Points stdin and stdout at /dev/null once the parent has gone (stderr
-/// stays, for log lines that still have somewhere to go).
+/// Points stdin, stdout and stderr at /dev/null. A daemon that kept the
+/// caller's stderr would hold its pipe open for as long as it runs, so
+/// `out=$(twinfs mount IMG MP 2>&1)`, `| tee` or ssh would hang until
+/// unmount, and a failure before "ready" would be printed twice (by the
+/// parent, from the ready pipe, and by the child itself). Run with `-f` to
+/// see the log lines.
 fn detach_stdio() {
     if let Ok(null) = std::fs::OpenOptions::new()
         .read(true)
@@ -98,6 +102,7 @@ fn detach_stdio() {
         unsafe {
             libc::dup2(null.as_raw_fd(), 0);
             libc::dup2(null.as_raw_fd(), 1);
+            libc::dup2(null.as_raw_fd(), 2);
         }
     }
 }
