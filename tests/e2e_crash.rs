@@ -15,11 +15,12 @@ use std::os::fd::FromRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::tree::{walk, Kind, WalkOpts};
+use common::tree::{assert_same, walk, Compare, Kind, WalkOpts};
 use common::*;
 
 const ROUNDS: u64 = 4;
@@ -137,6 +138,15 @@ impl DirFd {
         Ok(())
     }
 
+    fn unlink(&self, name: &str) -> std::io::Result<()> {
+        let c = CString::new(name).expect("name");
+        // SAFETY: valid dir fd and C string.
+        if unsafe { libc::unlinkat(self.raw(), c.as_ptr(), 0) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     fn fsync(&self) -> std::io::Result<()> {
         self.file.sync_all()
     }
@@ -185,6 +195,14 @@ fn writer(
     let journal = dir
         .create("journal", true)
         .map_err(|e| format!("create journal: {e}"))?;
+    // An orphan: unlinked while open and written on; a crash must not
+    // leak it (fsck after the next clean unmount counts 0 orphans).
+    let orphan = dir
+        .create("orphan", false)
+        .map_err(|e| format!("create orphan: {e}"))?;
+    dir.unlink("orphan")
+        .map_err(|e| format!("unlink orphan: {e}"))?;
+    let mut orphan_len = 0u64;
     let fail = |what: String, stop: &AtomicBool| {
         if stop.load(Ordering::SeqCst) {
             Ok(())
@@ -250,6 +268,12 @@ fn writer(
                 journal_len,
             )?;
             journal.sync_data()?;
+            let junk = pattern(seed ^ 0xdead, 64 << 10);
+            orphan.write_all_at(&junk, orphan_len)?;
+            orphan_len += junk.len() as u64;
+            if n % 4 == 0 {
+                orphan.sync_data()?;
+            }
             journal_len = end;
             set(&ledger, &journal_rel, |e| {
                 e.min_len = journal_len;
@@ -342,6 +366,59 @@ fn verify(mp: &Path, ledger: &mut Ledger) -> Vec<String> {
     problems
 }
 
+/// Checks `.snapshot/NAME` against what the ledger said was durable when
+/// the snapshot was asked for: every file that existed durably is there with
+/// at least its durable bytes, and every file there holds a prefix of what
+/// was written to it.
+fn verify_snapshot(mp: &Path, name: &str, durable: &BTreeMap<PathBuf, Expect>) -> Vec<String> {
+    let root = mp.join(".snapshot").join(name);
+    let mut problems = Vec::new();
+    if !root.is_dir() {
+        return vec![format!("{} is missing", root.display())];
+    }
+    for (rel, exp) in durable {
+        match std::fs::read(root.join(rel)) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if exp.must_exist {
+                    problems.push(format!(
+                        "{}: missing, though fsynced before the snapshot",
+                        rel.display()
+                    ));
+                }
+            }
+            Err(e) => problems.push(format!("{}: read: {e}", rel.display())),
+            Ok(got) => {
+                if (got.len() as u64) < exp.min_len && !exp.gone {
+                    problems.push(format!(
+                        "{}: {} bytes in the snapshot, {} were fsynced before it",
+                        rel.display(),
+                        got.len(),
+                        exp.min_len
+                    ));
+                }
+                if let Some(off) = first_difference(&got, &pattern(exp.seed, got.len())) {
+                    problems.push(format!(
+                        "{}: differs at {off} in the snapshot",
+                        rel.display()
+                    ));
+                }
+            }
+        }
+    }
+    problems
+}
+
+/// The number just before `what` in fsck's report (e.g. " orphans").
+fn count_before(fsck_text: &str, what: &str) -> u64 {
+    fsck_text
+        .lines()
+        .find_map(|l| {
+            let at = l.find(what)?;
+            l[..at].rsplit([' ', ',', ':']).next()?.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no \"N{what}\" in fsck's report:\n{fsck_text}"))
+}
+
 /// N of fsck's "log: N batches ... to replay" line.
 fn batches_to_replay(fsck_text: &str) -> u64 {
     fsck_text
@@ -363,6 +440,7 @@ fn kill_9_mid_workload_loses_nothing_fsynced_round_after_round() {
     let auto_unmount = std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("fusermount3").is_file()));
     let mut batches_replayed = 0;
+    let mut snapshots = Vec::new();
     for round in 0..ROUNDS {
         let mount = Mount::new(&image, &mp, &opts);
         for w in 0..WRITERS {
@@ -378,11 +456,27 @@ fn kill_9_mid_workload_loses_nothing_fsynced_round_after_round() {
         // Kill at a different moment of the workload each round.
         let kill_after = Duration::from_millis(700 + 550 * round);
         let started = Instant::now();
-        std::thread::sleep(kill_after);
+        // Halfway, a snapshot: once `snapshot create` returns, its CP is
+        // committed and holds at least what was fsynced before the call.
+        std::thread::sleep(kill_after / 2);
+        let durable_then: BTreeMap<PathBuf, Expect> = ledger
+            .lock()
+            .expect("ledger")
+            .files
+            .iter()
+            .filter(|(p, _)| p.starts_with(format!("r{round}")))
+            .map(|(p, e)| (p.clone(), e.clone()))
+            .collect();
+        let snap = format!("round-{round}");
+        ok(Command::new(twinfs())
+            .args(["snapshot", "create"])
+            .arg(&mount.mp)
+            .arg(&snap));
+        std::thread::sleep(kill_after / 2);
         let cp_before_kill = mount.status()["cp"].as_u64().expect("cp");
         stop.store(true, Ordering::SeqCst);
         let pid = mount.pid();
-        let went_by_itself = mount.kill9();
+        let unmounted = mount.kill9();
         for t in threads {
             if let Err(e) = t.join().expect("writer panicked") {
                 panic!("round {round}: a write failed before the kill: {e}");
@@ -392,14 +486,16 @@ fn kill_9_mid_workload_loses_nothing_fsynced_round_after_round() {
         eprintln!(
             "round {round}: killed daemon {pid} after {:?} at CP {cp_before_kill}; {fsynced} files fsynced; mount {}",
             started.elapsed(),
-            if went_by_itself { "went away by itself" } else { "needed umount -l" }
+            if unmounted.is_ok() { "went away by itself" } else { "needed umount -l" }
         );
         assert!(
             fsynced > 0,
             "round {round}: the workload fsynced nothing before the kill"
         );
         if auto_unmount {
-            assert!(went_by_itself, "with fusermount3 installed (auto_unmount) the mount should vanish when its daemon dies");
+            if let Err(seen) = &unmounted {
+                panic!("round {round}: with fusermount3 installed (auto_unmount) the mount should vanish when its daemon dies: {seen}");
+            }
         }
         let (code, text) = fsck(&image);
         assert_eq!(
@@ -420,17 +516,31 @@ fn kill_9_mid_workload_loses_nothing_fsynced_round_after_round() {
             problems.join("\n  "),
             mount.log()
         );
+        let problems = verify_snapshot(&mount.mp, &snap, &durable_then);
+        assert!(
+            problems.is_empty(),
+            "round {round}: snapshot {snap} taken before the kill:\n  {}",
+            problems.join("\n  ")
+        );
+        let snap_root = mount.path(format!(".snapshot/{snap}"));
+        snapshots.push((snap_root.clone(), walk(&snap_root, &WalkOpts::default())));
         mount.unmount();
-        assert_fsck_clean(
-            &image,
-            &format!("round {round}, after remount and a clean unmount"),
+        let (code, text) = fsck(&image);
+        assert_eq!(
+            code, 0,
+            "round {round}: fsck after remount and a clean unmount:\n{text}"
+        );
+        assert_eq!(
+            count_before(&text, " orphans"),
+            0,
+            "round {round}: files unlinked while open survive a crash, remount and clean unmount:\n{text}"
         );
     }
     assert!(
         batches_replayed > 0,
         "no round left log batches to replay: the kills never hit between CPs"
     );
-    // A last look: everything as last seen.
+    // A last look: everything as last seen, every snapshot unchanged.
     let mount = Mount::new(&image, &mp, &opts);
     let problems = verify(&mount.mp, &mut ledger.lock().expect("ledger"));
     assert!(
@@ -438,5 +548,14 @@ fn kill_9_mid_workload_loses_nothing_fsynced_round_after_round() {
         "after the last round:\n  {}",
         problems.join("\n  ")
     );
+    for (root, seen) in &snapshots {
+        let now = walk(root, &WalkOpts::default());
+        assert_same(
+            "a snapshot after later crash rounds",
+            seen,
+            &now,
+            &Compare::default(),
+        );
+    }
     mount.unmount();
 }

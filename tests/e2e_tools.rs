@@ -12,7 +12,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::gen::{self, SPARSE_REL, SPARSE_SIZE};
+use common::gen::{self, OVER_4G_REL, OVER_4G_SIZE, SPARSE_REL, SPARSE_SIZE};
 use common::tree::{self, assert_same, walk, Compare, WalkOpts};
 use common::*;
 
@@ -47,13 +47,15 @@ fn rsync(src: &Path, dst: &Path, extra: &[&str]) {
 
 fn assert_sparse(copy: &Path, what: &str) {
     let e = walk(copy, &WalkOpts::default());
-    let f = e.get(SPARSE_REL);
-    assert_eq!(f.size, SPARSE_SIZE, "{what}: size of {SPARSE_REL}");
-    assert!(
-        f.blocks * 512 <= SPARSE_MAX_ALLOCATED,
-        "{what}: {SPARSE_REL} takes {} bytes on disk; it should stay sparse (≤ {SPARSE_MAX_ALLOCATED})",
-        f.blocks * 512
-    );
+    for (rel, size) in [(SPARSE_REL, SPARSE_SIZE), (OVER_4G_REL, OVER_4G_SIZE)] {
+        let f = e.get(rel);
+        assert_eq!(f.size, size, "{what}: size of {rel}");
+        assert!(
+            f.blocks * 512 <= SPARSE_MAX_ALLOCATED,
+            "{what}: {rel} takes {} bytes on disk; it should stay sparse (≤ {SPARSE_MAX_ALLOCATED})",
+            f.blocks * 512
+        );
+    }
 }
 
 /// Copies `src` into `dest_root/{cp,tar,rsync}` with each tool.
@@ -259,6 +261,16 @@ fn copies_by_cp_tar_and_rsync_equal_the_source_through_changes_and_remount() {
         .map(|e| e.expect("entry").file_name())
         .collect();
     assert_eq!(names, vec![std::ffi::OsString::from("copies")]);
+    // cp -a inside the mount (copy_file_range between two of its files).
+    cp_a(&mount.path("copies/cp"), &mount.path("copies/cp-inside"));
+    let got = walk(&mount.path("copies/cp-inside"), &WalkOpts::default());
+    assert_same(
+        "cp -a inside the mount",
+        &original,
+        &got,
+        &Compare::default(),
+    );
+    assert_sparse(&mount.path("copies/cp-inside"), "cp -a inside the mount");
     // And back out: each tool reads the mount (xattrs, ACLs, holes) into a
     // copy on the local disk that equals the source.
     let out = dir.path().join("out");

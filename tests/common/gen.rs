@@ -23,6 +23,12 @@ pub const SPARSE_EXTENTS: [(u64, usize); 4] = [
     (512 * (1 << 20), 4096),
     (SPARSE_SIZE - (1 << 20) - 5, 1 << 20),
 ];
+/// A sparse file past 4 GiB, with data across the 2^32 boundary (64-bit
+/// offsets in every layer) and a tail block that is not whole.
+pub const OVER_4G_REL: &str = "big/over-4g.img";
+pub const OVER_4G_SIZE: u64 = (4 << 30) + 8193;
+pub const OVER_4G_EXTENTS: [(u64, usize); 2] =
+    [((4 << 30) - 5000, 10_000), ((4 << 30) + 8000, 193)];
 /// Sizes that sit on and around block and page boundaries.
 pub const FILE_SIZES: [usize; 9] = [0, 1, 4095, 4096, 4097, 8191, 65536, 123_457, (1 << 20) + 3];
 /// Levels of the deep path.
@@ -150,7 +156,8 @@ pub fn rich_tree(root: &Path) {
     write(&r("acl/dir/inherited"), b"inherits the default ACL\n");
     mkdir(&r("acl/dir/sub"));
     // The sparse file: 1 GiB in size, a few MiB of data.
-    sparse_file(&r(SPARSE_REL));
+    sparse_file(&r(SPARSE_REL), SPARSE_SIZE, &SPARSE_EXTENTS, 5000);
+    sparse_file(&r(OVER_4G_REL), OVER_4G_SIZE, &OVER_4G_EXTENTS, 5100);
     // Special files.
     mkdir(&r("special"));
     mkfifo(&r("special/fifo"), 0o640);
@@ -212,12 +219,12 @@ pub fn rich_tree(root: &Path) {
     stamp_mtimes(root);
 }
 
-fn sparse_file(path: &Path) {
+fn sparse_file(path: &Path, size: u64, extents: &[(u64, usize)], seed: u64) {
     fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
     let f = fs::File::create(path).expect("create sparse");
-    f.set_len(SPARSE_SIZE).expect("set_len");
-    for (i, &(off, len)) in SPARSE_EXTENTS.iter().enumerate() {
-        f.write_all_at(&pattern(5000 + i as u64, len), off)
+    f.set_len(size).expect("set_len");
+    for (i, &(off, len)) in extents.iter().enumerate() {
+        f.write_all_at(&pattern(seed + i as u64, len), off)
             .expect("write sparse");
     }
 }

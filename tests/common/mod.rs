@@ -213,6 +213,41 @@ pub fn log_path(image: &Path) -> PathBuf {
     image.with_file_name(name)
 }
 
+/// `ps`-like lines (pid, state, wchan, command line) of the processes whose
+/// command line mentions `path`, for messages.
+pub fn processes_naming(path: &Path) -> String {
+    let want = path.as_os_str().as_bytes();
+    let mut out = String::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        if !cmdline.windows(want.len()).any(|w| w == want) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit_once(')')
+            .map_or("", |(_, r)| r.trim())
+            .split(' ')
+            .next()
+            .unwrap_or("");
+        let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+        let cmd: Vec<String> = cmdline
+            .split(|&b| b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        out.push_str(&format!("  {pid} {state} {wchan} {}\n", cmd.join(" ")));
+    }
+    out
+}
+
 /// How long a clean unmount may take (the final CP of a busy volume).
 const UNMOUNT_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -237,9 +272,11 @@ impl Mount {
 
     /// Like [`Mount::new`], returning the exit code and output on failure.
     ///
-    /// The daemon keeps the command's stderr for its log lines, so the
-    /// command's output goes to a file next to the image (a pipe would
-    /// never reach end of file): `IMAGE.mount.log`, appended to.
+    /// The command's output goes to a file next to the image,
+    /// `IMAGE.mount.log` (appended to), not to a pipe: a daemon that kept a
+    /// descriptor of the pipe would make reading it hang until unmount
+    /// (`mount_closes_its_output_once_mounted` in e2e_cli.rs checks that
+    /// the daemon does not).
     pub fn try_new(
         image: &Path,
         mp: &Path,
@@ -349,10 +386,12 @@ impl Mount {
         assert!(!is_mounted(&self.mp), "{} still mounted", self.mp.display());
     }
 
-    /// kill -9 of the daemon. Returns whether the mount went away by itself
-    /// (auto_unmount); if it did not within a few seconds it is detached
-    /// with `umount -l`. Either way the mount point is free afterwards.
-    pub fn kill9(mut self) -> bool {
+    /// kill -9 of the daemon. Ok when the mount went away by itself
+    /// (auto_unmount); otherwise, after a few seconds, the mount is detached
+    /// with `umount -l` and the error says what was seen (the fusermount3
+    /// helper's state, what the mount point answered). Either way the mount
+    /// point is free afterwards.
+    pub fn kill9(mut self) -> Result<(), String> {
         self.done = true;
         // SAFETY: kill has no memory-safety preconditions.
         unsafe { libc::kill(self.pid, libc::SIGKILL) };
@@ -361,16 +400,23 @@ impl Mount {
             "daemon {} survived SIGKILL",
             self.pid
         );
-        let gone = wait_for(Duration::from_secs(5), || !is_mounted(&self.mp));
-        if !gone {
-            let _ = output(Command::new("umount").arg("-l").arg(&self.mp));
-            assert!(
-                wait_for(Duration::from_secs(5), || !is_mounted(&self.mp)),
-                "{} still mounted after umount -l",
-                self.mp.display()
-            );
+        if wait_for(Duration::from_secs(5), || !is_mounted(&self.mp)) {
+            return Ok(());
         }
-        gone
+        let seen = format!(
+            "{} still mounted 5 s after kill -9 of its daemon {}; opening it: {:?}; processes naming it:\n{}",
+            self.mp.display(),
+            self.pid,
+            std::fs::read_dir(&self.mp).map(|_| "ok"),
+            processes_naming(&self.mp)
+        );
+        let _ = output(Command::new("umount").arg("-l").arg(&self.mp));
+        assert!(
+            wait_for(Duration::from_secs(5), || !is_mounted(&self.mp)),
+            "{} still mounted after umount -l",
+            self.mp.display()
+        );
+        Err(seen)
     }
 
     fn force_cleanup(&mut self) {
