@@ -9,7 +9,7 @@ pub mod check;
 pub mod fsmodel;
 pub mod ops;
 
-use std::io;
+use std::io::{self, Write as _};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -488,17 +488,25 @@ pub fn run_seeded<S>(
         .and_then(|v| v.parse().ok())
         .unwrap_or(300);
     for seed in seeds {
-        // A hang (a deadlock in the volume) must name its seed, not stall the run.
+        // A hang (a deadlock in the volume) must name its seed, not stall
+        // the run. Each run of the test is timed (shrinking runs it often).
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let started = Arc::new(AtomicU64::new(u64::MAX));
+        let epoch = std::time::Instant::now();
         let watchdog = {
             let done = done.clone();
+            let started = started.clone();
             let name = name.to_string();
             std::thread::spawn(move || {
-                let start = std::time::Instant::now();
                 while !done.load(Ordering::SeqCst) {
-                    if start.elapsed().as_secs() > timeout_s {
-                        eprintln!(
-                            "{name}: the case with seed {seed} still runs after {timeout_s} s: a deadlock? \
+                    let s = started.load(Ordering::SeqCst);
+                    let now = epoch.elapsed().as_secs();
+                    if s != u64::MAX && now.saturating_sub(s) > timeout_s {
+                        // Straight to stderr: the test harness's capture
+                        // of eprintln! dies with the process.
+                        let _ = writeln!(
+                            std::io::stderr(),
+                            "{name}: a run of the case with seed {seed} takes over {timeout_s} s: a deadlock? \
                              (replay: TWINFS_SEED={seed})"
                         );
                         std::process::abort();
@@ -519,7 +527,12 @@ pub fn run_seeded<S>(
         };
         let mut runner =
             TestRunner::new_with_rng(cfg, TestRng::from_seed(RngAlgorithm::ChaCha, &bytes));
-        let result = runner.run(&strategy, |v| test(&v).map_err(TestCaseError::fail));
+        let result = runner.run(&strategy, |v| {
+            started.store(epoch.elapsed().as_secs(), Ordering::SeqCst);
+            let r = test(&v).map_err(TestCaseError::fail);
+            started.store(u64::MAX, Ordering::SeqCst);
+            r
+        });
         done.store(true, Ordering::SeqCst);
         let _ = watchdog.join();
         match result {
