@@ -26,9 +26,6 @@ pub enum CmdError {
         /// What the user can do about it.
         todo: String,
     },
-    /// The command's backend is not in this build yet (exit 1).
-    #[error("{command}: {command} is not built yet; use a build of twinfs that includes it")]
-    NotBuilt { command: &'static str },
     /// A usage error found after parsing, e.g. a setting given twice (exit 2).
     #[error("{0}")]
     Usage(String),
@@ -48,7 +45,7 @@ impl CmdError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CmdError::Usage(_) => EXIT_USAGE,
-            CmdError::Failed { .. } | CmdError::NotBuilt { .. } => EXIT_FAILURE,
+            CmdError::Failed { .. } => EXIT_FAILURE,
         }
     }
 
@@ -72,13 +69,6 @@ mod tests {
     fn failed_reads_what_why_todo() {
         let e = CmdError::failed("fsck /x.img", "no such file", "check the path");
         assert_eq!(e.to_string(), "fsck /x.img: no such file; check the path");
-        assert_eq!(e.exit_code(), 1);
-    }
-
-    #[test]
-    fn not_built_names_the_command_and_exits_1() {
-        let e = CmdError::NotBuilt { command: "mount" };
-        assert!(e.to_string().starts_with("mount: mount is not built yet; "));
         assert_eq!(e.exit_code(), 1);
     }
 

@@ -90,19 +90,6 @@ step "cargo build --release" cargo build --release --locked || finish
 step "tests (cargo nextest, release)" run_tests
 step "doc tests" cargo test --workspace --release --locked --doc
 
-# TEMPORARY: skip the suites that need a real mount while mkfs/mount are the
-# scaffolding's "not built yet" placeholders (an explicit check, nothing
-# else skips). Delete this block and tests/external/not-built.sh once
-# `twinfs mount` works.
-if bash tests/external/not-built.sh; then
-    skip "mount smoke test" "mount not built yet"
-    skip "pjdfstest" "mount not built yet"
-    skip "fsx" "mount not built yet"
-    echo "SKIPPED: mount not built yet"
-    finish
-fi
-# END TEMPORARY
-
 if ! step "mount smoke test" bash tests/external/mount-smoke.sh; then
     skip "pjdfstest" "the mount smoke test failed"
     skip "fsx" "the mount smoke test failed"
