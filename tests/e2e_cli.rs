@@ -371,3 +371,49 @@ fn mount_closes_its_output_once_mounted() {
          `out=$(twinfs mount IMG MP 2>&1)` would hang until unmount"
     );
 }
+
+/// "unmount with umount MOUNTPOINT, which takes a final CP": the natural
+/// next commands, `twinfs fsck IMAGE` or `twinfs mount IMAGE` again, work
+/// right after `umount` returns — they are not refused with "in use by
+/// another twinfs process; unmount it first" while the daemon finishes.
+#[test]
+fn fsck_and_mount_right_after_umount_work() {
+    let dir = scratch("afterumount");
+    let image = dir.path().join("vol.img");
+    mkfs(&image, "2G");
+    let mp = dir.path().join("mnt");
+    let mount = Mount::new(&image, &mp, &["--cp-interval", "3600"]);
+    let data = pattern(9, 256 << 20);
+    std::fs::write(mount.path("big"), &data).expect("write 256 MiB");
+    let pid = mount.pid();
+    ok(Command::new("umount").arg(&mp));
+    let (code, text) = fsck(&image);
+    let daemon_was_running = !process_gone(pid);
+    // Leave the daemon time to finish, whatever fsck said.
+    wait_for(Duration::from_secs(120), || process_gone(pid));
+    std::mem::forget(mount); // unmounted above; its daemon is gone
+    assert_eq!(
+        code, 0,
+        "twinfs fsck right after umount returned (daemon still running then: {daemon_was_running}):\n{text}"
+    );
+    let mount = Mount::new(&image, &mp, &[]);
+    assert_bytes(
+        "after remount",
+        &std::fs::read(mount.path("big")).expect("read"),
+        &data,
+    );
+    let pid = mount.pid();
+    ok(Command::new("umount").arg(&mp));
+    let again = mount_cmd(&image, &mp, &[]);
+    let daemon_was_running = !process_gone(pid);
+    wait_for(Duration::from_secs(120), || process_gone(pid));
+    std::mem::forget(mount);
+    if again.status.success() {
+        Mount::adopt(&image, &mp).unmount();
+    }
+    assert!(
+        again.status.success(),
+        "twinfs mount right after umount (daemon still running then: {daemon_was_running}): {}",
+        describe("twinfs mount", &again)
+    );
+}

@@ -45,6 +45,49 @@ fn write_file(path: &Path, data: &[u8]) -> (usize, Option<std::io::Error>) {
     }
 }
 
+/// Creates empty files, directories and xattrs under `dir` until the
+/// volume says ENOSPC (or 3000 of each); any other error fails the test.
+/// Returns what was made, for the log.
+fn metadata_storm(dir: &Path) -> String {
+    let enospc = |what: &str, e: std::io::Error| {
+        assert_eq!(
+            e.raw_os_error(),
+            Some(libc::ENOSPC),
+            "{what} on a full volume: want success or ENOSPC, got {e:?}"
+        );
+    };
+    if let Err(e) = std::fs::create_dir(dir) {
+        enospc("mkdir", e);
+        return "mkdir refused with ENOSPC".into();
+    }
+    let (mut files, mut dirs, mut xattrs) = (0, 0, 0);
+    for i in 0..3000 {
+        let p = dir.join(format!("empty-{i:04}"));
+        match std::fs::File::create(&p) {
+            Ok(_) => files += 1,
+            Err(e) => {
+                enospc("create", e);
+                break;
+            }
+        }
+        match std::fs::create_dir(dir.join(format!("d-{i:04}"))) {
+            Ok(()) => dirs += 1,
+            Err(e) => {
+                enospc("mkdir", e);
+                break;
+            }
+        }
+        match common::tree::try_set_xattr(&p, "user.k", &pattern(i, 200)) {
+            Ok(()) => xattrs += 1,
+            Err(e) => {
+                enospc("setxattr", e);
+                break;
+            }
+        }
+    }
+    format!("{files} empty files, {dirs} directories, {xattrs} xattrs")
+}
+
 fn verify(mp: &Path, files: &BTreeMap<String, Vec<u8>>, when: &str) {
     for (name, bytes) in files {
         let got =
@@ -125,12 +168,18 @@ fn a_full_volume_says_enospc_keeps_every_byte_and_recovers_after_deletes() {
         Some(libc::ENOSPC),
         "second write on a full volume: {again:?}"
     );
+    // Metadata on a full volume: creates, mkdirs and xattrs either work or
+    // say ENOSPC (never EIO), and the CP that follows still commits.
+    let meta = metadata_storm(&mount.path("meta"));
+    eprintln!("on the full volume: {meta}");
     let cp_full = mount.checkpoint();
+    assert!(mount.status()["cp"].as_u64() == Some(cp_full));
 
     // Deletes work on the full volume and give the space back.
     let (_, _, avail_full) = statfs(&mount.mp);
     std::fs::remove_file(mount.path(&name)).expect("unlink the partial file on a full volume");
     let _ = std::fs::remove_file(mount.path("one-more"));
+    std::fs::remove_dir_all(mount.path("meta")).expect("rm -r of the metadata on a full volume");
     let victims: Vec<String> = files.keys().step_by(2).cloned().collect();
     for v in &victims {
         std::fs::remove_file(mount.path(v))
