@@ -395,7 +395,7 @@ impl fmt::Display for Size {
         const UNITS: [(u32, &str); 4] = [(40, "T"), (30, "G"), (20, "M"), (10, "K")];
         for (shift, unit) in UNITS {
             let unit_bytes = 1u64 << shift;
-            if self.bytes % unit_bytes == 0 {
+            if self.bytes.is_multiple_of(unit_bytes) {
                 return write!(f, "{}{unit}", self.bytes / unit_bytes);
             }
         }
