@@ -220,16 +220,60 @@ impl FileDevice {
         })
     }
 
+    /// Announces that the process holding this image has stopped serving
+    /// and is only finishing (its final CP after an unmount). Another
+    /// process that finds the image locked then waits for it instead of
+    /// refusing, so `umount` followed at once by `fsck` or `mount` works.
+    /// The marker is an OFD read lock on byte 0, separate from the `flock`
+    /// that guards the image, and goes away with the process.
+    pub fn mark_closing(&self) -> io::Result<()> {
+        let mut lk = ofd_lock_range(libc::F_RDLCK);
+        // SAFETY: fcntl with a valid descriptor and an initialised flock.
+        if unsafe { libc::fcntl(self.file.as_raw_fd(), libc::F_OFD_SETLK, &mut lk) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     fn lock(file: &File, path: &Path, exclusive: bool) -> io::Result<()> {
         let op = if exclusive {
             libc::LOCK_EX
         } else {
             libc::LOCK_SH
         } | libc::LOCK_NB;
-        // SAFETY: flock on a valid, owned file descriptor.
-        if unsafe { libc::flock(file.as_raw_fd(), op) } != 0 {
+        let try_lock = || -> io::Result<bool> {
+            // SAFETY: flock on a valid, owned file descriptor.
+            if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+                return Ok(true);
+            }
             let err = io::Error::last_os_error();
             if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                Ok(false)
+            } else {
+                Err(err)
+            }
+        };
+        let start = std::time::Instant::now();
+        let mut announced = false;
+        loop {
+            if try_lock()? {
+                return Ok(());
+            }
+            let closing = holder_is_closing(file)?;
+            // The holder may have exited between the two checks.
+            if !closing && try_lock()? {
+                return Ok(());
+            }
+            // A holder that is not closing may be a mount whose daemon has
+            // not yet noticed its unmount: give it a moment to say so,
+            // unless the image is visibly still mounted.
+            let waited = start.elapsed();
+            let give_up = if closing {
+                waited >= CLOSING_HOLDER_WAIT
+            } else {
+                waited >= UNMOUNT_NOTICE_WAIT || image_is_mounted(path)
+            };
+            if give_up {
                 return Err(io::Error::new(
                     io::ErrorKind::WouldBlock,
                     format!(
@@ -238,9 +282,15 @@ impl FileDevice {
                     ),
                 ));
             }
-            return Err(err);
+            if closing && !announced {
+                log::info!(
+                    "{}: waiting for the twinfs process that had it mounted to finish its final checkpoint",
+                    path.display()
+                );
+                announced = true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        Ok(())
     }
 
     fn size_of(file: &File) -> io::Result<u64> {
@@ -257,6 +307,75 @@ impl FileDevice {
         }
         Ok(size)
     }
+}
+
+/// How long an opener waits for a holder that announced it is closing.
+const CLOSING_HOLDER_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// How long an opener gives a holder that is not (yet) closing and whose
+/// image is not in the mount table to announce that it is closing.
+const UNMOUNT_NOTICE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether the image is the source of a FUSE mount in this mount namespace
+/// (twinfs mounts name their image as `fsname`).
+fn image_is_mounted(path: &Path) -> bool {
+    let Ok(path) = std::fs::canonicalize(path) else {
+        return false;
+    };
+    let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    table.lines().any(|line| {
+        let Some((_, tail)) = line.split_once(" - ") else {
+            return false;
+        };
+        let mut fields = tail.split(' ');
+        let fstype = fields.next().unwrap_or("");
+        let source = fields.next().unwrap_or("");
+        fstype.starts_with("fuse") && Path::new(&unescape_mountinfo(source)) == path
+    })
+}
+
+/// Undoes the octal escapes (`\040` for a space) of /proc/self/mountinfo.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The byte range of the "closing" marker (see [`FileDevice::mark_closing`]).
+fn ofd_lock_range(kind: i32) -> libc::flock {
+    // SAFETY: an all-zero flock is a valid value; the fields are set below.
+    let mut lk: libc::flock = unsafe { std::mem::zeroed() };
+    lk.l_type = kind as libc::c_short;
+    lk.l_whence = libc::SEEK_SET as libc::c_short;
+    lk.l_start = 0;
+    lk.l_len = 1;
+    lk
+}
+
+/// Whether some process holds the "closing" marker on this image.
+fn holder_is_closing(file: &File) -> io::Result<bool> {
+    let mut lk = ofd_lock_range(libc::F_WRLCK);
+    // SAFETY: fcntl with a valid descriptor and an initialised flock.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &mut lk) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(lk.l_type != libc::F_UNLCK as libc::c_short)
 }
 
 impl BlockDevice for FileDevice {
@@ -625,5 +744,36 @@ mod tests {
             .err()
             .expect("second open must fail");
         assert!(err.to_string().contains("in use"), "{err}");
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape_mountinfo(r"/a\040b/c\134d"), "/a b/c\\d");
+        assert_eq!(unescape_mountinfo(r"/plain\04"), r"/plain\04");
+    }
+
+    #[test]
+    fn an_open_waits_for_a_holder_that_is_closing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("img");
+        let holder = FileDevice::create(&path, 1 << 20).unwrap();
+        holder.mark_closing().unwrap();
+        let released = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = released.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            flag.store(true, Ordering::SeqCst);
+            drop(holder);
+        });
+        let second = FileDevice::open(&path, true).expect("waits, then opens");
+        assert!(
+            released.load(Ordering::SeqCst),
+            "opened before the holder let go"
+        );
+        t.join().unwrap();
+        // And the new holder, not closing, is refused at once to a third.
+        let err = FileDevice::open(&path, false).err().expect("refused");
+        assert!(err.to_string().contains("in use"), "{err}");
+        drop(second);
     }
 }

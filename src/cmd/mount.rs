@@ -73,7 +73,8 @@ fn serve(config: &MountConfig, what: &str, ready: &mut Ready) -> Result<(), CmdE
             "check the image path; a volume can be mounted only once at a time",
         )
     })?;
-    let dev: Arc<dyn BlockDevice> = Arc::new(dev);
+    let file_dev = Arc::new(dev);
+    let dev: Arc<dyn BlockDevice> = file_dev.clone();
     let mut vcfg = VolumeConfig {
         read_only,
         cp_interval: Some(config.cp_interval),
@@ -148,6 +149,10 @@ fn serve(config: &MountConfig, what: &str, ready: &mut Ready) -> Result<(), CmdE
     ready.ok();
     let session = handle.wait();
     drop(server);
+    // From here on an opener of the image waits for us instead of refusing.
+    if let Err(e) = file_dev.mark_closing() {
+        log::warn!("{what}: could not mark the image as closing: {e}");
+    }
     // The final CP, and with a connected peer, its application there.
     let closing = vol.checkpoint();
     if let (Some(m), Ok(cp)) = (&mirror, &closing) {
