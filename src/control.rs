@@ -33,10 +33,17 @@ const PEER_APPLY_WAIT: Duration = Duration::from_secs(600);
 pub enum Request {
     Status,
     Checkpoint,
-    SnapshotCreate { name: String },
+    /// Without a name: `cp-N` after the CP the snapshot holds.
+    SnapshotCreate {
+        name: Option<String>,
+    },
     SnapshotList,
-    SnapshotDelete { name: String },
-    Verify { deep: bool },
+    SnapshotDelete {
+        name: String,
+    },
+    Verify {
+        deep: bool,
+    },
 }
 
 /// The directory holding control sockets for this user.
@@ -190,10 +197,12 @@ fn answer(req: Request, t: &Target) -> Result<serde_json::Value, String> {
             Ok(serde_json::json!({"cp": cp.0, "applied_at_peer": applied}))
         }
         Request::SnapshotCreate { name } => {
-            let id = t
-                .vol
-                .snapshot_create(&name)
-                .map_err(|e| format!("creating snapshot {name:?}: {e}"))?;
+            let label = name.clone().unwrap_or_else(|| "cp-N".into());
+            let (id, name) = match name {
+                Some(name) => t.vol.snapshot_create(&name).map(|id| (id, name)),
+                None => t.vol.snapshot_create_named_by_cp(),
+            }
+            .map_err(|e| format!("creating snapshot {label:?}: {e}"))?;
             Ok(serde_json::json!({"id": id, "name": name}))
         }
         Request::SnapshotDelete { name } => {

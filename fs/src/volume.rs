@@ -1212,31 +1212,42 @@ impl Volume {
 
     /// Creates a snapshot of the current state. Returns its id.
     pub fn snapshot_create(&self, name: &str) -> Result<u64> {
-        check_snapshot_name(name)?;
-        if self
-            .inner
-            .state
-            .read()
-            .snapshots
-            .iter()
-            .any(|(_, s)| s.name == name.as_bytes())
-        {
-            return Err(FsError::Exists);
-        }
-        // Commit the current state, then record that image as the snapshot.
-        self.checkpoint()?;
-        let id = {
-            let mut st = self.inner.state.write();
-            if st.snapshots.len() + st.retained.create.len() >= MAX_SNAPSHOTS {
-                return Err(FsError::NoSpace);
-            }
-            if st.snapshots.iter().any(|(_, s)| s.name == name.as_bytes())
+        self.create_snapshot(Some(name)).map(|(id, _)| id)
+    }
+
+    /// Creates a snapshot named `cp-N` after the CP `N` it holds; returns its
+    /// id and name.
+    pub fn snapshot_create_named_by_cp(&self) -> Result<(u64, String)> {
+        self.create_snapshot(None)
+    }
+
+    fn create_snapshot(&self, name: Option<&str>) -> Result<(u64, String)> {
+        let taken = |st: &State, name: &str| {
+            st.snapshots.iter().any(|(_, s)| s.name == name.as_bytes())
                 || st
                     .retained
                     .create
                     .iter()
                     .any(|(_, s)| s.name == name.as_bytes())
-            {
+        };
+        if let Some(name) = name {
+            check_snapshot_name(name)?;
+            if taken(&self.inner.state.read(), name) {
+                return Err(FsError::Exists);
+            }
+        }
+        // Commit the current state, then record that image as the snapshot.
+        self.checkpoint()?;
+        let (id, name) = {
+            let mut st = self.inner.state.write();
+            if st.snapshots.len() + st.retained.create.len() >= MAX_SNAPSHOTS {
+                return Err(FsError::NoSpace);
+            }
+            let name = match name {
+                Some(n) => n.to_string(),
+                None => format!("cp-{}", st.image.cp.0),
+            };
+            if taken(&st, &name) {
                 return Err(FsError::Exists);
             }
             let id = st
@@ -1259,10 +1270,10 @@ impl Volume {
                 root_hash: sb.root_hash(),
             };
             st.retained.create.push((id, img));
-            id
+            (id, name)
         };
         self.checkpoint()?;
-        Ok(id)
+        Ok((id, name))
     }
 
     pub fn snapshot_delete(&self, name: &str) -> Result<()> {

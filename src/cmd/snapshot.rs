@@ -21,17 +21,9 @@ pub fn run(command: SnapshotCommand) -> Result<(), CmdError> {
         SnapshotCommand::Delete(a) => Request::SnapshotDelete {
             name: a.name.clone(),
         },
-        SnapshotCommand::Create(a) => {
-            let name = match &a.name {
-                Some(n) => n.clone(),
-                None => {
-                    let st = request(mp, &Request::Status)
-                        .map_err(|e| CmdError::failed(&what, e, todo))?;
-                    format!("cp-{}", st["cp"].as_u64().unwrap_or(0) + 1)
-                }
-            };
-            Request::SnapshotCreate { name }
-        }
+        SnapshotCommand::Create(a) => Request::SnapshotCreate {
+            name: a.name.clone(),
+        },
     };
     let v = request(mp, &req).map_err(|e| CmdError::failed(&what, e, todo))?;
     match req {
@@ -45,7 +37,9 @@ pub fn run(command: SnapshotCommand) -> Result<(), CmdError> {
                 );
             }
         }
-        Request::SnapshotCreate { name } => println!("snapshot {name} created"),
+        Request::SnapshotCreate { .. } => {
+            println!("snapshot {} created", v["name"].as_str().unwrap_or("?"))
+        }
         Request::SnapshotDelete { name } => println!("snapshot {name} deleted"),
         _ => {}
     }
