@@ -299,6 +299,7 @@ impl Allocator {
                     DirtyBlock {
                         data: Arc::new(*bytes),
                         source: BlockSource::Opaque,
+                        hash: None,
                     },
                 );
             }

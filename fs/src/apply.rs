@@ -216,6 +216,7 @@ impl Applier<'_> {
                     DirtyBlock {
                         data: Arc::new(block),
                         source: BlockSource::Opaque,
+                        hash: None,
                     },
                 );
                 self.top.dirty_blocks += 1;
@@ -580,6 +581,7 @@ impl Applier<'_> {
                             base: Base::Zero,
                             patches: Vec::new(),
                         },
+                        hash: None,
                     },
                     false,
                 )
@@ -592,6 +594,7 @@ impl Applier<'_> {
                         base: Base::Prev,
                         patches: Vec::new(),
                     },
+                    hash: None,
                 },
                 false,
             ),
@@ -602,6 +605,7 @@ impl Applier<'_> {
                         base: Base::Prev,
                         patches: Vec::new(),
                     },
+                    hash: None,
                 },
                 false,
             ),
@@ -618,6 +622,7 @@ impl Applier<'_> {
             }
         }
         block.source = block.source.with_patch(patch);
+        block.hash = None;
         if !was_top {
             self.top.dirty_blocks += 1;
         }
@@ -662,9 +667,15 @@ impl Applier<'_> {
         }
         if !w.blocks.is_empty() {
             let root = self.layers().image_data_root(w.ino)?;
+            // No layer holds data past the end of a file: blocks there are holes.
+            let first_past_eof = a.size.div_ceil(BLOCK_SIZE_U64);
             for (k, b) in w.blocks.iter().enumerate() {
                 let index = off / BLOCK_SIZE_U64;
-                let found = self.layers().find_block(w.ino, index, &root)?;
+                let found = if index >= first_past_eof {
+                    Found::Hole
+                } else {
+                    self.layers().find_block(w.ino, index, &root)?
+                };
                 match found {
                     Found::Hole => a.blocks += 1,
                     Found::Dirty { top: true, .. } => self.top.dirty_blocks -= 1,
@@ -679,6 +690,7 @@ impl Applier<'_> {
                             transfer: pos.transfer,
                             block_no: pos.first_block + k as u32,
                         },
+                        hash: w.hashes.get(k).copied(),
                     },
                 );
                 off += BLOCK_SIZE_U64;

@@ -139,10 +139,12 @@ impl<'a> CpWriter<'a> {
     fn put(
         &mut self,
         data: Arc<Block>,
+        known_hash: Option<Hash128>,
         kind: BlockKind,
         source: &BlockSource,
         prev: Option<BlockPtr>,
     ) -> Result<BlockPtr> {
+        debug_assert!(known_hash.is_none_or(|h| h == Hash128::of(&data[..])));
         let addr = if self.map_mode {
             self.alloc.alloc_tree()?
         } else {
@@ -151,7 +153,7 @@ impl<'a> CpWriter<'a> {
         let ptr = BlockPtr {
             addr,
             birth: self.cp,
-            hash: Hash128::of(&data[..]),
+            hash: known_hash.unwrap_or_else(|| Hash128::of(&data[..])),
         };
         let run_end = self.run_start + (self.run.len() / BLOCK_SIZE) as u64;
         if self.run.is_empty() || addr.0 != run_end || self.run.len() >= MAX_RUN_BYTES {
@@ -211,6 +213,7 @@ impl NodeStore for CpWriter<'_> {
     fn write_node(&mut self, data: Box<Block>, replaces: Option<BlockPtr>) -> Result<BlockPtr> {
         self.put(
             Arc::new(*data),
+            None,
             BlockKind::Meta,
             &BlockSource::Opaque,
             replaces,
@@ -234,7 +237,13 @@ impl DataStore for CpWriter<'_> {
         } else {
             BlockKind::Data
         };
-        self.put(block.data.clone(), kind, &block.source, Some(prev))
+        self.put(
+            block.data.clone(),
+            block.hash,
+            kind,
+            &block.source,
+            Some(prev),
+        )
     }
 }
 

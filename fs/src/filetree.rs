@@ -26,6 +26,9 @@ pub const MAX_FILE_SIZE: u64 = (1u64 << (7 * MAX_HEIGHT as u32)) * BLOCK_SIZE_U6
 pub struct DirtyBlock {
     pub data: Arc<Block>,
     pub source: BlockSource,
+    /// `Hash128` of `data` when already known (a logged whole block), so the
+    /// CP need not hash it again. Cleared whenever `data` changes.
+    pub hash: Option<Hash128>,
 }
 
 /// Where new data blocks go: the CP writer.
@@ -463,6 +466,7 @@ pub(crate) mod tests {
         DirtyBlock {
             data: Arc::new([fill; BLOCK_SIZE]),
             source: BlockSource::Opaque,
+            hash: None,
         }
     }
 

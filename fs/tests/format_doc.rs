@@ -479,6 +479,7 @@ fn record_sizes_are_as_documented() {
             kill_suid: false,
             head: vec![],
             blocks: vec![],
+            hashes: vec![],
             tail: vec![],
         }),
         Record::Fallocate {

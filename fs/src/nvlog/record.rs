@@ -60,6 +60,9 @@ pub struct Write {
     pub kill_suid: bool,
     pub head: Vec<u8>,
     pub blocks: Vec<Arc<Block>>,
+    /// `Hash128` of each whole block: computed once, used by the batch
+    /// checksum and again by the CP that writes the block.
+    pub hashes: Vec<Hash128>,
     pub tail: Vec<u8>,
 }
 
@@ -69,10 +72,11 @@ impl Write {
         let head_len = head_len(offset, data.len() as u64) as usize;
         let whole = (data.len() - head_len) / BLOCK_SIZE;
         let tail_start = head_len + whole * BLOCK_SIZE;
-        let blocks = data[head_len..tail_start]
+        let blocks: Vec<Arc<Block>> = data[head_len..tail_start]
             .chunks(BLOCK_SIZE)
             .map(|c| Arc::new(<Block>::try_from(c).expect("whole block")))
             .collect();
+        let hashes = blocks.iter().map(|b| Hash128::of(&b[..])).collect();
         Write {
             ino,
             offset,
@@ -80,6 +84,7 @@ impl Write {
             kill_suid,
             head: data[..head_len].to_vec(),
             blocks,
+            hashes,
             tail: data[tail_start..].to_vec(),
         }
     }
@@ -350,11 +355,13 @@ impl Record {
     }
 
     /// Decodes one record from `buf` at `*pos`, taking a write's whole blocks
-    /// from `blocks` (the batch's block area). Advances `*pos`.
+    /// and their hashes from `blocks`/`hashes` (the batch's block area).
+    /// Advances `*pos`.
     pub fn decode(
         buf: &[u8],
         pos: &mut usize,
         blocks: &[Arc<Block>],
+        hashes: &[Hash128],
     ) -> Result<(Record, WriteSpan)> {
         let mut r = In { buf, pos: *pos };
         let t = r.u8()?;
@@ -456,6 +463,10 @@ impl Record {
                     .get(first..end)
                     .ok_or_else(|| bad("block range"))?
                     .to_vec();
+                let hashes = hashes
+                    .get(first..end)
+                    .ok_or_else(|| bad("block range"))?
+                    .to_vec();
                 let len = (hl + n * BLOCK_SIZE + tail_len) as u64;
                 let aligned_after_head = offset.wrapping_add(hl as u64) % BLOCK_SIZE_U64 == 0;
                 let canonical = hl as u64 == head_len(offset, len)
@@ -471,6 +482,7 @@ impl Record {
                     kill_suid,
                     head,
                     blocks,
+                    hashes,
                     tail,
                 })
             }
