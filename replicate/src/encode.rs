@@ -10,7 +10,7 @@ use twinfs_fs::cp::{BlockKind, CpBlock};
 use twinfs_fs::descriptor::{Base as FsBase, BlockSource, Patch as FsPatch};
 use twinfs_fs::{Block, BlockPtr, TransferId, BLOCK_SIZE};
 
-use crate::message::{self, Base, DeltaRange, Encoding, Patch};
+use crate::message::{self, Base, DeltaRange, Encoding, Move, Patch};
 
 /// Which encodings a CP may use (`--cp-sync`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,8 +63,8 @@ pub fn wire_size(e: &Encoding) -> usize {
             Encoding::Full(b) => b.len() + 3,
             Encoding::Ref { .. } => 14,
             Encoding::Recipe { patches, .. } => 12 + patches.len() * 16,
-            Encoding::Delta { ranges, .. } => {
-                10 + ranges.iter().map(|r| r.data.len() + 6).sum::<usize>()
+            Encoding::Delta { moves, ranges, .. } => {
+                10 + moves.len() * 10 + ranges.iter().map(|r| r.data.len() + 6).sum::<usize>()
             }
         }
 }
@@ -111,9 +111,14 @@ pub fn encode(mode: CpSync, b: &CpBlock<'_>, peer: Peer, prev: &dyn PrevReader) 
         }
     }
     if b.kind == BlockKind::Meta || matches!(b.source, BlockSource::Opaque) {
-        if let Some(d) = delta(b, peer, prev) {
-            if wire_size(&d) < best_size {
+        for d in [delta(b, peer, prev), delta_from_zeros(b)]
+            .into_iter()
+            .flatten()
+        {
+            let s = wire_size(&d);
+            if s < best_size {
                 best = d;
+                best_size = s;
             }
         }
     }
@@ -206,8 +211,8 @@ fn delta(b: &CpBlock<'_>, peer: Peer, prev: &dyn PrevReader) -> Option<Encoding>
     }
     let p = b.prev?;
     let old = prev.read_prev(&p)?;
-    let ranges = diff_ranges(&old[..], &b.data[..]);
-    if ranges.len() > message::MAX_RANGES_PER_BLOCK {
+    let (moves, ranges) = delta_parts(&old[..], &b.data[..]);
+    if ranges.len() > message::MAX_RANGES_PER_BLOCK || moves.len() > message::MAX_MOVES_PER_BLOCK {
         return None;
     }
     let bytes: usize = ranges.iter().map(|r| r.data.len()).sum();
@@ -215,9 +220,101 @@ fn delta(b: &CpBlock<'_>, peer: Peer, prev: &dyn PrevReader) -> Option<Encoding>
         return None;
     }
     Some(Encoding::Delta {
-        base_addr: p.addr.0,
+        base: Base::Prev { addr: p.addr.0 },
+        moves,
         ranges,
     })
+}
+
+/// A new metadata block is mostly zeros (a pointer block of a small file,
+/// a half-full leaf after a split): its non-zero runs are sent inline.
+fn delta_from_zeros(b: &CpBlock<'_>) -> Option<Encoding> {
+    let ranges = diff_ranges(&[0u8; BLOCK_SIZE], &b.data[..]);
+    let bytes: usize = ranges.iter().map(|r| r.data.len()).sum();
+    if ranges.len() > message::MAX_RANGES_PER_BLOCK || bytes >= BLOCK_SIZE * 3 / 4 {
+        return None;
+    }
+    Some(Encoding::Delta {
+        base: Base::Zero,
+        moves: Vec::new(),
+        ranges,
+    })
+}
+
+/// The moves and ranges that turn `old` into `new`. Moves are looked for
+/// only when the bytes changed in place are many: a B-tree leaf that gained
+/// or lost an item has its later items shifted, which same-offset ranges
+/// would send in full.
+pub fn delta_parts(old: &[u8], new: &[u8]) -> (Vec<Move>, Vec<DeltaRange>) {
+    /// Changed bytes below which moves are not worth looking for.
+    const WORTH_MOVING: usize = 128;
+    let ranges = diff_ranges(old, new);
+    let changed: usize = ranges.iter().map(|r| r.data.len()).sum();
+    if changed < WORTH_MOVING {
+        return (Vec::new(), ranges);
+    }
+    let moves = find_moves(old, new);
+    if moves.is_empty() {
+        return (moves, ranges);
+    }
+    let mut shifted = old.to_vec();
+    for m in &moves {
+        let (from, to, len) = (m.from as usize, m.to as usize, m.len as usize);
+        shifted[to..to + len].copy_from_slice(&old[from..from + len]);
+    }
+    let moved_ranges = diff_ranges(&shifted, new);
+    let cost = |moves: usize, ranges: &[DeltaRange]| {
+        moves * 10 + ranges.iter().map(|r| r.data.len() + 6).sum::<usize>()
+    };
+    if cost(moves.len(), &moved_ranges) < cost(0, &ranges) {
+        (moves, moved_ranges)
+    } else {
+        (Vec::new(), ranges)
+    }
+}
+
+/// Runs of `new` found at another offset of `old` (at least `MIN_MOVE`
+/// bytes), greedily left to right; bytes equal at the same offset are
+/// skipped, as same-offset ranges cost nothing there.
+fn find_moves(old: &[u8], new: &[u8]) -> Vec<Move> {
+    const WINDOW: usize = 16;
+    const MIN_MOVE: usize = 24;
+    let n = new.len().min(old.len());
+    if n < WINDOW {
+        return Vec::new();
+    }
+    let key = |s: &[u8]| u128::from_le_bytes(s[..WINDOW].try_into().expect("window"));
+    let mut index: std::collections::HashMap<u128, usize> =
+        std::collections::HashMap::with_capacity(n);
+    for j in (0..=n - WINDOW).rev() {
+        index.insert(key(&old[j..]), j);
+    }
+    let mut moves = Vec::new();
+    let mut i = 0;
+    while i + WINDOW <= n && moves.len() < message::MAX_MOVES_PER_BLOCK {
+        if new[i] == old[i] {
+            i += 1;
+            continue;
+        }
+        if let Some(&j) = index.get(&key(&new[i..])) {
+            let len = new[i..n]
+                .iter()
+                .zip(&old[j..n])
+                .take_while(|(a, b)| a == b)
+                .count();
+            if len >= MIN_MOVE && j != i {
+                moves.push(Move {
+                    from: j as u16,
+                    to: i as u16,
+                    len: len as u16,
+                });
+                i += len;
+                continue;
+            }
+        }
+        i += 1;
+    }
+    moves
 }
 
 #[cfg(test)]
@@ -331,8 +428,8 @@ mod tests {
         };
         let b = block(&new, &BlockSource::Opaque, BlockKind::Meta, Some(prev));
         match encode(CpSync::Best, &b, PEER, &Prev(old.clone())) {
-            Encoding::Delta { base_addr, ranges } => {
-                assert_eq!(base_addr, 50);
+            Encoding::Delta { base, ranges, .. } => {
+                assert_eq!(base, Base::Prev { addr: 50 });
                 assert_eq!(ranges.len(), 2);
                 let mut rebuilt = *old;
                 for r in &ranges {
@@ -366,6 +463,125 @@ mod tests {
                     .copy_from_slice(&r.data);
             }
             assert_eq!(rebuilt, new);
+        }
+    }
+
+    /// Rebuilds through the peer's own code path.
+    fn rebuild_at_peer(old: &[u8], enc: Encoding, new: &[u8]) -> Vec<u8> {
+        struct Base<'a>(&'a [u8]);
+        impl crate::peer::apply::BlockSources for Base<'_> {
+            fn transfer_bytes(&self, _: u64, _: u64, _: &mut [u8]) -> Result<(), String> {
+                Err("no transfers".into())
+            }
+            fn transfer_block(&self, _: u64, _: u32, _: &mut [u8]) -> Result<(), String> {
+                Err("no transfers".into())
+            }
+            fn base_block(&self, _: u64, buf: &mut [u8]) -> Result<(), String> {
+                buf.copy_from_slice(self.0);
+                Ok(())
+            }
+        }
+        let block = message::CpBlock {
+            addr: 7,
+            hash: Hash128::of(new).0,
+            enc,
+        };
+        block.validate().expect("valid encoding");
+        crate::peer::apply::rebuild(&block, &Base(old))
+            .expect("rebuilt and verified")
+            .to_vec()
+    }
+
+    /// A leaf-like block: a header, then 40-byte items packed from the start.
+    fn leaf(items: &[u32]) -> Vec<u8> {
+        let mut b = vec![0u8; BLOCK_SIZE];
+        b[..4].copy_from_slice(&(items.len() as u32).to_le_bytes());
+        for (k, item) in items.iter().enumerate() {
+            let at = 16 + k * 40;
+            for (x, byte) in b[at..at + 40].iter_mut().enumerate() {
+                *byte = (item.wrapping_mul(2654435761).wrapping_add(x as u32 * 7919) >> 8) as u8;
+            }
+        }
+        b
+    }
+
+    #[test]
+    fn an_item_inserted_into_a_leaf_travels_as_moves_not_shifted_bytes() {
+        let items: Vec<u32> = (0..90).collect();
+        let old = leaf(&items);
+        let mut grown = items.clone();
+        grown.insert(10, 1000);
+        let new = leaf(&grown);
+        let (moves, ranges) = delta_parts(&old, &new);
+        let inline: usize = ranges.iter().map(|r| r.data.len()).sum();
+        assert!(!moves.is_empty(), "no moves found");
+        assert!(inline < 100, "{inline} bytes inline for one 40-byte item");
+        let p = PrevReaderFor(Arc::new(old.clone().try_into().unwrap()));
+        let data = Arc::new(new.clone().try_into().unwrap());
+        let prev = BlockPtr {
+            addr: BlockAddr(50),
+            birth: CpNumber(1),
+            hash: Hash128::of(&old),
+        };
+        let b = block(&data, &BlockSource::Opaque, BlockKind::Meta, Some(prev));
+        let enc = encode(CpSync::Best, &b, PEER, &p);
+        assert!(matches!(&enc, Encoding::Delta { moves, .. } if !moves.is_empty()));
+        assert!(wire_size(&enc) < 200, "{}", wire_size(&enc));
+        assert_eq!(rebuild_at_peer(&old, enc, &new), new);
+    }
+
+    #[test]
+    fn a_new_mostly_empty_metadata_block_travels_as_a_delta_from_zeros() {
+        let mut new = [0u8; BLOCK_SIZE];
+        new[..96].copy_from_slice(&leaf(&[1, 2])[16..112]);
+        let data = Arc::new(new);
+        let b = block(&data, &BlockSource::Opaque, BlockKind::Meta, None);
+        let enc = encode(CpSync::Best, &b, PEER, &NoPrev);
+        assert!(
+            matches!(
+                &enc,
+                Encoding::Delta {
+                    base: Base::Zero,
+                    ..
+                }
+            ),
+            "{enc:?}"
+        );
+        assert!(wire_size(&enc) < 200, "{}", wire_size(&enc));
+        assert_eq!(rebuild_at_peer(&[0u8; BLOCK_SIZE], enc, &new), new);
+    }
+
+    struct PrevReaderFor(Arc<Block>);
+    impl PrevReader for PrevReaderFor {
+        fn read_prev(&self, _: &BlockPtr) -> Option<Arc<Block>> {
+            Some(self.0.clone())
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn deltas_with_moves_rebuild_any_edit(
+            seed in proptest::prelude::any::<u32>(),
+            n in 0usize..100,
+            edits in proptest::collection::vec((0usize..100, 0u8..3, proptest::prelude::any::<u32>()), 0..6),
+        ) {
+            let items: Vec<u32> = (0..n as u32).map(|k| k ^ seed).collect();
+            let old = leaf(&items);
+            let mut next = items.clone();
+            for (at, what, v) in edits {
+                let at = at.min(next.len());
+                match what {
+                    0 => next.insert(at, v),
+                    1 if at < next.len() => { next.remove(at); }
+                    _ if at < next.len() => next[at] = v,
+                    _ => next.push(v),
+                }
+            }
+            next.truncate(100);
+            let new = leaf(&next);
+            let (moves, ranges) = delta_parts(&old, &new);
+            let enc = Encoding::Delta { base: Base::Prev { addr: 1 }, moves, ranges };
+            proptest::prop_assert_eq!(rebuild_at_peer(&old, enc, &new), new);
         }
     }
 }

@@ -34,6 +34,9 @@ pub const MAX_PATCHES_PER_BLOCK: usize = 256;
 /// Most byte ranges in one `Delta`.
 pub const MAX_RANGES_PER_BLOCK: usize = 256;
 
+/// Most moves in one `Delta`.
+pub const MAX_MOVES_PER_BLOCK: usize = 64;
+
 /// Most addresses in one `CpMissing` frame; longer lists go in several frames.
 pub const MAX_MISSING_ADDRS: usize = 65_536;
 
@@ -215,16 +218,21 @@ pub enum Encoding {
         /// Applied in order; later patches overwrite earlier ones.
         patches: Vec<Patch>,
     },
-    /// A block already at the peer plus the changed byte ranges.
+    /// A block the peer has (or zeros), with some of its byte runs moved
+    /// (a B-tree leaf whose items shifted), plus the changed byte ranges.
     Delta {
-        /// Address, in the peer's mirror of the base CP, of the block to start from.
-        base_addr: u64,
+        /// What to start from: zeros (a new, mostly empty metadata block) or
+        /// the block's previous version in the peer's mirror of the base CP.
+        base: Base,
+        /// Runs of the base block copied elsewhere in the block, each reading
+        /// the base as it was (applied before `ranges`).
+        moves: Vec<Move>,
         /// Changed ranges, sorted by offset, not overlapping.
         ranges: Vec<DeltaRange>,
     },
 }
 
-/// Starting content of a `Recipe`.
+/// Starting content of a `Recipe` or a `Delta`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Base {
     /// A block of zeros.
@@ -267,6 +275,17 @@ pub enum Patch {
         /// Number of bytes.
         len: u16,
     },
+}
+
+/// One run of a `Delta`'s base block copied to another offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Move {
+    /// Offset of the run in the base block.
+    pub from: u16,
+    /// Offset it goes to in the new block.
+    pub to: u16,
+    /// Number of bytes.
+    pub len: u16,
 }
 
 /// One changed range of a `Delta`.
@@ -388,14 +407,29 @@ impl CpBlock {
             Encoding::Ref { transfer, .. } => {
                 check_transfer_id(*transfer, "Ref transfer").map_err(|e| format!("block {at}: {e}"))
             }
-            Encoding::Recipe { patches, .. } => {
-                check_max(patches.len(), MAX_PATCHES_PER_BLOCK, "Recipe patches")
-                    .and_then(|()| patches.iter().try_for_each(Patch::validate))
-                    .map_err(|e| format!("block {at}: {e}"))
-            }
-            Encoding::Delta { ranges, .. } => {
-                check_delta_ranges(ranges).map_err(|e| format!("block {at}: {e}"))
-            }
+            Encoding::Recipe { base, patches } => base
+                .validate()
+                .and_then(|()| check_max(patches.len(), MAX_PATCHES_PER_BLOCK, "Recipe patches"))
+                .and_then(|()| patches.iter().try_for_each(Patch::validate))
+                .map_err(|e| format!("block {at}: {e}")),
+            Encoding::Delta {
+                base,
+                moves,
+                ranges,
+            } => base
+                .validate()
+                .and_then(|()| check_moves(moves))
+                .and_then(|()| check_delta_ranges(ranges))
+                .map_err(|e| format!("block {at}: {e}")),
+        }
+    }
+}
+
+impl Base {
+    fn validate(&self) -> Result<(), String> {
+        match *self {
+            Base::Ref { transfer, .. } => check_transfer_id(transfer, "base Ref transfer"),
+            Base::Zero | Base::Prev { .. } => Ok(()),
         }
     }
 }
@@ -416,6 +450,15 @@ impl Patch {
         };
         check_range(usize::from(offset), usize::from(len), "Recipe patch")
     }
+}
+
+fn check_moves(moves: &[Move]) -> Result<(), String> {
+    check_max(moves.len(), MAX_MOVES_PER_BLOCK, "Delta moves")?;
+    for m in moves {
+        check_range(usize::from(m.from), usize::from(m.len), "Delta move source")?;
+        check_range(usize::from(m.to), usize::from(m.len), "Delta move target")?;
+    }
+    Ok(())
 }
 
 fn check_delta_ranges(ranges: &[DeltaRange]) -> Result<(), String> {

@@ -152,7 +152,15 @@ fn damage(block: &mut CpBlock, how: How) -> bool {
                 }
             }
         },
-        Encoding::Delta { ranges, .. } => ranges[0].data[0] ^= 0x01,
+        Encoding::Delta { base, ranges, .. } => match ranges.first_mut() {
+            Some(r) => r.data[0] ^= 0x01,
+            None => {
+                *base = match base {
+                    twinfs_replicate::Base::Zero => twinfs_replicate::Base::Prev { addr: 2 },
+                    _ => twinfs_replicate::Base::Zero,
+                }
+            }
+        },
     }
     true
 }

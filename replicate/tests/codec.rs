@@ -381,7 +381,8 @@ fn messages_that_break_a_limit_are_refused_by_the_decoder_with_the_reason() {
                     addr: 4,
                     hash: [0; 16],
                     enc: Encoding::Delta {
-                        base_addr: 2,
+                        base: Base::Prev { addr: 2 },
+                        moves: vec![],
                         ranges: vec![
                             DeltaRange {
                                 offset: 10,

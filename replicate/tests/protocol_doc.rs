@@ -76,6 +76,7 @@ fn code_constants() -> BTreeMap<String, u64> {
         c("MAX_BLOCKS_PER_CP_FRAME", MAX_BLOCKS_PER_CP_FRAME as u64),
         c("MAX_PATCHES_PER_BLOCK", MAX_PATCHES_PER_BLOCK as u64),
         c("MAX_RANGES_PER_BLOCK", MAX_RANGES_PER_BLOCK as u64),
+        c("MAX_MOVES_PER_BLOCK", MAX_MOVES_PER_BLOCK as u64),
         c("MAX_MISSING_ADDRS", MAX_MISSING_ADDRS as u64),
         c("MAX_REASON_BYTES", MAX_REASON_BYTES as u64),
         c("MAX_DEEP_HASH_BYTES", MAX_DEEP_HASH_BYTES as u64),
@@ -195,7 +196,18 @@ fn every_valid_message_fits_in_one_frame_even_at_its_limits() {
         addr: big,
         hash: [0xFF; 16],
         enc: Encoding::Delta {
-            base_addr: big,
+            base: Base::Ref {
+                transfer: big,
+                block_no: u32::MAX,
+            },
+            moves: vec![
+                Move {
+                    from: 2048,
+                    to: 2048,
+                    len: 2048,
+                };
+                MAX_MOVES_PER_BLOCK
+            ],
             ranges: (0..MAX_RANGES_PER_BLOCK)
                 .map(|i| DeltaRange {
                     offset: (i * 16) as u16,

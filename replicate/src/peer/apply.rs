@@ -3,7 +3,8 @@
 //! The peer gets a block's content from the bytes sent (`Full`), from a data
 //! block of a stored transfer (`Ref`, the patent's reference), from a base
 //! overlaid with byte ranges of stored transfers and zero ranges (`Recipe`),
-//! or from a block of its mirror overlaid with sent ranges (`Delta`). Whatever
+//! or from a block of its mirror with runs moved and sent ranges overlaid
+//! (`Delta`). Whatever
 //! the route, the result must hash to the block's `Hash128`, so a wrong or
 //! stale source of bytes can only make a block *missing* (the source then
 //! sends it in full), never wrong.
@@ -41,8 +42,20 @@ pub fn rebuild(block: &CpBlock, src: &impl BlockSources) -> Result<Box<twinfs_fs
                 apply_patch(p, src, &mut out[..])?;
             }
         }
-        Encoding::Delta { base_addr, ranges } => {
-            src.base_block(*base_addr, &mut out[..])?;
+        Encoding::Delta {
+            base,
+            moves,
+            ranges,
+        } => {
+            fill_base(base, src, &mut out[..])?;
+            if !moves.is_empty() {
+                let base = out.clone();
+                for m in moves {
+                    let from = block_range(m.from, m.len)?;
+                    let to = block_range(m.to, m.len)?;
+                    out[to].copy_from_slice(&base[from]);
+                }
+            }
             for r in ranges {
                 apply_range(r, &mut out[..])?;
             }

@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use proptest::prelude::*;
-use twinfs_replicate::message::{BLOCK_BYTES, SUPERBLOCK_BYTES};
+use twinfs_replicate::message::{Move, BLOCK_BYTES, SUPERBLOCK_BYTES};
 use twinfs_replicate::{Base, CpBlock, DeltaRange, Encoding, Message, Patch};
 
 // ---- strategies: valid messages of every kind ----
@@ -68,9 +68,31 @@ fn encoding() -> impl Strategy<Value = Encoding> {
             prop::collection::vec(patch(), 0..8)
         )
             .prop_map(|(base, patches)| Encoding::Recipe { base, patches }),
-        (any::<u64>(), delta_ranges())
-            .prop_map(|(base_addr, ranges)| Encoding::Delta { base_addr, ranges }),
+        (
+            prop_oneof![
+                Just(Base::Zero),
+                any::<u64>().prop_map(|addr| Base::Prev { addr })
+            ],
+            prop::collection::vec(delta_move(), 0..4),
+            delta_ranges()
+        )
+            .prop_map(|(base, moves, ranges)| Encoding::Delta {
+                base,
+                moves,
+                ranges
+            }),
     ]
+}
+
+fn delta_move() -> impl Strategy<Value = Move> {
+    (0..BLOCK_BYTES, 0..BLOCK_BYTES, 1..=BLOCK_BYTES).prop_map(|(from, to, len)| {
+        let len = len.min(BLOCK_BYTES - from).min(BLOCK_BYTES - to);
+        Move {
+            from: from as u16,
+            to: to as u16,
+            len: len.max(1) as u16,
+        }
+    })
 }
 
 fn cp_block() -> impl Strategy<Value = CpBlock> {

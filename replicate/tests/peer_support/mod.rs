@@ -319,7 +319,8 @@ pub fn encode(b: &CapBlock, how: Enc) -> Encoding {
         }
         BlockSource::Opaque => match (&b.prev_addr, &b.prev_data) {
             (Some(addr), Some(prev)) => Encoding::Delta {
-                base_addr: *addr,
+                base: Base::Prev { addr: *addr },
+                moves: Vec::new(),
                 ranges: diff_ranges(prev, &b.data),
             },
             _ => Encoding::Full(b.data.clone()),
