@@ -151,6 +151,16 @@ fn superblocks(
                 ),
             ))
         }
+        // A replica that resynced jumps over CPs it never applied.
+        Ok(o) if o.cp.0 + 1 < sb.cp.0 => notes.push((
+            Severity::Note,
+            at,
+            format!(
+                "superblock slot {other} holds CP {}, older than the previous CP {}: the CPs between were skipped (a replica that resynced)",
+                o.cp,
+                sb.cp.0 - 1
+            ),
+        )),
         Ok(o) if o.cp.0 + 1 != sb.cp.0 => notes.push((
             Severity::Warning,
             at,
