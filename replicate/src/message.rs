@@ -65,6 +65,18 @@ pub enum Message {
         #[serde(with = "serde_bytes")]
         batch: Vec<u8>,
     },
+    /// A `Transfer` whose batch travels lz4-compressed (block format). The
+    /// receiving session turns it back into a `Transfer` before anyone else
+    /// sees it.
+    TransferLz4 {
+        /// Transfer ID, as in `Transfer`.
+        id: u64,
+        /// Length of the batch once decompressed (at most `MAX_BATCH_BYTES`).
+        raw_len: u32,
+        /// The compressed batch.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
     /// Cumulative acknowledgement: every transfer with an ID `<= id` is durable at the peer.
     TransferAck {
         /// Highest durable transfer ID.
@@ -164,6 +176,58 @@ pub enum Message {
     },
     /// Clean end of the session: the sender sends nothing more.
     Bye,
+}
+
+/// Compresses a batch for `TransferLz4` when that is worth it: batches of
+/// incompressible data (random or already compressed files) go as they are,
+/// and after one such batch the next few are not even tried.
+#[derive(Debug, Default)]
+pub struct TransferCompressor {
+    skip: u32,
+}
+
+impl TransferCompressor {
+    /// Batches sent uncompressed, untried, after one that did not compress.
+    const SKIP_AFTER_MISS: u32 = 8;
+
+    /// The compressed batch, or `None` to send it as it is.
+    pub fn compress(&mut self, batch: &[u8]) -> Option<Vec<u8>> {
+        if self.skip > 0 {
+            self.skip -= 1;
+            return None;
+        }
+        let packed = lz4_flex::block::compress(batch);
+        // Worth it only below 7/8 of the original.
+        if packed.len() * 8 >= batch.len() * 7 {
+            self.skip = Self::SKIP_AFTER_MISS;
+            return None;
+        }
+        Some(packed)
+    }
+}
+
+/// Turns a `TransferLz4` back into the `Transfer` it stands for; any other
+/// message is returned as it is. A batch that does not decompress to exactly
+/// `raw_len` bytes is a malformed frame.
+pub fn decompress_transfer(msg: Message) -> Result<Message, String> {
+    let Message::TransferLz4 { id, raw_len, data } = msg else {
+        return Ok(msg);
+    };
+    let raw_len = raw_len as usize;
+    if raw_len > MAX_BATCH_BYTES {
+        return Err(format!(
+            "TransferLz4 {id}: raw_len {raw_len} is above MAX_BATCH_BYTES"
+        ));
+    }
+    let batch = lz4_flex::block::decompress(&data, raw_len)
+        .map_err(|e| format!("TransferLz4 {id} does not decompress: {e}"))?;
+    if batch.len() != raw_len {
+        return Err(format!(
+            "TransferLz4 {id} decompresses to {} bytes, not {raw_len}",
+            batch.len()
+        ));
+    }
+    Ok(Message::Transfer { id, batch })
 }
 
 /// Borrowed twin of `Message::Transfer`: encodes to exactly the same bytes (the enum's
@@ -303,6 +367,7 @@ impl Message {
     pub fn kind(&self) -> &'static str {
         match self {
             Message::Transfer { .. } => "Transfer",
+            Message::TransferLz4 { .. } => "TransferLz4",
             Message::TransferAck { .. } => "TransferAck",
             Message::CpBegin { .. } => "CpBegin",
             Message::CpBlocks { .. } => "CpBlocks",
@@ -324,6 +389,7 @@ impl Message {
     pub fn may_travel(&self, direction: Direction) -> bool {
         match self {
             Message::Transfer { .. }
+            | Message::TransferLz4 { .. }
             | Message::CpBegin { .. }
             | Message::CpBlocks { .. }
             | Message::CpEnd { .. }
@@ -345,6 +411,11 @@ impl Message {
             Message::Transfer { id, batch } => {
                 check_transfer_id(*id, "Transfer id")?;
                 check_max(batch.len(), MAX_BATCH_BYTES, "Transfer batch bytes")
+            }
+            Message::TransferLz4 { id, raw_len, data } => {
+                check_transfer_id(*id, "TransferLz4 id")?;
+                check_max(*raw_len as usize, MAX_BATCH_BYTES, "TransferLz4 raw_len")?;
+                check_max(data.len(), MAX_BATCH_BYTES, "TransferLz4 data bytes")
             }
             Message::TransferAck { id } => check_transfer_id(*id, "TransferAck id"),
             Message::CpBegin { cp, base_cp, .. } => match base_cp {
@@ -518,4 +589,77 @@ pub fn clip_reason(reason: &str) -> String {
         end -= 1;
     }
     reason[..end].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_text_batch_travels_compressed_and_comes_back_whole() {
+        let batch: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| format!("#define LINE_{i} {}\n", i % 97).into_bytes())
+            .take(1 << 20)
+            .collect();
+        let mut c = TransferCompressor::default();
+        let data = c.compress(&batch).expect("text compresses");
+        assert!(
+            data.len() < batch.len() / 2,
+            "{} of {}",
+            data.len(),
+            batch.len()
+        );
+        let msg = Message::TransferLz4 {
+            id: 9,
+            raw_len: batch.len() as u32,
+            data,
+        };
+        assert_eq!(msg.validate(), Ok(()));
+        assert_eq!(
+            decompress_transfer(msg),
+            Ok(Message::Transfer { id: 9, batch })
+        );
+    }
+
+    #[test]
+    fn incompressible_batches_go_as_they_are_and_pause_the_attempts() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let random: Vec<u8> = (0..65536)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let text = vec![b'a'; 65536];
+        let mut c = TransferCompressor::default();
+        assert_eq!(c.compress(&random), None);
+        for _ in 0..TransferCompressor::SKIP_AFTER_MISS {
+            assert_eq!(c.compress(&text), None, "attempts pause after a miss");
+        }
+        assert!(c.compress(&text).is_some(), "and resume after");
+    }
+
+    #[test]
+    fn a_compressed_transfer_that_lies_is_an_error_not_a_panic() {
+        let data = lz4_flex::block::compress(b"hello hello hello hello");
+        for (raw_len, data) in [
+            (23 + 1, data.clone()),
+            (5, data.clone()),
+            ((MAX_BATCH_BYTES + 1) as u32 as usize, data.clone()),
+            (100, vec![0xF0, 1, 2, 3]),
+            (100, Vec::new()),
+        ] {
+            let msg = Message::TransferLz4 {
+                id: 1,
+                raw_len: raw_len as u32,
+                data,
+            };
+            let err = decompress_transfer(msg).expect_err("refused");
+            assert!(err.contains("TransferLz4 1"), "{err}");
+        }
+        // Other messages pass through.
+        assert_eq!(decompress_transfer(Message::Bye), Ok(Message::Bye));
+    }
 }

@@ -9,7 +9,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use crate::codec;
 use crate::error::{Direction, FrameFault, ReplicateError, Result};
 use crate::frame::{FrameReader, FrameWriter};
-use crate::message::{Message, TransferRef};
+use crate::message::{decompress_transfer, Message, TransferCompressor, TransferRef};
 use crate::seal::{Sealer, SEQ_BYTES};
 
 /// Both halves of a session over one stream `S` (a `TcpStream` in production, an
@@ -65,6 +65,7 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
 pub struct SendHalf<W> {
     frames: FrameWriter<W>,
     sealer: Sealer,
+    compressor: TransferCompressor,
 }
 
 impl<W: AsyncWrite + Unpin> SendHalf<W> {
@@ -72,6 +73,7 @@ impl<W: AsyncWrite + Unpin> SendHalf<W> {
         SendHalf {
             frames,
             sealer: Sealer::new(key),
+            compressor: TransferCompressor::default(),
         }
     }
 
@@ -95,7 +97,8 @@ impl<W: AsyncWrite + Unpin> SendHalf<W> {
     }
 
     /// Sends `Message::Transfer { id, batch }` without the caller building a `Message`
-    /// (no copy of the batch); the bytes on the wire are the same.
+    /// (no copy of the batch), or `TransferLz4` when the batch compresses well;
+    /// the receiving half hands both out as `Transfer`.
     pub async fn send_transfer(&mut self, id: u64, batch: &[u8]) -> Result<usize> {
         let msg = TransferRef::Transfer { id, batch };
         msg.validate()
@@ -108,6 +111,14 @@ impl<W: AsyncWrite + Unpin> SendHalf<W> {
                 what: "Transfer",
                 problem: format!("it is not sent {}", self.frames.direction()),
             });
+        }
+        if let Some(data) = self.compressor.compress(batch) {
+            let packed = Message::TransferLz4 {
+                id,
+                raw_len: batch.len() as u32,
+                data,
+            };
+            return self.send_sealed(&packed, "TransferLz4").await;
         }
         self.send_sealed(&msg, "Transfer").await
     }
@@ -198,7 +209,7 @@ impl<R: AsyncRead + Unpin> RecvHalf<R> {
                     msg.kind()
                 )));
             }
-            Ok(msg)
+            decompress_transfer(msg).map_err(FrameFault::Malformed)
         })
         .await
     }

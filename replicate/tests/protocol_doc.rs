@@ -227,6 +227,11 @@ fn every_valid_message_fits_in_one_frame_even_at_its_limits() {
             id: big,
             batch: vec![0; MAX_BATCH_BYTES],
         },
+        Message::TransferLz4 {
+            id: big,
+            raw_len: MAX_BATCH_BYTES as u32,
+            data: vec![0; MAX_BATCH_BYTES],
+        },
         Message::CpBlocks {
             cp: big,
             blocks: vec![worst_recipe; MAX_BLOCKS_PER_CP_FRAME],
