@@ -69,6 +69,32 @@ failed="$(sed -E -n 's/^Summary: ([0-9]+) failed, ([0-9]+) skipped, ([0-9]+) pas
 passed="$(sed -E -n 's/^Summary: ([0-9]+) failed, ([0-9]+) skipped, ([0-9]+) passed.*/\3/p' <<<"$summary")"
 [ -n "$failed" ] && [ -n "$passed" ] || die "cannot parse the summary line: $summary"
 
+# The ETXTBSY cases race the kernel: the test opens the file for writing as
+# soon as spawn() returns, and on a loaded machine the child's exec may not
+# yet deny writers (seen on 6.18 with 2 busy cores; the mount is not asked:
+# the kernel answers ETXTBSY itself). Those alone get one rerun; anything
+# else that fails, or a rerun that fails again, fails the suite.
+racy="$(awk '/[[:space:]]FAILED$/ { print $1 }' "$run_log" | grep -E '::etxtbsy$' || true)"
+others="$(awk '/[[:space:]]FAILED$/ { print $1 }' "$run_log" | grep -v -E '::etxtbsy$' || true)"
+if [ "$failed" -ne 0 ] && [ "$rc" -eq 1 ] && [ -n "$racy" ] && [ -z "$others" ] &&
+    [ "$failed" -eq "$(wc -l <<<"$racy")" ]; then
+    log "rerunning the ETXTBSY cases once (a kernel race on a loaded machine): $(tr '\n' ' ' <<<"$racy")"
+    rerun_log="$ARTIFACTS/pjdfstest-rerun.log"
+    set +e
+    # shellcheck disable=SC2046
+    NO_COLOR=1 timeout --kill-after=30 300 \
+        "$pjdfstest" -c "$work/pjdfstest.toml" -p "$MNT/p" -e $(tr '\n' ' ' <<<"$racy") >"$rerun_log" 2>&1
+    rerun_rc=$?
+    set -e
+    if [ "$rerun_rc" -eq 0 ] && grep -a -q -E '^Summary: 0 failed' "$rerun_log"; then
+        log "WARNING: passed on rerun: $(tr '\n' ' ' <<<"$racy")(log: $rerun_log)"
+        failed=0
+        rc=0
+        passed=$((passed + $(wc -l <<<"$racy")))
+        summary="$summary; the failed ETXTBSY cases passed on one rerun"
+    fi
+fi
+
 if [ "$failed" -ne 0 ] || [ "$rc" -ne 0 ]; then
     echo "failed tests:" >&2
     # A failed test is a line "NAME   FAILED" followed by its message.
