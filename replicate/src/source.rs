@@ -442,6 +442,11 @@ impl Mirror {
         self.shared.shutdown.store(true, Ordering::SeqCst);
         self.shared.wake.notify_one();
         self.shared.out_cv.notify_all();
+        // Let a streaming session say Bye, so the peer sees a clean end.
+        let deadline = Instant::now() + BYE_WAIT;
+        while self.status().connected && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         self.shared.vol.set_replicator(None);
         self.shared.vol.set_cp_sink(None);
         if let Some(rt) = self.rt.lock().take() {
@@ -449,6 +454,9 @@ impl Mirror {
         }
     }
 }
+
+/// How long `shutdown` waits for the session to send its Bye.
+const BYE_WAIT: Duration = Duration::from_secs(2);
 
 /// The result of `verify`.
 #[derive(Clone, Debug)]
