@@ -90,8 +90,9 @@ const CP_FRAME_BYTES: usize = 4 << 20;
 const PING_EVERY: Duration = Duration::from_secs(5);
 /// How long a CP waits for its transfers to be queued before sending blocks in full.
 const TRANSFER_WAIT: Duration = Duration::from_secs(2);
-/// Longest pause between reconnection attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Longest pause between reconnection attempts: short, because a resync
+/// cannot start before it ends, and a refused connect costs next to nothing.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Count and bytes of one kind of thing sent.
 #[derive(Default)]
