@@ -63,10 +63,13 @@ pub fn wire_size(e: &Encoding) -> usize {
             Encoding::Full(b) => b.len() + 3,
             Encoding::Ref { .. } => 14,
             Encoding::Recipe { patches, .. } => 12 + patches.len() * 16,
-            Encoding::Delta { moves, ranges, .. } => {
-                10 + moves.len() * 10 + ranges.iter().map(|r| r.data.len() + 6).sum::<usize>()
-            }
+            Encoding::Delta { moves, ranges, .. } => 10 + delta_body_size(moves.len(), ranges),
         }
+}
+
+/// Approximate wire size of a `Delta`'s moves and ranges.
+fn delta_body_size(moves: usize, ranges: &[DeltaRange]) -> usize {
+    moves * 10 + ranges.iter().map(|r| r.data.len() + 6).sum::<usize>()
 }
 
 /// Reads a block of the image the CP builds upon (a delta base).
@@ -263,10 +266,7 @@ pub fn delta_parts(old: &[u8], new: &[u8]) -> (Vec<Move>, Vec<DeltaRange>) {
         shifted[to..to + len].copy_from_slice(&old[from..from + len]);
     }
     let moved_ranges = diff_ranges(&shifted, new);
-    let cost = |moves: usize, ranges: &[DeltaRange]| {
-        moves * 10 + ranges.iter().map(|r| r.data.len() + 6).sum::<usize>()
-    };
-    if cost(moves.len(), &moved_ranges) < cost(0, &ranges) {
+    if delta_body_size(moves.len(), &moved_ranges) < delta_body_size(0, &ranges) {
         (moves, moved_ranges)
     } else {
         (Vec::new(), ranges)

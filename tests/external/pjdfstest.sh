@@ -74,8 +74,9 @@ passed="$(sed -E -n 's/^Summary: ([0-9]+) failed, ([0-9]+) skipped, ([0-9]+) pas
 # yet deny writers (seen on 6.18 with 2 busy cores; the mount is not asked:
 # the kernel answers ETXTBSY itself). Those alone get one rerun; anything
 # else that fails, or a rerun that fails again, fails the suite.
-racy="$(awk '/[[:space:]]FAILED$/ { print $1 }' "$run_log" | grep -E '::etxtbsy$' || true)"
-others="$(awk '/[[:space:]]FAILED$/ { print $1 }' "$run_log" | grep -v -E '::etxtbsy$' || true)"
+failed_names="$(awk '/[[:space:]]FAILED$/ { print $1 }' "$run_log")"
+racy="$(grep -E '::etxtbsy$' <<<"$failed_names" || true)"
+others="$(grep -v -E '::etxtbsy$' <<<"$failed_names" || true)"
 if [ "$failed" -ne 0 ] && [ "$rc" -eq 1 ] && [ -n "$racy" ] && [ -z "$others" ] &&
     [ "$failed" -eq "$(wc -l <<<"$racy")" ]; then
     log "rerunning the ETXTBSY cases once (a kernel race on a loaded machine): $(tr '\n' ' ' <<<"$racy")"
