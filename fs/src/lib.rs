@@ -19,6 +19,7 @@ pub mod fuse;
 pub mod items;
 pub mod nvlog;
 pub mod overlay;
+pub mod pacer;
 pub mod rangeset;
 pub mod superblock;
 pub mod types;

@@ -27,6 +27,7 @@ use crate::nvlog::batch::{OpenBatch, SealedBatch, BATCH_TARGET_BYTES, MAX_BATCH_
 use crate::nvlog::record::{self, Create, Record, SetAttr, Write};
 use crate::nvlog::{self, LogRegion};
 use crate::overlay::{Layers, Overlay};
+use crate::pacer::{Backlog, Pacer};
 use crate::superblock::{self, LogPosition, Superblock};
 use crate::types::*;
 
@@ -51,6 +52,12 @@ pub trait Replicator: Send + Sync {
     /// Returns once transfer `id` is durable at the peer, or fails when the
     /// mode demands it and the peer cannot confirm.
     fn wait_for_peer(&self, id: TransferId) -> Result<()>;
+    /// The outbound queue to the peer, when writers should be paced to it
+    /// (see [`crate::pacer`]); `None` when they should not (no session,
+    /// or a mode that lets the peer fall behind).
+    fn queue_level(&self) -> Option<Backlog> {
+        None
+    }
 }
 
 /// How a volume runs.
@@ -95,6 +102,8 @@ const META_RESERVE_MIN: u64 = 64;
 const SEAL_AFTER: Duration = Duration::from_millis(20);
 /// Most bytes of sealed batches waiting for the disk before writers wait.
 const MAX_LOG_BACKLOG: usize = 32 << 20;
+/// Most bytes of batches the log writer makes durable in one round.
+const LOG_ROUND_BYTES: usize = MAX_LOG_BACKLOG / 8;
 /// Largest write the volume takes in one record (bigger ones are split).
 const MAX_WRITE_CHUNK: usize = 1 << 20;
 
@@ -214,6 +223,8 @@ pub struct VolumeStats {
     pub last_cp_ms: AtomicU64,
     pub longest_cp_ms: AtomicU64,
     pub writer_waits: AtomicU64,
+    /// Time writers slept to pace to the log and the peer.
+    pub paced_ns: AtomicU64,
 }
 
 /// What `status` reports about the volume itself.
@@ -258,10 +269,15 @@ struct State {
 struct LogQueue {
     /// Sealed, placed, not yet written.
     pending: std::collections::VecDeque<(u64, SealedBatch)>,
-    /// Written, not yet flushed.
+    /// Written, not yet reported durable.
     written: Vec<SealedBatch>,
+    /// Some of `written` went out without a sync (tests without the
+    /// background log writer) and need a whole-device flush.
+    unflushed: bool,
     /// Bytes of batches queued or written but not yet durable.
     bytes: usize,
+    /// Bytes of batches made durable since open (for the drain rate).
+    durable_bytes: u64,
     durable: TransferId,
     shutdown: bool,
     error: Option<String>,
@@ -290,6 +306,8 @@ struct Inner {
     log_cv: Condvar,
     /// Serializes writing and flushing the log.
     log_io: Mutex<()>,
+    /// Writer pacing to the log's drain rate and to the peer's.
+    pacers: Mutex<[Pacer; 2]>,
     signals: Mutex<Signals>,
     signals_cv: Condvar,
     failed: Mutex<Option<String>>,
@@ -491,6 +509,7 @@ impl Volume {
             }),
             log_cv: Condvar::new(),
             log_io: Mutex::new(()),
+            pacers: Mutex::new([Pacer::new(), Pacer::new()]),
             signals: Mutex::new(Signals::default()),
             signals_cv: Condvar::new(),
             failed: Mutex::new(None),
@@ -1559,7 +1578,7 @@ impl Inner {
                 self.seal(&mut st)?;
             }
             drop(st);
-            self.wait_log_backlog();
+            self.pace_writer(total_len + total_blocks * BLOCK_SIZE);
             if dirty > self.cfg.dirty_limit_bytes || log_busy {
                 self.want_cp(dirty > 2 * self.cfg.dirty_limit_bytes)?;
             }
@@ -1634,50 +1653,86 @@ impl Inner {
         if self.cfg.background {
             self.log_cv.notify_all();
         } else {
-            self.write_pending(st.image.log_start)?;
+            self.write_pending(st.image.log_start, false, usize::MAX)?;
         }
         Ok(())
     }
 
-    /// Writes queued batches to the log region (not yet durable).
-    fn write_pending(&self, log_start: u64) -> Result<()> {
+    /// Writes queued batches to the log region, at most `max_bytes` of
+    /// them (at least one); with `durable`, returns once they are on
+    /// stable storage.
+    fn write_pending(&self, log_start: u64, durable: bool, max_bytes: usize) -> Result<()> {
         let _io = self.log_io.lock();
-        let batches: Vec<(u64, SealedBatch)> = self.log.lock().pending.drain(..).collect();
-        for (pos, b) in &batches {
-            if let Err(e) = nvlog::write_batch(&**self.cache.device(), log_start, *pos, b) {
-                self.log.lock().error = Some(e.to_string());
-                self.fail(&e);
-                return Err(e);
+        let batches: Vec<(u64, SealedBatch)> = {
+            let mut q = self.log.lock();
+            let mut bytes = 0;
+            let n = q
+                .pending
+                .iter()
+                .take_while(|(_, b)| {
+                    let take = bytes == 0 || bytes + b.bytes.len() <= max_bytes;
+                    bytes += b.bytes.len();
+                    take
+                })
+                .count();
+            q.pending.drain(..n).collect()
+        };
+        if let Err(e) = nvlog::write_batches(&**self.cache.device(), log_start, &batches, durable) {
+            self.log.lock().error = Some(e.to_string());
+            self.fail(&e);
+            return Err(e);
+        }
+        let mut q = self.log.lock();
+        q.unflushed |= !durable && !batches.is_empty();
+        q.written.extend(batches.into_iter().map(|(_, b)| b));
+        Ok(())
+    }
+
+    /// Writes everything queued and makes it durable; wakes fsync waiters;
+    /// tells the replicator.
+    fn flush_log(&self) -> Result<()> {
+        loop {
+            self.flush_log_round(usize::MAX)?;
+            if self.log.lock().pending.is_empty() {
+                return Ok(());
             }
         }
-        self.log
-            .lock()
-            .written
-            .extend(batches.into_iter().map(|(_, b)| b));
-        Ok(())
     }
 
-    /// Writes and flushes everything queued; wakes fsync waiters; tells the replicator.
-    fn flush_log(&self) -> Result<()> {
+    /// One round of [`Volume::flush_log`] over at most `max_bytes` of
+    /// queued batches. Batches are written with a ranged sync, so a round
+    /// does not wait for a running CP's writes; a whole-device flush is
+    /// needed only for batches written earlier without one.
+    fn flush_log_round(&self, max_bytes: usize) -> Result<()> {
         let log_start = self.state.read().image.log_start;
-        self.write_pending(log_start)?;
+        self.write_pending(log_start, true, max_bytes)?;
         let _io = self.log_io.lock();
-        let written: Vec<SealedBatch> = std::mem::take(&mut self.log.lock().written);
+        let (written, unflushed) = {
+            let mut q = self.log.lock();
+            (
+                std::mem::take(&mut q.written),
+                std::mem::take(&mut q.unflushed),
+            )
+        };
         if written.is_empty() {
             return Ok(());
         }
-        if let Err(e) = self.cache.device().flush() {
-            let e = FsError::io("flushing the log", e);
-            self.log.lock().error = Some(e.to_string());
-            self.fail(&e);
-            self.log_cv.notify_all();
-            return Err(e);
+        if unflushed {
+            if let Err(e) = self.cache.device().flush() {
+                let e = FsError::io("flushing the log", e);
+                self.log.lock().error = Some(e.to_string());
+                self.fail(&e);
+                self.log_cv.notify_all();
+                return Err(e);
+            }
         }
         let last = written.last().map(|b| b.id).expect("not empty");
         {
             let mut q = self.log.lock();
+            let bytes = written.iter().map(|b| b.bytes.len()).sum::<usize>();
             q.durable = q.durable.max(last);
-            q.bytes -= written.iter().map(|b| b.bytes.len()).sum::<usize>();
+            q.bytes -= bytes;
+            q.durable_bytes += bytes as u64;
         }
         self.log_cv.notify_all();
         let rep = self.replicator.read().clone();
@@ -1689,16 +1744,44 @@ impl Inner {
         Ok(())
     }
 
-    /// Holds a writer back while more than [`MAX_LOG_BACKLOG`] bytes of
-    /// sealed batches wait for the disk, so memory stays bounded.
-    fn wait_log_backlog(&self) {
+    /// Paces a writer that just logged `bytes` to the rate at which the log
+    /// (and, in sync modes, the peer) drains, and holds it back while more
+    /// than [`MAX_LOG_BACKLOG`] bytes of sealed batches wait for the disk,
+    /// so memory stays bounded.
+    fn pace_writer(&self, bytes: usize) {
         if !self.cfg.background {
             return;
+        }
+        let local = {
+            let q = self.log.lock();
+            Backlog {
+                bytes: q.bytes as u64,
+                limit: MAX_LOG_BACKLOG as u64,
+                drained_total: q.durable_bytes,
+            }
+        };
+        let peer = self
+            .replicator
+            .read()
+            .as_ref()
+            .and_then(|r| r.queue_level());
+        let now = Instant::now();
+        let sleep = {
+            let mut p = self.pacers.lock();
+            let local = p[0].pause(bytes as u64, local, now);
+            let peer = peer.map_or(Duration::ZERO, |l| p[1].pause(bytes as u64, l, now));
+            local.max(peer)
+        };
+        if !sleep.is_zero() {
+            self.stats
+                .paced_ns
+                .fetch_add(sleep.as_nanos() as u64, Ordering::Relaxed);
+            std::thread::sleep(sleep);
         }
         let mut q = self.log.lock();
         while q.bytes > MAX_LOG_BACKLOG && q.error.is_none() && !q.shutdown {
             self.log_cv.notify_all();
-            self.log_cv.wait_for(&mut q, Duration::from_millis(50));
+            self.log_cv.wait_for(&mut q, Duration::from_millis(10));
         }
     }
 
@@ -1746,7 +1829,9 @@ impl Inner {
             if self.log.lock().pending.is_empty() {
                 continue;
             }
-            if let Err(e) = self.flush_log() {
+            // Small rounds drain the backlog steadily, so paced writers see
+            // a steady rate rather than large steps.
+            if let Err(e) = self.flush_log_round(LOG_ROUND_BYTES) {
                 log::error!("log writer: {e}");
                 break;
             }

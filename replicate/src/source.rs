@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 use twinfs_fs::cp::{CpBlock as FsCpBlock, CpSink};
 use twinfs_fs::nvlog::batch::SealedBatch;
+use twinfs_fs::pacer::Backlog;
 use twinfs_fs::superblock::Superblock;
 use twinfs_fs::volume::{Replicator, Volume};
 use twinfs_fs::{Block, BlockPtr, CpNumber, FsError, RootHash, TransferId, BLOCK_SIZE};
@@ -233,6 +234,9 @@ struct Outbound {
     /// Something was dropped while accepting: the session must resync.
     lost: bool,
     last_queued_transfer: TransferId,
+    /// Bytes taken off the queue to be sent, since start (the drain rate
+    /// writers are paced to).
+    sent_bytes: u64,
 }
 
 struct Link {
@@ -520,6 +524,19 @@ struct Hooks(Arc<Shared>);
 impl Replicator for Hooks {
     fn batch_durable(&self, batch: &SealedBatch) {
         self.0.push(Item::Transfer(batch.clone()));
+    }
+
+    fn queue_level(&self) -> Option<Backlog> {
+        let s = &self.0;
+        if s.cfg.mode == Mode::Async {
+            return None;
+        }
+        let q = s.out.lock();
+        (q.accepting && !q.lost).then(|| Backlog {
+            bytes: q.bytes as u64,
+            limit: s.cfg.queue_bytes as u64,
+            drained_total: q.sent_bytes,
+        })
     }
 
     fn wait_for_peer(&self, id: TransferId) -> twinfs_fs::Result<()> {
@@ -1075,6 +1092,7 @@ impl Sender<'_> {
                 let item = q.items.pop_front();
                 if let Some(i) = &item {
                     q.bytes -= i.bytes();
+                    q.sent_bytes += i.bytes() as u64;
                     self.s.out_cv.notify_all();
                 }
                 item

@@ -97,20 +97,45 @@ impl LogRegion {
     }
 }
 
-/// Writes a sealed batch at `pos` blocks into the region starting at `region_start`.
-pub fn write_batch(
+/// Writes sealed batches placed at `pos` blocks into the region starting at
+/// `region_start`. With `durable`, returns once they are on stable storage:
+/// batches that lie back to back go out as one gather write.
+pub fn write_batches(
     dev: &dyn BlockDevice,
     region_start: u64,
-    pos: u64,
-    batch: &SealedBatch,
+    batches: &[(u64, SealedBatch)],
+    durable: bool,
 ) -> Result<()> {
-    dev.write(BlockAddr(region_start + pos), &batch.bytes)
-        .map_err(|e| {
-            FsError::io(
-                format!("writing log batch {} at log block {pos}", batch.id.0),
-                e,
-            )
-        })
+    let failed = |pos: u64, b: &SealedBatch, e| {
+        FsError::io(
+            format!("writing log batch {} at log block {pos}", b.id.0),
+            e,
+        )
+    };
+    if !durable {
+        for (pos, b) in batches {
+            dev.write(BlockAddr(region_start + pos), &b.bytes)
+                .map_err(|e| failed(*pos, b, e))?;
+        }
+        return Ok(());
+    }
+    let mut rest = batches;
+    while let Some((pos, first)) = rest.first() {
+        let mut end = pos + first.size_blocks();
+        let run = 1 + rest[1..]
+            .iter()
+            .take_while(|(p, b)| {
+                let next = *p == end;
+                end += b.size_blocks();
+                next
+            })
+            .count();
+        let parts: Vec<&[u8]> = rest[..run].iter().map(|(_, b)| &b.bytes[..]).collect();
+        dev.write_durable(BlockAddr(region_start + pos), &parts)
+            .map_err(|e| failed(*pos, first, e))?;
+        rest = &rest[run..];
+    }
+    Ok(())
 }
 
 /// A batch found by replay, with its records decoded.

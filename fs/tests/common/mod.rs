@@ -400,6 +400,11 @@ impl BlockDevice for CutDevice {
         self.pass()?;
         self.inner.flush()
     }
+
+    fn write_durable(&self, addr: BlockAddr, parts: &[&[u8]]) -> io::Result<()> {
+        self.pass()?;
+        self.inner.write_durable(addr, parts)
+    }
 }
 
 /// The fate of every unflushed write at a power failure, from a seed:
