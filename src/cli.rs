@@ -23,6 +23,11 @@ pub const MAX_CP_INTERVAL_SECS: u64 = 86_400;
 
 /// The `--cp-interval` used when neither the flag nor `-o cp_interval=` is given.
 pub const DEFAULT_CP_INTERVAL_SECS: u64 = 10;
+/// Default `--memory` of a mount.
+pub const DEFAULT_MEMORY_BYTES: u64 = 256 << 20;
+/// Smallest `--memory`: the log backlog's share must hold a few of the
+/// largest log batches.
+pub const MIN_MEMORY_BYTES: u64 = 128 << 20;
 
 /// twinfs: a FUSE file system that mirrors every change to a peer.
 #[derive(Debug, Parser)]
@@ -150,9 +155,15 @@ pub struct MountArgs {
     pub cp_sync: Option<CpSync>,
 
     /// Dirty data that forces a consistency point before the interval ends
-    /// (SIZE as for mkfs) [default: chosen by the volume]
+    /// (SIZE as for mkfs) [default: an eighth of --memory]
     #[arg(long, value_name = "SIZE")]
     pub dirty_limit: Option<Size>,
+
+    /// Memory the mount daemon stays within: sets the dirty-data bound, the
+    /// block caches, the log backlog and the queue to the peer (SIZE as for
+    /// mkfs, at least 128M) [default: 256M]
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<Size>,
 }
 
 #[derive(Debug, Args)]
@@ -561,6 +572,7 @@ pub enum TwinfsOpt {
     CpInterval(u64),
     CpSync(CpSync),
     DirtyLimit(Size),
+    Memory(Size),
 }
 
 /// fstab/mount(8) options that mean nothing to the file system itself.
@@ -616,6 +628,7 @@ impl FromStr for MountOpt {
             "cp_interval" => twinfs(parse_cp_interval(need("SECS")?).map(TwinfsOpt::CpInterval)),
             "cp_sync" => twinfs(need("full|refs|best")?.parse().map(TwinfsOpt::CpSync)),
             "dirty_limit" => twinfs(need("SIZE")?.parse().map(TwinfsOpt::DirtyLimit)),
+            "memory" => twinfs(need("SIZE")?.parse().map(TwinfsOpt::Memory)),
             _ => Err(format!(
                 "unknown mount option '{s}' (see MOUNT OPTIONS in twinfs(8))"
             )),
@@ -644,8 +657,9 @@ pub struct MountConfig {
     pub peer: Option<PeerTarget>,
     pub mode: Mode,
     pub cp_sync: CpSync,
-    /// `None`: the volume's own default bound.
+    /// `None`: the share of `memory_bytes`.
     pub dirty_limit_bytes: Option<u64>,
+    pub memory_bytes: u64,
 }
 
 /// Sets `slot` from a flag or an `-o` option, refusing the same setting twice.
@@ -670,6 +684,7 @@ impl MountArgs {
         let mut mode = self.mode;
         let mut cp_sync = self.cp_sync;
         let mut dirty_limit = self.dirty_limit;
+        let mut memory = self.memory;
         let mut fuse_options = Vec::new();
         for opt in &self.options {
             match opt {
@@ -682,8 +697,15 @@ impl MountArgs {
                     TwinfsOpt::CpInterval(v) => set_once(&mut cp_interval, v, "cp_interval")?,
                     TwinfsOpt::CpSync(v) => set_once(&mut cp_sync, v, "cp_sync")?,
                     TwinfsOpt::DirtyLimit(v) => set_once(&mut dirty_limit, v, "dirty_limit")?,
+                    TwinfsOpt::Memory(v) => set_once(&mut memory, v, "memory")?,
                 },
             }
+        }
+        let memory_bytes = memory.map_or(DEFAULT_MEMORY_BYTES, |m| m.bytes);
+        if memory_bytes < MIN_MEMORY_BYTES {
+            return Err(format!(
+                "--memory {memory_bytes} bytes is too small: give at least 128M"
+            ));
         }
         let peer = match (peer, secret) {
             (Some(addr), Some(secret)) => Some(PeerTarget { addr, secret }),
@@ -705,6 +727,7 @@ impl MountArgs {
             mode: mode.unwrap_or(Mode::Sync),
             cp_sync: cp_sync.unwrap_or(CpSync::Best),
             dirty_limit_bytes: dirty_limit.map(|s| s.bytes),
+            memory_bytes,
         })
     }
 }
@@ -852,6 +875,25 @@ mod tests {
         assert_eq!(config.cp_sync, CpSync::Refs);
         assert_eq!(config.cp_interval, Duration::from_secs(3));
         assert_eq!(config.dirty_limit_bytes, Some(64 << 20));
+        assert_eq!(config.memory_bytes, DEFAULT_MEMORY_BYTES);
+    }
+
+    #[test]
+    fn mount_takes_a_memory_budget_as_flag_or_option_and_refuses_a_tiny_one() {
+        let config = |args: &[&str]| {
+            let Command::Mount(m) = parse(args).expect("parses").command else {
+                panic!("not mount")
+            };
+            m.config()
+        };
+        let flag = config(&["mount", "i", "m", "--memory", "512M"]).expect("valid");
+        assert_eq!(flag.memory_bytes, 512 << 20);
+        let opt = config(&["mount", "i", "m", "-o", "memory=1G"]).expect("valid");
+        assert_eq!(opt.memory_bytes, 1 << 30);
+        let tiny = config(&["mount", "i", "m", "--memory", "64M"]).expect_err("too small");
+        assert!(tiny.contains("at least 128M"), "{tiny}");
+        let twice = config(&["mount", "i", "m", "--memory", "1G", "-o", "memory=1G"]);
+        assert!(twice.expect_err("twice").contains("given twice"));
     }
 
     #[test]

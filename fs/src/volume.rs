@@ -73,6 +73,9 @@ pub struct VolumeConfig {
     pub background: bool,
     pub cache_meta_blocks: usize,
     pub cache_data_blocks: usize,
+    /// Most bytes of sealed log batches waiting for the disk before
+    /// writers wait; writers are paced from a quarter of it on.
+    pub log_backlog_bytes: usize,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -85,6 +88,7 @@ impl Default for VolumeConfig {
             background: true,
             cache_meta_blocks: 8192,
             cache_data_blocks: 8192,
+            log_backlog_bytes: DEFAULT_LOG_BACKLOG,
             clock: Arc::new(SystemClock),
         }
     }
@@ -100,10 +104,8 @@ pub const MAX_DEFAULT_LOG_BLOCKS: u64 = 131072;
 const META_RESERVE_MIN: u64 = 64;
 /// How long an open batch may wait before the log writer seals it.
 const SEAL_AFTER: Duration = Duration::from_millis(20);
-/// Most bytes of sealed batches waiting for the disk before writers wait.
-const MAX_LOG_BACKLOG: usize = 32 << 20;
-/// Most bytes of batches the log writer makes durable in one round.
-const LOG_ROUND_BYTES: usize = MAX_LOG_BACKLOG / 8;
+/// Default [`VolumeConfig::log_backlog_bytes`].
+pub const DEFAULT_LOG_BACKLOG: usize = 32 << 20;
 /// Largest write the volume takes in one record (bigger ones are split).
 const MAX_WRITE_CHUNK: usize = 1 << 20;
 
@@ -1746,7 +1748,7 @@ impl Inner {
 
     /// Paces a writer that just logged `bytes` to the rate at which the log
     /// (and, in sync modes, the peer) drains, and holds it back while more
-    /// than [`MAX_LOG_BACKLOG`] bytes of sealed batches wait for the disk,
+    /// than [`VolumeConfig::log_backlog_bytes`] of sealed batches wait for the disk,
     /// so memory stays bounded.
     fn pace_writer(&self, bytes: usize) {
         if !self.cfg.background {
@@ -1756,7 +1758,7 @@ impl Inner {
             let q = self.log.lock();
             Backlog {
                 bytes: q.bytes as u64,
-                limit: MAX_LOG_BACKLOG as u64,
+                limit: self.cfg.log_backlog_bytes as u64,
                 drained_total: q.durable_bytes,
             }
         };
@@ -1779,7 +1781,7 @@ impl Inner {
             std::thread::sleep(sleep);
         }
         let mut q = self.log.lock();
-        while q.bytes > MAX_LOG_BACKLOG && q.error.is_none() && !q.shutdown {
+        while q.bytes > self.cfg.log_backlog_bytes && q.error.is_none() && !q.shutdown {
             self.log_cv.notify_all();
             self.log_cv.wait_for(&mut q, Duration::from_millis(10));
         }
@@ -1831,7 +1833,7 @@ impl Inner {
             }
             // Small rounds drain the backlog steadily, so paced writers see
             // a steady rate rather than large steps.
-            if let Err(e) = self.flush_log_round(LOG_ROUND_BYTES) {
+            if let Err(e) = self.flush_log_round(self.cfg.log_backlog_bytes / 8) {
                 log::error!("log writer: {e}");
                 break;
             }
