@@ -189,6 +189,7 @@ fn main() {
     let cps = vol.stats().cps.load(Ordering::Relaxed);
     let longest_cp = vol.stats().longest_cp_ms.load(Ordering::Relaxed);
     let waits = vol.stats().writer_waits.load(Ordering::Relaxed);
+    let paced = Duration::from_nanos(vol.stats().paced_ns.load(Ordering::Relaxed));
     let twin_fps = volume_small_files(&vol, files);
     vol.close().expect("close");
     let rss = peak_rss_kib();
@@ -224,7 +225,7 @@ fn main() {
     }
     println!();
     println!(
-        "CPs during the sequential write: {cps}, longest CP {longest_cp} ms, writer waits for a CP: {waits}"
+        "CPs during the sequential write: {cps}, longest CP {longest_cp} ms, writer waits for a CP: {waits}, time writers slept for pacing: {paced:?}"
     );
     println!(
         "write() latency during the sequential write: p50 {:?}, p99 {:?}, max {:?}",

@@ -878,14 +878,15 @@ mod tests {
         assert_eq!(config.memory_bytes, DEFAULT_MEMORY_BYTES);
     }
 
+    fn config(args: &[&str]) -> Result<MountConfig, String> {
+        let Command::Mount(m) = parse(args).expect("parses").command else {
+            panic!("not mount")
+        };
+        m.config()
+    }
+
     #[test]
     fn mount_takes_a_memory_budget_as_flag_or_option_and_refuses_a_tiny_one() {
-        let config = |args: &[&str]| {
-            let Command::Mount(m) = parse(args).expect("parses").command else {
-                panic!("not mount")
-            };
-            m.config()
-        };
         let flag = config(&["mount", "i", "m", "--memory", "512M"]).expect("valid");
         assert_eq!(flag.memory_bytes, 512 << 20);
         let opt = config(&["mount", "i", "m", "-o", "memory=1G"]).expect("valid");
@@ -898,12 +899,6 @@ mod tests {
 
     #[test]
     fn mount_refuses_a_setting_given_twice_and_a_peer_without_secret() {
-        let config = |args: &[&str]| {
-            let Command::Mount(m) = parse(args).expect("parses").command else {
-                panic!("not mount")
-            };
-            m.config()
-        };
         let twice = config(&["mount", "i", "m", "--mode", "sync", "-o", "mode=async"]);
         assert!(twice.expect_err("twice").contains("given twice"));
         let no_secret = config(&["mount", "i", "m", "--peer", "h:1"]);

@@ -1771,7 +1771,14 @@ impl Inner {
         let sleep = {
             let mut p = self.pacers.lock();
             let local = p[0].pause(bytes as u64, local, now);
-            let peer = peer.map_or(Duration::ZERO, |l| p[1].pause(bytes as u64, l, now));
+            let peer = match peer {
+                Some(l) => p[1].pause(bytes as u64, l, now),
+                None => {
+                    // Measure afresh when pacing to the peer resumes.
+                    p[1] = Pacer::new();
+                    Duration::ZERO
+                }
+            };
             local.max(peer)
         };
         if !sleep.is_zero() {

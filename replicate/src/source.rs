@@ -497,11 +497,14 @@ impl Shared {
             }
             self.out_cv.wait_until(&mut q, deadline);
         }
+        if let Item::Transfer(b) = &item {
+            // Handed over: queued, or dropped for the catch-up to send from
+            // the log (a CP waiting for its transfers must not wait for it).
+            q.last_queued_transfer = b.id;
+            self.out_cv.notify_all();
+        }
         if !q.accepting || q.lost {
             return false;
-        }
-        if let Item::Transfer(b) = &item {
-            q.last_queued_transfer = b.id;
         }
         q.bytes += size;
         q.items.push_back(item);
@@ -528,7 +531,11 @@ impl Replicator for Hooks {
 
     fn queue_level(&self) -> Option<Backlog> {
         let s = &self.0;
-        if s.cfg.mode == Mode::Async {
+        // Pace writers only to a peer that is taking the stream: during a
+        // resync the queue waits for the resync, not for the peer's speed
+        // (a full queue then ends in a resync, as without pacing), and
+        // async mode lets the peer fall behind.
+        if s.cfg.mode == Mode::Async || s.link.lock().phase != Phase::Streaming {
             return None;
         }
         let q = s.out.lock();
@@ -846,6 +853,7 @@ async fn run_session(
         tx: &mut tx,
         last_transfer_sent: TransferId(0),
         last_cp_sent: CpNumber(0),
+        streaming_cp: None,
         pending_verify: None,
     };
     let resume = info.resume.applied_cp;
@@ -906,6 +914,11 @@ struct Sender<'a> {
     tx: &'a mut Tx,
     last_transfer_sent: TransferId,
     last_cp_sent: CpNumber,
+    /// The CP of the queue whose begin went out and whose end has not: the
+    /// rest of a CP goes out only after its begin did (a catch-up may clear
+    /// the begin from the queue while the CP is still being produced, and
+    /// a resync ends the CP open at the peer).
+    streaming_cp: Option<CpNumber>,
     pending_verify: Option<oneshot::Sender<VerifyAnswer>>,
 }
 
@@ -1074,7 +1087,6 @@ impl Sender<'_> {
     ) -> Result<()> {
         let mut ping = tokio::time::interval(PING_EVERY);
         let mut nonce = 0u64;
-        let mut skipping_cp: Option<CpNumber> = None;
         loop {
             if self.s.shutdown.load(Ordering::SeqCst) {
                 let _ = self.tx.send(&Message::Bye).await;
@@ -1103,6 +1115,7 @@ impl Sender<'_> {
                     self.send_transfer(&b).await?;
                 }
                 Some(Item::CpBegin { cp, base, covers }) => {
+                    self.streaming_cp = None;
                     if base != self.last_cp_sent {
                         // A CP was produced while we could not stream it.
                         log::info!(
@@ -1110,11 +1123,9 @@ impl Sender<'_> {
                             cp.0,
                             base.0
                         );
-                        skipping_cp = Some(cp);
                         self.catch_up().await?;
                         continue;
                     }
-                    skipping_cp = None;
                     if let Some(c) = covers {
                         self.fill_gap(TransferId(c.0 + 1)).await?;
                     }
@@ -1125,18 +1136,20 @@ impl Sender<'_> {
                         resync: false,
                     })
                     .await?;
+                    self.streaming_cp = Some(cp);
                 }
                 Some(Item::CpBlocks { cp, blocks }) => {
-                    if skipping_cp != Some(cp) {
+                    if self.streaming_cp == Some(cp) {
                         self.send_cp(&Message::CpBlocks { cp: cp.0, blocks })
                             .await?;
                     }
                 }
                 Some(Item::CpEnd { sb, superblock }) => {
-                    if skipping_cp != Some(sb.cp) {
+                    if self.streaming_cp == Some(sb.cp) {
                         self.end_cp(&sb, &superblock).await?;
                         self.last_cp_sent = sb.cp;
                     }
+                    self.streaming_cp = None;
                 }
                 None => {
                     tokio::select! {
@@ -1158,6 +1171,7 @@ impl Sender<'_> {
     /// Brings a peer that missed CPs up to the committed CP with a resync
     /// of the blocks born since its applied CP.
     async fn catch_up(&mut self) -> Result<()> {
+        self.streaming_cp = None;
         // Whatever was queued builds on CPs the peer will not have.
         {
             let mut q = self.s.out.lock();
@@ -1172,8 +1186,13 @@ impl Sender<'_> {
         if self.last_cp_sent == sb.cp {
             return Ok(());
         }
-        self.s.out.lock().last_queued_transfer =
-            TransferId(sb.log.next_transfer.0.saturating_sub(1));
+        {
+            // Transfers the resync covers count as handed over; so do the
+            // newer ones cleared from the queue (fill_gap sends them).
+            let mut q = self.s.out.lock();
+            let pinned = TransferId(sb.log.next_transfer.0.saturating_sub(1));
+            q.last_queued_transfer = q.last_queued_transfer.max(pinned);
+        }
         self.resync(&sb, base).await?;
         self.s.set_phase(Phase::Streaming);
         Ok(())
