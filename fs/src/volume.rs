@@ -1701,7 +1701,7 @@ impl Inner {
         }
     }
 
-    /// One round of [`Volume::flush_log`] over at most `max_bytes` of
+    /// One round of `flush_log` over at most `max_bytes` of
     /// queued batches. Batches are written with a ranged sync, so a round
     /// does not wait for a running CP's writes; a whole-device flush is
     /// needed only for batches written earlier without one.
