@@ -13,8 +13,10 @@ use std::time::{Duration, Instant};
 use peer_support::*;
 use tokio::net::TcpStream;
 use twinfs_fs::{CpNumber, VolumeConfig, BLOCK_SIZE};
+use twinfs_replicate::encode::CpSync;
 use twinfs_replicate::message::Message;
 use twinfs_replicate::peer::{peer_status, promote, PeerConfig, PeerDaemon, ReplicaView};
+use twinfs_replicate::source::{Mirror, MirrorConfig, Mode, Phase, DEFAULT_QUEUE_BYTES};
 use twinfs_replicate::{handshake_client, HandshakeInfo, ReplicateError, Session};
 
 fn start(dir: &Path) -> PeerDaemon {
@@ -79,6 +81,73 @@ async fn exchange(
         if stop {
             return got;
         }
+    }
+}
+
+/// A volume in memory of `blocks` blocks mirrored to the peer at `peer`,
+/// returned once the session streams (batches made durable before that are
+/// only sent with the next CP).
+fn mirrored_volume(
+    blocks: u64,
+    peer: std::net::SocketAddr,
+    mode: Mode,
+    cp_sync: CpSync,
+    queue_bytes: usize,
+) -> (Arc<twinfs_fs::Volume>, Arc<Mirror>) {
+    let dev = Arc::new(twinfs_fs::device::MemDevice::new(blocks));
+    twinfs_fs::volume::mkfs(dev.clone(), &Default::default()).unwrap();
+    let vol = Arc::new(
+        twinfs_fs::Volume::open(
+            dev,
+            VolumeConfig {
+                cp_interval: None,
+                ..Default::default()
+            },
+        )
+        .unwrap(),
+    );
+    let mirror = Mirror::start(
+        vol.clone(),
+        MirrorConfig {
+            peer: peer.to_string(),
+            secret: secret(),
+            mode,
+            cp_sync,
+            sync_timeout: Duration::from_secs(5),
+            queue_bytes,
+        },
+    )
+    .unwrap();
+    wait_for("the mirror to stream", || {
+        mirror.status().phase == Phase::Streaming
+    });
+    (vol, mirror)
+}
+
+/// Creates `name` in the root directory holding `data`.
+fn create_file(vol: &twinfs_fs::Volume, name: &str, data: &[u8]) {
+    let ino = vol
+        .create(
+            twinfs_fs::ROOT_INO,
+            name.as_bytes(),
+            twinfs_fs::FileKind::Regular,
+            0o644,
+            0,
+            0,
+            0,
+        )
+        .unwrap()
+        .ino;
+    vol.write(ino, 0, data, false).unwrap();
+}
+
+/// Waits until the peer applied `cp`, through reconnections and resyncs
+/// (`wait_applied` answers false at once while the source reconnects).
+fn wait_applied_within(mirror: &Mirror, cp: CpNumber, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while !mirror.wait_applied(cp, Duration::from_secs(1)) {
+        assert!(Instant::now() < deadline, "the peer applied CP {}", cp.0);
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -357,59 +426,23 @@ impl ReplicaView for Commits {
 
 #[test]
 fn the_source_mirror_keeps_the_replica_in_step() {
-    use twinfs_replicate::encode::CpSync;
-    use twinfs_replicate::source::{Mirror, MirrorConfig, Mode, DEFAULT_QUEUE_BYTES};
     init_log();
     let tmp = tempfile::tempdir().unwrap();
     let view = Arc::new(Commits(AtomicU64::new(u64::MAX)));
     let d = start_with(tmp.path(), Some(view.clone()));
 
-    let dev = Arc::new(twinfs_fs::device::MemDevice::new(8192));
-    twinfs_fs::volume::mkfs(dev.clone(), &Default::default()).unwrap();
-    let vol = Arc::new(
-        twinfs_fs::Volume::open(
-            dev,
-            VolumeConfig {
-                cp_interval: None,
-                ..Default::default()
-            },
-        )
-        .unwrap(),
+    let (vol, mirror) = mirrored_volume(
+        8192,
+        d.local_addr(),
+        Mode::Sync,
+        CpSync::Best,
+        DEFAULT_QUEUE_BYTES,
     );
-    let mirror = Mirror::start(
-        vol.clone(),
-        MirrorConfig {
-            peer: d.local_addr().to_string(),
-            secret: secret(),
-            mode: Mode::Sync,
-            cp_sync: CpSync::Best,
-            sync_timeout: Duration::from_secs(5),
-            queue_bytes: DEFAULT_QUEUE_BYTES,
-        },
-    )
-    .unwrap();
-    // (Batches made durable before the session is up are only sent with the
-    // next CP: wait for the session so that fsync is answered at once.)
-    wait_for("the mirror to stream", || {
-        mirror.status().phase == twinfs_replicate::source::Phase::Streaming
-    });
     let files: Vec<(String, Vec<u8>)> = (0..4)
         .map(|i| (format!("f{i}"), pattern(3 * BLOCK_SIZE + 100 * i, i as u64)))
         .collect();
     for (name, data) in &files {
-        let ino = vol
-            .create(
-                twinfs_fs::ROOT_INO,
-                name.as_bytes(),
-                twinfs_fs::FileKind::Regular,
-                0o644,
-                0,
-                0,
-                0,
-            )
-            .unwrap()
-            .ino;
-        vol.write(ino, 0, data, false).unwrap();
+        create_file(&vol, name, data);
     }
     vol.fsync().unwrap();
     let cp = vol.checkpoint().unwrap();
@@ -443,58 +476,17 @@ fn the_source_mirror_keeps_the_replica_in_step() {
 
 #[test]
 fn a_peer_that_was_away_is_resynced_by_the_source_mirror() {
-    use twinfs_replicate::encode::CpSync;
-    use twinfs_replicate::source::{Mirror, MirrorConfig, Mode, Phase, DEFAULT_QUEUE_BYTES};
     init_log();
     let tmp = tempfile::tempdir().unwrap();
     let d = start(tmp.path());
     let addr = d.local_addr();
 
-    let dev = Arc::new(twinfs_fs::device::MemDevice::new(8192));
-    twinfs_fs::volume::mkfs(dev.clone(), &Default::default()).unwrap();
-    let vol = Arc::new(
-        twinfs_fs::Volume::open(
-            dev,
-            VolumeConfig {
-                cp_interval: None,
-                ..Default::default()
-            },
-        )
-        .unwrap(),
-    );
-    let mirror = Mirror::start(
-        vol.clone(),
-        MirrorConfig {
-            peer: addr.to_string(),
-            secret: secret(),
-            mode: Mode::Async,
-            cp_sync: CpSync::Best,
-            sync_timeout: Duration::from_secs(5),
-            queue_bytes: DEFAULT_QUEUE_BYTES,
-        },
-    )
-    .unwrap();
-    wait_for("the mirror to stream", || {
-        mirror.status().phase == Phase::Streaming
-    });
+    let (vol, mirror) = mirrored_volume(8192, addr, Mode::Async, CpSync::Best, DEFAULT_QUEUE_BYTES);
     let write = |name: &str, data: &[u8]| {
-        let ino = match vol.lookup(twinfs_fs::View::Live, twinfs_fs::ROOT_INO, name.as_bytes()) {
-            Ok(a) => a.ino,
-            Err(_) => {
-                vol.create(
-                    twinfs_fs::ROOT_INO,
-                    name.as_bytes(),
-                    twinfs_fs::FileKind::Regular,
-                    0o644,
-                    0,
-                    0,
-                    0,
-                )
-                .unwrap()
-                .ino
-            }
-        };
-        vol.write(ino, 0, data, false).unwrap();
+        match vol.lookup(twinfs_fs::View::Live, twinfs_fs::ROOT_INO, name.as_bytes()) {
+            Ok(a) => vol.write(a.ino, 0, data, false).map(drop).unwrap(),
+            Err(_) => create_file(&vol, name, data),
+        }
         vol.fsync().unwrap();
         vol.checkpoint().unwrap()
     };
@@ -516,12 +508,7 @@ fn a_peer_that_was_away_is_resynced_by_the_source_mirror() {
         view: None,
     })
     .expect("restart on the same address");
-    // (wait_applied answers false at once while the source is reconnecting.)
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !mirror.wait_applied(cp3, Duration::from_secs(1)) {
-        assert!(Instant::now() < deadline, "resynced to CP {}", cp3.0);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_applied_within(&mirror, cp3, Duration::from_secs(30));
     let outcome = mirror
         .verify(true, Duration::from_secs(20))
         .expect("verify");
@@ -559,38 +546,16 @@ fn setting_the_shutdown_flag_stops_the_daemon() {
 /// peer is faster than the benchmark's).
 #[test]
 fn an_overflowing_async_queue_resyncs_without_breaking_the_session() {
-    use twinfs_replicate::encode::CpSync;
-    use twinfs_replicate::source::{Mirror, MirrorConfig, Mode, Phase};
     init_log();
     let tmp = tempfile::tempdir().unwrap();
     let d = start(tmp.path());
-    let dev = Arc::new(twinfs_fs::device::MemDevice::new(65536));
-    twinfs_fs::volume::mkfs(dev.clone(), &Default::default()).unwrap();
-    let vol = Arc::new(
-        twinfs_fs::Volume::open(
-            dev,
-            VolumeConfig {
-                cp_interval: None,
-                ..Default::default()
-            },
-        )
-        .unwrap(),
+    let (vol, mirror) = mirrored_volume(
+        65536,
+        d.local_addr(),
+        Mode::Async,
+        CpSync::Full,
+        8 * BLOCK_SIZE,
     );
-    let mirror = Mirror::start(
-        vol.clone(),
-        MirrorConfig {
-            peer: d.local_addr().to_string(),
-            secret: secret(),
-            mode: Mode::Async,
-            cp_sync: CpSync::Full,
-            sync_timeout: Duration::from_secs(5),
-            queue_bytes: 8 * BLOCK_SIZE,
-        },
-    )
-    .unwrap();
-    wait_for("the mirror to stream", || {
-        mirror.status().phase == Phase::Streaming
-    });
     let mut files = Vec::new();
     let mut cp = CpNumber(0);
     // CPs of several frames each, so that the queue overflows in the middle
@@ -598,27 +563,11 @@ fn an_overflowing_async_queue_resyncs_without_breaking_the_session() {
     for i in 0..12u64 {
         let name = format!("f{i}");
         let data = pattern(1500 * BLOCK_SIZE + i as usize, i);
-        let ino = vol
-            .create(
-                twinfs_fs::ROOT_INO,
-                name.as_bytes(),
-                twinfs_fs::FileKind::Regular,
-                0o644,
-                0,
-                0,
-                0,
-            )
-            .unwrap()
-            .ino;
-        vol.write(ino, 0, &data, false).unwrap();
+        create_file(&vol, &name, &data);
         cp = vol.checkpoint().unwrap();
         files.push((name, data));
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !mirror.wait_applied(cp, Duration::from_secs(1)) {
-        assert!(Instant::now() < deadline, "caught up to CP {}", cp.0);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_applied_within(&mirror, cp, Duration::from_secs(60));
     let status = mirror.status();
     assert_eq!(status.last_error, None, "the session broke");
     let outcome = mirror
