@@ -285,6 +285,13 @@ struct LogQueue {
     error: Option<String>,
 }
 
+/// Writer pacing to the log's drain rate and to the peer's.
+#[derive(Default)]
+struct Pacers {
+    log: Pacer,
+    peer: Pacer,
+}
+
 struct CpCtl {
     alloc: Allocator,
     sink: Option<Box<dyn CpSink>>,
@@ -308,8 +315,7 @@ struct Inner {
     log_cv: Condvar,
     /// Serializes writing and flushing the log.
     log_io: Mutex<()>,
-    /// Writer pacing to the log's drain rate and to the peer's.
-    pacers: Mutex<[Pacer; 2]>,
+    pacers: Mutex<Pacers>,
     signals: Mutex<Signals>,
     signals_cv: Condvar,
     failed: Mutex<Option<String>>,
@@ -511,7 +517,7 @@ impl Volume {
             }),
             log_cv: Condvar::new(),
             log_io: Mutex::new(()),
-            pacers: Mutex::new([Pacer::new(), Pacer::new()]),
+            pacers: Mutex::new(Pacers::default()),
             signals: Mutex::new(Signals::default()),
             signals_cv: Condvar::new(),
             failed: Mutex::new(None),
@@ -1770,12 +1776,12 @@ impl Inner {
         let now = Instant::now();
         let sleep = {
             let mut p = self.pacers.lock();
-            let local = p[0].pause(bytes as u64, local, now);
+            let local = p.log.pause(bytes as u64, local, now);
             let peer = match peer {
-                Some(l) => p[1].pause(bytes as u64, l, now),
+                Some(l) => p.peer.pause(bytes as u64, l, now),
                 None => {
                     // Measure afresh when pacing to the peer resumes.
-                    p[1] = Pacer::new();
+                    p.peer = Pacer::new();
                     Duration::ZERO
                 }
             };
