@@ -1,7 +1,9 @@
 //! The block cache: every block read from the device is verified against the
 //! hash in its pointer before anyone sees it (DESIGN invariant 3), then kept
 //! in a bounded cache. Metadata and file data have separate budgets so that a
-//! large copy does not evict the directory and inode nodes.
+//! large copy does not evict the directory and inode nodes. File reads go
+//! around the cache ([`BlockCache::read_into`]): the kernel's page cache
+//! keeps what they read.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -73,7 +75,7 @@ impl BlockCache {
         (e.hash == ptr.hash).then_some(e.block)
     }
 
-    fn verify(&self, ptr: &BlockPtr, block: &Block) -> Result<()> {
+    fn verify(&self, ptr: &BlockPtr, block: &[u8]) -> Result<()> {
         if Hash128::of(block) != ptr.hash {
             self.stats.hash_failures.fetch_add(1, Ordering::Relaxed);
             log::error!(
@@ -109,7 +111,7 @@ impl BlockCache {
             .read(ptr.addr, buf)
             .map_err(|e| FsError::io(format!("reading block {}", ptr.addr.0), e))?;
         self.stats.device_reads.fetch_add(1, Ordering::Relaxed);
-        self.verify(ptr, &block)?;
+        self.verify(ptr, &block[..])?;
         self.table(class).insert(
             ptr.addr.0,
             Entry {
@@ -163,7 +165,7 @@ impl BlockCache {
                 Arc::get_mut(&mut block)
                     .expect("fresh Arc is unique")
                     .copy_from_slice(chunk);
-                self.verify(&ptrs[i + k], &block)?;
+                self.verify(&ptrs[i + k], &block[..])?;
                 self.table(class).insert(
                     ptrs[i + k].addr.0,
                     Entry {
@@ -179,6 +181,66 @@ impl BlockCache {
             .into_iter()
             .map(|b| b.expect("every slot filled"))
             .collect())
+    }
+
+    /// Copies the data blocks behind `ptrs` into `out`, one block per slot:
+    /// null pointers read as zeros and `None` slots are left as they are.
+    /// Blocks not in the cache are read from the device straight into `out`
+    /// (adjacent addresses in one read) and verified there, and do not enter
+    /// the cache: this is the path of file reads, whose data the kernel's page
+    /// cache keeps, and a streaming read would only evict what the cache holds
+    /// (and cost two more copies: cold reads went from 0.8 to 1.0 GB/s).
+    pub fn read_into(&self, ptrs: &[Option<BlockPtr>], out: &mut [u8]) -> Result<()> {
+        assert_eq!(
+            out.len(),
+            ptrs.len() * BLOCK_SIZE,
+            "one block of `out` per pointer"
+        );
+        let mut i = 0;
+        while i < ptrs.len() {
+            let slot = &mut out[i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE];
+            let mut n = 1;
+            match ptrs[i] {
+                None => {}
+                Some(p) if p.is_null() => slot.fill(0),
+                Some(p) => match self.cached(&p, Class::Data) {
+                    Some(b) => slot.copy_from_slice(&b[..]),
+                    None => {
+                        while ptrs.get(i + n).is_some_and(|q| {
+                            q.is_some_and(|q| !q.is_null() && q.addr.0 == p.addr.0 + n as u64)
+                        }) {
+                            n += 1;
+                        }
+                        self.read_run(
+                            &ptrs[i..i + n],
+                            &mut out[i * BLOCK_SIZE..(i + n) * BLOCK_SIZE],
+                        )?;
+                    }
+                },
+            }
+            i += n;
+        }
+        Ok(())
+    }
+
+    /// Reads blocks at adjacent addresses into `out` and verifies them.
+    fn read_run(&self, ptrs: &[Option<BlockPtr>], out: &mut [u8]) -> Result<()> {
+        let run = || ptrs.iter().flatten();
+        for p in run() {
+            self.check_addr(p)?;
+        }
+        let first = run().next().expect("a run holds a block").addr.0;
+        self.dev.read(BlockAddr(first), out).map_err(|e| {
+            FsError::io(
+                format!("reading blocks {first}..{}", first + ptrs.len() as u64),
+                e,
+            )
+        })?;
+        self.stats.device_reads.fetch_add(1, Ordering::Relaxed);
+        for (p, block) in run().zip(out.chunks(BLOCK_SIZE)) {
+            self.verify(p, block)?;
+        }
+        Ok(())
     }
 
     /// Remembers a block just written (it is known good: we computed its hash).
@@ -243,6 +305,41 @@ mod tests {
         cache.read(&old, Class::Meta).unwrap();
         let new = stored(&dev, 20, 2);
         assert_eq!(cache.read(&new, Class::Meta).unwrap()[0], 2);
+    }
+
+    #[test]
+    fn read_into_fills_slots_verifies_and_leaves_the_cache_alone() {
+        let dev = Arc::new(MemDevice::new(64));
+        let (a, b, c) = (
+            stored(&dev, 40, 1),
+            stored(&dev, 41, 2),
+            stored(&dev, 43, 3),
+        );
+        let cache = BlockCache::new(dev.clone(), 16, 16);
+        let ptrs = [Some(a), Some(BlockPtr::NULL), None, Some(b), Some(c)];
+        let mut out = vec![9u8; ptrs.len() * BLOCK_SIZE];
+        cache.read_into(&ptrs, &mut out).unwrap();
+        let firsts: Vec<u8> = out.chunks(BLOCK_SIZE).map(|b| b[0]).collect();
+        assert_eq!(firsts, [1, 0, 9, 2, 3], "hole zeroed, None slot untouched");
+        assert!(out[BLOCK_SIZE..2 * BLOCK_SIZE].iter().all(|&x| x == 0));
+        // 40 and 41 are not adjacent in `ptrs`' slots, 41 and 43 not in addresses: three reads.
+        assert_eq!(cache.stats.device_reads.load(Ordering::Relaxed), 3);
+        cache.read_into(&ptrs, &mut out).unwrap();
+        assert_eq!(
+            cache.stats.device_reads.load(Ordering::Relaxed),
+            6,
+            "not cached"
+        );
+        // A cached block is copied from the cache; a corrupt one is EIO.
+        cache.read(&a, Class::Data).unwrap();
+        dev.poke(BlockAddr(40), 7, &[0xff]);
+        cache.read_into(&[Some(a)], &mut out[..BLOCK_SIZE]).unwrap();
+        assert_eq!(out[7], 1);
+        dev.poke(BlockAddr(43), 7, &[0xff]);
+        let err = cache
+            .read_into(&[Some(b), Some(c)], &mut out[..2 * BLOCK_SIZE])
+            .unwrap_err();
+        assert_eq!(err.errno(), libc::EIO);
     }
 
     #[test]

@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 use std::ops::Range;
-use std::sync::Arc;
 
 use crate::btree::{self, Key, TreeRoot};
 use crate::cache::{BlockCache, Class};
@@ -271,40 +270,39 @@ impl<'a> Layers<'a> {
         })
     }
 
-    /// Contents of blocks `start..start+count` of a file (`None` = hole).
-    pub fn read_blocks(&self, ino: Ino, start: u64, count: u64) -> Result<Vec<Option<Arc<Block>>>> {
+    /// Copies blocks `start..` of a file into `out`, which holds whole
+    /// blocks (holes read as zeros): dirty blocks from the overlays, the rest
+    /// from the image.
+    pub fn read_into(&self, ino: Ino, start: u64, out: &mut [u8]) -> Result<()> {
         let root = self.image_data_root(ino)?;
-        let mut out: Vec<Option<Option<Arc<Block>>>> = vec![None; count as usize];
-        for ov in self.overlays() {
-            if let Some(fd) = ov.files.get(&ino) {
-                for (i, slot) in out.iter_mut().enumerate() {
-                    if slot.is_some() {
-                        continue;
-                    }
-                    let idx = start + i as u64;
-                    if let Some(b) = fd.blocks.get(&idx) {
-                        *slot = Some(Some(b.data.clone()));
-                    } else if fd.hide.contains(idx) {
-                        *slot = Some(None);
-                    }
+        let count = out.len() / BLOCK_SIZE;
+        let mut decided = vec![false; count];
+        for fd in self.overlays().filter_map(|ov| ov.files.get(&ino)) {
+            for (i, slot) in out.chunks_mut(BLOCK_SIZE).enumerate() {
+                let idx = start + i as u64;
+                if decided[i] {
+                    continue;
                 }
+                if let Some(b) = fd.blocks.get(&idx) {
+                    slot.copy_from_slice(&b.data[..]);
+                } else if fd.hide.contains(idx) {
+                    slot.fill(0);
+                } else {
+                    continue;
+                }
+                decided[i] = true;
             }
         }
-        if out.iter().any(|s| s.is_none()) {
-            let ptrs = filetree::lookup_run(self.cache, &root, start, count)?;
-            let wanted: Vec<BlockPtr> = ptrs
-                .iter()
-                .zip(&out)
-                .map(|(p, s)| if s.is_none() { *p } else { BlockPtr::NULL })
-                .collect();
-            let blocks = self.cache.read_many(&wanted, Class::Data)?;
-            for ((slot, p), b) in out.iter_mut().zip(&wanted).zip(blocks) {
-                if slot.is_none() {
-                    *slot = Some(if p.is_null() { None } else { Some(b) });
-                }
-            }
+        if decided.iter().all(|&d| d) {
+            return Ok(());
         }
-        Ok(out.into_iter().map(|s| s.expect("filled")).collect())
+        let ptrs = filetree::lookup_run(self.cache, &root, start, count as u64)?;
+        let wanted: Vec<Option<BlockPtr>> = ptrs
+            .into_iter()
+            .zip(&decided)
+            .map(|(p, &d)| (!d).then_some(p))
+            .collect();
+        self.cache.read_into(&wanted, out)
     }
 
     /// Whether block `index` holds data (is not a hole).

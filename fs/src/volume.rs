@@ -813,17 +813,11 @@ impl Volume {
             let end = a.size.min(offset + u64::from(size));
             let first = offset / BLOCK_SIZE_U64;
             let last = (end - 1) / BLOCK_SIZE_U64;
-            let blocks = l.read_blocks(ino, first, last - first + 1)?;
-            let mut out = Vec::with_capacity((end - offset) as usize);
-            for (i, b) in blocks.iter().enumerate() {
-                let bstart = (first + i as u64) * BLOCK_SIZE_U64;
-                let s = offset.max(bstart) - bstart;
-                let e = end.min(bstart + BLOCK_SIZE_U64) - bstart;
-                match b {
-                    Some(b) => out.extend_from_slice(&b[s as usize..e as usize]),
-                    None => out.resize(out.len() + (e - s) as usize, 0),
-                }
-            }
+            let mut out = vec![0u8; ((last - first + 1) * BLOCK_SIZE_U64) as usize];
+            l.read_into(ino, first, &mut out)?;
+            let skip = (offset - first * BLOCK_SIZE_U64) as usize;
+            out.truncate(skip + (end - offset) as usize);
+            out.drain(..skip);
             Ok(out)
         })
     }
@@ -837,11 +831,8 @@ impl Volume {
             if let Some(t) = &a.symlink {
                 return Ok(t.to_vec());
             }
-            let n = a.size.div_ceil(BLOCK_SIZE_U64);
-            let mut out = Vec::with_capacity(a.size as usize);
-            for b in l.read_blocks(ino, 0, n)? {
-                out.extend_from_slice(&b.as_deref().unwrap_or(&ZERO_BLOCK)[..]);
-            }
+            let mut out = vec![0u8; (a.size.div_ceil(BLOCK_SIZE_U64) * BLOCK_SIZE_U64) as usize];
+            l.read_into(ino, 0, &mut out)?;
             out.truncate(a.size as usize);
             Ok(out)
         })
