@@ -28,6 +28,8 @@ pub struct Applier<'a> {
     pub top: &'a mut Overlay,
     pub mid: Option<&'a Overlay>,
     pub meta: TreeRoot,
+    /// See [`Layers::image_next_ino`].
+    pub image_next_ino: Ino,
     pub cache: &'a BlockCache,
     pub key: &'a [u8; 32],
 }
@@ -59,6 +61,7 @@ impl Applier<'_> {
             top: Some(&*self.top),
             mid: self.mid,
             meta: self.meta,
+            image_next_ino: self.image_next_ino,
             cache: self.cache,
             key: self.key,
         }

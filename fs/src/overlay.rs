@@ -93,6 +93,10 @@ pub struct Layers<'a> {
     pub top: Option<&'a Overlay>,
     pub mid: Option<&'a Overlay>,
     pub meta: TreeRoot,
+    /// The image's next inode number: inodes from here on were created
+    /// since, and the image holds nothing of them (a bound that is too high
+    /// is safe, it only looks up more). Spares new files every image lookup.
+    pub image_next_ino: Ino,
     pub cache: &'a BlockCache,
     pub key: &'a [u8; 32],
 }
@@ -104,6 +108,9 @@ impl<'a> Layers<'a> {
 
     /// The image's record of an inode (attributes as of the last CP, and its data root).
     pub fn image_record(&self, ino: Ino) -> Result<Option<InodeRecord>> {
+        if ino >= self.image_next_ino {
+            return Ok(None);
+        }
         btree::get(self.cache, &self.meta, &InodeRecord::key(ino))?
             .map(|v| InodeRecord::decode(&v))
             .transpose()
@@ -136,6 +143,9 @@ impl<'a> Layers<'a> {
             if let Some(v) = ov.dirents.get(&k) {
                 return Ok(*v);
             }
+        }
+        if dir >= self.image_next_ino {
+            return Ok(None);
         }
         let key = Key {
             ino: dir.0,
@@ -386,6 +396,9 @@ impl<'a> Layers<'a> {
             if let Some(v) = ov.xattrs.get(&k) {
                 return Ok(v.clone());
             }
+        }
+        if ino >= self.image_next_ino {
+            return Ok(None);
         }
         let key = Key {
             ino: ino.0,

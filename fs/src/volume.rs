@@ -699,6 +699,7 @@ impl Volume {
                     top: Some(&st.active),
                     mid: st.frozen.as_deref(),
                     meta: st.image.meta,
+                    image_next_ino: st.image.next_ino,
                     cache: &self.inner.cache,
                     key: &self.inner.key,
                 };
@@ -715,6 +716,8 @@ impl Volume {
                     top: None,
                     mid: None,
                     meta: snap,
+                    // The snapshot is older than the image: this bound covers it.
+                    image_next_ino: st.image.next_ino,
                     cache: &self.inner.cache,
                     key: &self.inner.key,
                 };
@@ -1473,6 +1476,7 @@ impl Inner {
             top: Some(&st.active),
             mid: st.frozen.as_deref(),
             meta: st.image.meta,
+            image_next_ino: st.image.next_ino,
             cache: &self.cache,
             key: &self.key,
         }
@@ -1608,6 +1612,7 @@ impl Inner {
                 top: active,
                 mid: frozen.as_deref(),
                 meta: image.meta,
+                image_next_ino: image.next_ino,
                 cache: &self.cache,
                 key: &self.key,
             };
@@ -2040,6 +2045,7 @@ impl Inner {
                     top: active,
                     mid: None,
                     meta: image.meta,
+                    image_next_ino: image.next_ino,
                     cache: &self.cache,
                     key: &self.key,
                 };
