@@ -67,13 +67,15 @@ pub fn background(what: &str) -> Result<Ready, CmdError> {
                 pipe: Some(std::fs::File::from(write_end)),
             })
         }
-        _ => {
+        child => {
             drop(write_end);
             let mut msg = String::new();
             let _ = std::fs::File::from(read_end).read_to_string(&mut msg);
             if msg.starts_with("OK") {
                 std::process::exit(0);
             }
+            // A failed start leaves nothing running once we return.
+            reap(child, std::time::Duration::from_secs(10));
             let msg = msg.trim();
             if msg.is_empty() {
                 eprintln!("twinfs: {what}: the background process died before it was ready; run with -f to see why");
@@ -82,6 +84,21 @@ pub fn background(what: &str) -> Result<Ready, CmdError> {
             }
             std::process::exit(1);
         }
+    }
+}
+
+/// Waits up to `limit` for `child` to exit (it has said it failed and is
+/// only unwinding), so that the caller can rely on it being gone.
+fn reap(child: libc::pid_t, limit: std::time::Duration) {
+    let start = std::time::Instant::now();
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid on our own child with a valid status pointer.
+        let r = unsafe { libc::waitpid(child, &mut status, libc::WNOHANG) };
+        if r != 0 || start.elapsed() >= limit {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
 
