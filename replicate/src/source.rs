@@ -981,33 +981,35 @@ impl Sender<'_> {
         let vol = self.s.vol.clone();
         let sbc = sb.clone();
         let walker = tokio::task::spawn_blocking(move || {
-            let mut frame = Vec::with_capacity(MAX_BLOCKS_PER_CP_FRAME);
-            let dev = vol.cache().device().clone();
-            let mut buf = vec![0u8; BLOCK_SIZE];
+            // A frame's pointers are read together: adjacent addresses in one
+            // device read, each block verified against its pointer.
+            let mut ptrs: Vec<Option<BlockPtr>> = Vec::with_capacity(MAX_BLOCKS_PER_CP_FRAME);
+            let mut buf = Vec::new();
+            let mut send = |ptrs: &mut Vec<Option<BlockPtr>>| -> std::result::Result<(), FsError> {
+                buf.resize(ptrs.len() * BLOCK_SIZE, 0);
+                vol.cache().read_into(ptrs, &mut buf)?;
+                let frame = ptrs
+                    .drain(..)
+                    .flatten()
+                    .zip(buf.chunks(BLOCK_SIZE))
+                    .map(|(p, data)| CpBlock {
+                        addr: p.addr.0,
+                        hash: p.hash.0,
+                        enc: Encoding::Full(data.to_vec()),
+                    })
+                    .collect();
+                btx.blocking_send(frame)
+                    .map_err(|_| FsError::Failed("resync stopped".into()))
+            };
             twinfs_fs::diff::walk_image(vol.cache(), &sbc, min_birth, &mut |p, _| {
-                dev.read(p.addr, &mut buf).map_err(|e| {
-                    FsError::io(format!("reading block {} for resync", p.addr.0), e)
-                })?;
-                if twinfs_fs::Hash128::of(&buf) != p.hash {
-                    return Err(FsError::corrupt(
-                        p.addr,
-                        "checksum mismatch while resyncing",
-                    ));
-                }
-                frame.push(CpBlock {
-                    addr: p.addr.0,
-                    hash: p.hash.0,
-                    enc: Encoding::Full(buf.clone()),
-                });
-                if frame.len() >= MAX_BLOCKS_PER_CP_FRAME
-                    && btx.blocking_send(std::mem::take(&mut frame)).is_err()
-                {
-                    return Err(FsError::Failed("resync stopped".into()));
+                ptrs.push(Some(*p));
+                if ptrs.len() >= MAX_BLOCKS_PER_CP_FRAME {
+                    send(&mut ptrs)?;
                 }
                 Ok(())
             })?;
-            if !frame.is_empty() {
-                let _ = btx.blocking_send(frame);
+            if !ptrs.is_empty() {
+                let _ = send(&mut ptrs);
             }
             Ok::<(), FsError>(())
         });
