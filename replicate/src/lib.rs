@@ -3,7 +3,7 @@
 //! This layer is the wire protocol (see `replicate/PROTOCOL.md`): length-prefixed
 //! MessagePack [`frame`]s, the [`message`]s, a [`handshake`] with mutual proof of a
 //! shared [`secret`], and a [`session`] whose frames are sealed with
-//! AES-256-GCM ([`seal`]). [`fault`] injects network faults for tests.
+//! ChaCha20-Poly1305 ([`seal`]). [`fault`] injects network faults for tests.
 
 pub mod codec;
 pub mod encode;
