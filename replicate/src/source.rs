@@ -1009,7 +1009,7 @@ impl Sender<'_> {
                 Ok(())
             })?;
             if !ptrs.is_empty() {
-                let _ = send(&mut ptrs);
+                send(&mut ptrs)?;
             }
             Ok::<(), FsError>(())
         });
