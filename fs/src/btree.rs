@@ -171,10 +171,9 @@ fn le16(b: &[u8], at: usize) -> usize {
     usize::from(u16::from_le_bytes([b[at], b[at + 1]]))
 }
 
-/// Decodes and validates a node that must be at `level`. Every length and
-/// offset is checked, so garbage yields a description of what is wrong,
-/// never a panic.
-fn parse(block: &Block, level: u8) -> Result<Parsed, String> {
+/// Checks a node's header for a node at `level`; returns its entry count
+/// and the bytes its entries take.
+fn check_header(block: &Block, level: u8) -> Result<(usize, usize), String> {
     if block[0..2] != NODE_MAGIC {
         return Err(format!("bad magic {:02x}{:02x}", block[0], block[1]));
     }
@@ -195,6 +194,21 @@ fn parse(block: &Block, level: u8) -> Result<Parsed, String> {
             "entries take {used} bytes, more than {NODE_CAPACITY}"
         ));
     }
+    Ok((count, used))
+}
+
+/// The key encoded at byte `pos` (the caller checked it lies in the block).
+fn key_at(block: &Block, pos: usize) -> Key {
+    let mut kb = [0u8; Key::ENCODED_SIZE];
+    kb.copy_from_slice(&block[pos..pos + Key::ENCODED_SIZE]);
+    Key::from_bytes(&kb)
+}
+
+/// Decodes and validates a node that must be at `level`. Every length and
+/// offset is checked, so garbage yields a description of what is wrong,
+/// never a panic.
+fn parse(block: &Block, level: u8) -> Result<Parsed, String> {
+    let (count, used) = check_header(block, level)?;
     let end = NODE_HEADER_SIZE + used;
     // An OR over the tail (vectorized) rather than a search for the first non-zero byte.
     if block[end..].iter().fold(0, |acc, &b| acc | b) != 0 {
@@ -218,9 +232,7 @@ fn parse(block: &Block, level: u8) -> Result<Parsed, String> {
         Ok(pos - n..pos)
     };
     for i in 0..count {
-        let mut kb = [0u8; Key::ENCODED_SIZE];
-        kb.copy_from_slice(&block[take(Key::ENCODED_SIZE, "key")?]);
-        let key = Key::from_bytes(&kb);
+        let key = key_at(block, take(Key::ENCODED_SIZE, "key")?.start);
         if node.keys.last().is_some_and(|prev| *prev >= key) {
             return Err(format!(
                 "entry {i}: key {key:?} is not above the previous one"
@@ -365,22 +377,7 @@ enum Search {
 /// checks of the rest of the node (CPs, walks and fsck still do them); every
 /// offset it reads is still bounds-checked, so garbage cannot make it panic.
 fn search(block: &Block, level: u8, key: &Key) -> Result<Search, String> {
-    if block[0..2] != NODE_MAGIC || block[2] != NODE_VERSION || block[3] != level {
-        return Err(format!(
-            "bad header {:02x?} for a node at level {level}",
-            &block[0..4]
-        ));
-    }
-    let count = le16(block, 4);
-    let used = le16(block, 6);
-    if count == 0 || used > NODE_CAPACITY {
-        return Err(format!("{count} entries taking {used} bytes"));
-    }
-    let key_at = |pos: usize| {
-        let mut kb = [0u8; Key::ENCODED_SIZE];
-        kb.copy_from_slice(&block[pos..pos + Key::ENCODED_SIZE]);
-        Key::from_bytes(&kb)
-    };
+    let (count, used) = check_header(block, level)?;
     if level > 0 {
         if used != count * INTERNAL_ENTRY_SIZE {
             return Err(format!("{count} internal entries cannot take {used} bytes"));
@@ -390,7 +387,7 @@ fn search(block: &Block, level: u8, key: &Key) -> Result<Search, String> {
         let (mut lo, mut hi) = (0, count);
         while lo < hi {
             let mid = (lo + hi) / 2;
-            if key_at(entry(mid)) <= *key {
+            if key_at(block, entry(mid)) <= *key {
                 lo = mid + 1;
             } else {
                 hi = mid;
@@ -411,7 +408,7 @@ fn search(block: &Block, level: u8, key: &Key) -> Result<Search, String> {
                 "entry at byte {pos} runs past the entries (end {end})"
             ));
         }
-        let k = key_at(pos);
+        let k = key_at(block, pos);
         let len = le16(block, pos + Key::ENCODED_SIZE);
         let value = pos + LEAF_ITEM_OVERHEAD..pos + LEAF_ITEM_OVERHEAD + len;
         if value.end > end {
