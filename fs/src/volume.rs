@@ -803,6 +803,25 @@ impl Volume {
 
     /// Reads up to `size` bytes at `offset` (short at end of file).
     pub fn read(&self, view: View, ino: Ino, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        let got = self.read_to(view, ino, offset, size, &mut buf)?;
+        buf.truncate(got.end);
+        buf.drain(..got.start);
+        Ok(buf)
+    }
+
+    /// Like [`Volume::read`], into `buf`, which it grows to the whole blocks
+    /// the range touches and otherwise reuses as it is (no allocation and no
+    /// zero fill for a caller that keeps one buffer); returns where in `buf`
+    /// the bytes read are.
+    pub fn read_to(
+        &self,
+        view: View,
+        ino: Ino,
+        offset: u64,
+        size: u32,
+        buf: &mut Vec<u8>,
+    ) -> Result<std::ops::Range<usize>> {
         self.with_layers(view, |l| {
             let a = l.attrs(ino)?;
             match a.kind {
@@ -811,17 +830,18 @@ impl Volume {
                 _ => return Err(FsError::Invalid("not a regular file")),
             }
             if offset >= a.size || size == 0 {
-                return Ok(Vec::new());
+                return Ok(0..0);
             }
             let end = a.size.min(offset + u64::from(size));
             let first = offset / BLOCK_SIZE_U64;
             let last = (end - 1) / BLOCK_SIZE_U64;
-            let mut out = vec![0u8; ((last - first + 1) * BLOCK_SIZE_U64) as usize];
-            l.read_into(ino, first, &mut out)?;
+            let blocks = ((last - first + 1) * BLOCK_SIZE_U64) as usize;
+            if buf.len() < blocks {
+                buf.resize(blocks, 0);
+            }
+            l.read_into(ino, first, &mut buf[..blocks])?;
             let skip = (offset - first * BLOCK_SIZE_U64) as usize;
-            out.truncate(skip + (end - offset) as usize);
-            out.drain(..skip);
-            Ok(out)
+            Ok(skip..skip + (end - offset) as usize)
         })
     }
 
