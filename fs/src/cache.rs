@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use quick_cache::sync::Cache;
 
+use crate::blockhash;
 use crate::btree::NodeReader;
 use crate::device::BlockDevice;
 use crate::error::{FsError, Result};
@@ -76,7 +77,12 @@ impl BlockCache {
     }
 
     fn verify(&self, ptr: &BlockPtr, block: &[u8]) -> Result<()> {
-        if Hash128::of(block) != ptr.hash {
+        self.check_hash(ptr, Hash128::of(block))
+    }
+
+    /// Whether `found`, the hash of the block read from `ptr`, is the one `ptr` expects.
+    fn check_hash(&self, ptr: &BlockPtr, found: Hash128) -> Result<()> {
+        if found != ptr.hash {
             self.stats.hash_failures.fetch_add(1, Ordering::Relaxed);
             log::error!(
                 "block {} fails its checksum (expected {:?}, born at CP {}): returning EIO",
@@ -237,8 +243,8 @@ impl BlockCache {
             )
         })?;
         self.stats.device_reads.fetch_add(1, Ordering::Relaxed);
-        for (p, block) in run().zip(out.chunks(BLOCK_SIZE)) {
-            self.verify(p, block)?;
+        for (p, found) in run().zip(blockhash::hash_blocks(out)) {
+            self.check_hash(p, found)?;
         }
         Ok(())
     }

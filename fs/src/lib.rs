@@ -6,6 +6,7 @@
 
 pub mod alloc;
 pub mod apply;
+pub mod blockhash;
 pub mod btree;
 pub mod cache;
 pub mod cp;

@@ -247,10 +247,7 @@ pub fn decode(bytes: &[u8]) -> Result<DecodedBatch> {
         )));
     }
     let data_start = header.header_blocks as usize * BLOCK_SIZE;
-    let hashes: Vec<Hash128> = bytes[data_start..]
-        .chunks(BLOCK_SIZE)
-        .map(Hash128::of)
-        .collect();
+    let hashes = crate::blockhash::hash_blocks(&bytes[data_start..]);
     let mut head = bytes[..data_start].to_vec();
     head[OFF_CHECKSUM..OFF_CHECKSUM + 32].fill(0);
     if checksum(&head, &hashes) != header.checksum {

@@ -76,7 +76,7 @@ impl Write {
             .chunks(BLOCK_SIZE)
             .map(|c| Arc::new(<Block>::try_from(c).expect("whole block")))
             .collect();
-        let hashes = blocks.iter().map(|b| Hash128::of(&b[..])).collect();
+        let hashes = crate::blockhash::hash_blocks(&data[head_len..tail_start]);
         Write {
             ino,
             offset,
