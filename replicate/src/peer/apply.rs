@@ -23,9 +23,15 @@ pub trait BlockSources {
     fn base_block(&self, addr: u64, buf: &mut [u8]) -> Result<(), String>;
 }
 
-/// Rebuilds `block` and checks its hash. The error says why it is missing.
-pub fn rebuild(block: &CpBlock, src: &impl BlockSources) -> Result<Box<twinfs_fs::Block>, String> {
-    let mut out = twinfs_fs::new_block();
+/// Rebuilds `block` into `out` (one block of bytes), unchecked: the caller
+/// hashes what it rebuilt (many blocks at a time, `blockhash`) and holds the
+/// hash to the block's with [`check`]. The error says why it is missing.
+pub fn rebuild_into(
+    block: &CpBlock,
+    src: &impl BlockSources,
+    out: &mut [u8],
+) -> Result<(), String> {
+    assert_eq!(out.len(), BLOCK_SIZE, "one block");
     match &block.enc {
         Encoding::Full(bytes) => {
             if bytes.len() != BLOCK_SIZE {
@@ -49,7 +55,7 @@ pub fn rebuild(block: &CpBlock, src: &impl BlockSources) -> Result<Box<twinfs_fs
         } => {
             fill_base(base, src, &mut out[..])?;
             if !moves.is_empty() {
-                let base = out.clone();
+                let base = out.to_vec();
                 for m in moves {
                     let from = block_range(m.from, m.len)?;
                     let to = block_range(m.to, m.len)?;
@@ -61,15 +67,19 @@ pub fn rebuild(block: &CpBlock, src: &impl BlockSources) -> Result<Box<twinfs_fs
             }
         }
     }
-    let got = Hash128::of(&out[..]);
-    if got.0 != block.hash {
+    Ok(())
+}
+
+/// Whether a block rebuilt by [`rebuild_into`], which hashes to `found`, is `block`.
+pub fn check(block: &CpBlock, found: Hash128) -> Result<(), String> {
+    if found.0 != block.hash {
         return Err(format!(
             "the rebuilt block hashes to {}, not {}",
-            got.to_hex(),
+            found.to_hex(),
             twinfs_fs::hex(&block.hash)
         ));
     }
-    Ok(out)
+    Ok(())
 }
 
 fn fill_base(base: &Base, src: &impl BlockSources, out: &mut [u8]) -> Result<(), String> {

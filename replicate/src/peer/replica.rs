@@ -38,11 +38,12 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use twinfs_fs::blockhash;
 use twinfs_fs::nvlog::batch;
 use twinfs_fs::superblock::{Superblock, MAX_VOLUME_BLOCKS};
 use twinfs_fs::{CpNumber, BLOCK_SIZE};
 
-use super::apply::{rebuild, BlockSources};
+use super::apply::{check, rebuild_into, BlockSources};
 use super::image::MirrorImage;
 use super::journal::{self, Journal, Recovery};
 use super::logstore::LogStore;
@@ -520,39 +521,52 @@ impl Replica {
             Some(sb) => (sb.data_start(), sb.total_blocks),
             None => (2, MAX_VOLUME_BLOCKS),
         };
+        if let Some(b) = blocks.iter().find(|b| b.addr < lo || b.addr >= hi) {
+            return Err(PeerError::Protocol(format!(
+                "CP {cp} writes block {}, outside the data area {lo}..{hi}",
+                b.addr
+            )));
+        }
         let mut run = Run::default();
-        for b in blocks {
-            if b.addr < lo || b.addr >= hi {
-                return Err(PeerError::Protocol(format!(
-                    "CP {cp} writes block {}, outside the data area {lo}..{hi}",
-                    b.addr
-                )));
-            }
-            let rebuilt = rebuild(
-                b,
-                &Sources {
-                    log: &self.log,
-                    image: &self.image,
-                },
-            );
-            let o = self.open_cp_mut();
-            match rebuilt {
-                Err(why) => {
-                    log::debug!("CP {cp}: block {} is missing: {why}", b.addr);
-                    o.missing.insert(b.addr);
-                }
-                Ok(block) => {
-                    o.missing.remove(&b.addr);
-                    o.min_addr = o.min_addr.min(b.addr);
-                    o.max_addr = o.max_addr.max(b.addr);
-                    o.rebuilt += 1;
-                    if self.image.in_use(b.addr) {
-                        run.flush(&self.image)?;
-                        self.journal.stage(b.addr, &block[..])?;
-                        self.open_cp_mut().staged += 1;
-                    } else {
-                        run.push(b.addr, &block[..], &self.image)?;
-                        self.open_cp_mut().in_place += 1;
+        let mut data = Vec::new();
+        for slice in blocks.chunks(REBUILD_BATCH) {
+            // Rebuild a slice of blocks, then check their hashes together.
+            data.resize(slice.len() * BLOCK_SIZE, 0);
+            let sources = Sources {
+                log: &self.log,
+                image: &self.image,
+            };
+            let rebuilt: Vec<std::result::Result<(), String>> = slice
+                .iter()
+                .zip(data.chunks_exact_mut(BLOCK_SIZE))
+                .map(|(b, out)| rebuild_into(b, &sources, out))
+                .collect();
+            let found = blockhash::hash_blocks(&data);
+            for (((b, rebuilt), found), block) in slice
+                .iter()
+                .zip(rebuilt)
+                .zip(found)
+                .zip(data.chunks_exact(BLOCK_SIZE))
+            {
+                let o = self.open_cp_mut();
+                match rebuilt.and_then(|()| check(b, found)) {
+                    Err(why) => {
+                        log::debug!("CP {cp}: block {} is missing: {why}", b.addr);
+                        o.missing.insert(b.addr);
+                    }
+                    Ok(()) => {
+                        o.missing.remove(&b.addr);
+                        o.min_addr = o.min_addr.min(b.addr);
+                        o.max_addr = o.max_addr.max(b.addr);
+                        o.rebuilt += 1;
+                        if self.image.in_use(b.addr) {
+                            run.flush(&self.image)?;
+                            self.journal.stage(b.addr, block)?;
+                            self.open_cp_mut().staged += 1;
+                        } else {
+                            run.push(b.addr, block, &self.image)?;
+                            self.open_cp_mut().in_place += 1;
+                        }
                     }
                 }
             }
@@ -841,6 +855,9 @@ struct Run {
     start: u64,
     bytes: Vec<u8>,
 }
+
+/// Blocks of a `CpBlocks` frame rebuilt before their hashes are checked together.
+const REBUILD_BATCH: usize = 256;
 
 /// Largest coalesced write.
 const MAX_RUN_BYTES: usize = 1 << 20;
