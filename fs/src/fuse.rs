@@ -126,8 +126,8 @@
 //! the kernel wrote back what it cached. Then call `Volume::close` for the
 //! final CP. `destroy` makes the log durable in any case. Kernel settings:
 //! `max_write` 1 MiB (the kernel's 256-page cap), `max_readahead` the most
-//! the kernel offers (128 KiB here; raising the bdi's `read_ahead_kb` to
-//! 1 MiB measured no faster), `max_background` 64, readdirplus (auto),
+//! the kernel offers (128 KiB), then the mount's `read_ahead_kb` raised to
+//! [`READ_AHEAD_KB`] through sysfs, `max_background` 64, readdirplus (auto),
 //! parallel dirops, cached symlinks, `st_blksize` 1 MiB so that cp and
 //! friends write in whole requests.
 //!
@@ -212,7 +212,7 @@ const CONGESTION_THRESHOLD: u16 = 48;
 /// copy of the one before. With 2 MiB the kernel keeps two 1 MiB reads in
 /// flight and both cores work; cold read of 1 GiB here 540-750 -> 870-1050
 /// MiB/s (1 MiB and 4 MiB measured about the same as 2 MiB).
-const READ_AHEAD_KB: u32 = 2048;
+pub const READ_AHEAD_KB: u32 = 2048;
 /// `st_blksize`: the I/O size tools such as cp use; one full write request.
 const BLKSIZE: u32 = MAX_WRITE_BYTES;
 /// FUSE threads by default.

@@ -27,6 +27,16 @@ fn the_mount_shows_as_fuse_twinfs_with_the_options_asked_for() {
 }
 
 #[test]
+fn the_mount_widens_the_kernel_readahead_window() {
+    let m = Mounted::new(&[]);
+    let line = mountinfo_line(m.root()).expect("mounted");
+    let dev = line.split(' ').nth(2).expect("major:minor");
+    let knob = format!("/sys/class/bdi/{dev}/read_ahead_kb");
+    let kb = fs::read_to_string(&knob).unwrap();
+    assert_eq!(kb.trim(), fuse::READ_AHEAD_KB.to_string(), "{knob}");
+}
+
+#[test]
 fn unknown_options_are_refused_before_mounting() {
     let m = Mounted::new(&[]);
     let other = m.dir.path().join("other");

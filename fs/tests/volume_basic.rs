@@ -250,3 +250,48 @@ fn fsync_through_the_log_writer_survives_a_crash_without_a_device_flush() {
     );
     assert!(vol.read(View::Live, ino, 0, 3_000_000).unwrap() == data);
 }
+
+/// `read_to` reuses the caller's buffer as it is: every byte it reports must
+/// come from the file, whatever the buffer held (holes and punched ranges
+/// read as zeros; dirty and committed blocks as written).
+#[test]
+fn read_to_a_reused_buffer_returns_exactly_the_file() {
+    let (_dev, vol) = new_volume(20_000);
+    let ino = file(&vol, "f");
+    let mut model: Vec<u8> = (0..100_000).map(|i| (i * 7 + 1) as u8).collect();
+    vol.write(ino, 0, &model, false).unwrap();
+    vol.checkpoint().unwrap();
+    // Committed data, a hole after it, a punched range, dirty blocks on top.
+    vol.write(ino, 300_000, b"the end", false).unwrap();
+    model.resize(300_000, 0);
+    model.extend_from_slice(b"the end");
+    vol.fallocate(ino, 20_000, 30_000, FALLOC_PUNCH_HOLE | FALLOC_KEEP_SIZE)
+        .unwrap();
+    model[20_000..50_000].fill(0);
+    vol.write(ino, 60_001, &[0xEE; 9_000], false).unwrap();
+    model[60_001..69_001].fill(0xEE);
+    let mut buf = vec![0xA5u8; 1 << 20];
+    for (offset, size) in [
+        (0, 300_007),
+        (1, 4096),
+        (19_999, 40_002),
+        (99_000, 210_000),
+        (300_000, 100),
+    ] {
+        let want = &model[offset as usize..model.len().min(offset as usize + size as usize)];
+        buf.fill(0xA5);
+        let got = vol
+            .read_to(View::Live, ino, offset, size, &mut buf)
+            .unwrap();
+        assert!(&buf[got] == want, "read_to of {size} at {offset}");
+        assert!(
+            vol.read(View::Live, ino, offset, size).unwrap() == want,
+            "read of {size} at {offset}"
+        );
+    }
+    // Past the end of the file: nothing.
+    assert!(vol
+        .read_to(View::Live, ino, 400_000, 10, &mut buf)
+        .unwrap()
+        .is_empty());
+}
