@@ -129,63 +129,24 @@ impl BlockCache {
     }
 
     /// Reads several blocks, coalescing runs of adjacent addresses into one
-    /// device read. Null pointers yield zero blocks.
+    /// device read, and keeps them in the cache. Null pointers yield zero blocks.
     pub fn read_many(&self, ptrs: &[BlockPtr], class: Class) -> Result<Vec<Arc<Block>>> {
-        let mut out: Vec<Option<Arc<Block>>> = ptrs
+        let wanted: Vec<Option<BlockPtr>> = ptrs.iter().copied().map(Some).collect();
+        let mut buf = vec![0u8; ptrs.len() * BLOCK_SIZE];
+        self.fill(&wanted, &mut buf, class)?;
+        Ok(ptrs
             .iter()
-            .map(|p| {
-                if p.is_null() {
-                    Some(Arc::new(ZERO_BLOCK))
-                } else {
-                    self.cached(p, class)
-                }
-            })
-            .collect();
-        let mut i = 0;
-        while i < ptrs.len() {
-            if out[i].is_some() {
-                i += 1;
-                continue;
-            }
-            let mut j = i + 1;
-            while j < ptrs.len() && out[j].is_none() && ptrs[j].addr.0 == ptrs[j - 1].addr.0 + 1 {
-                j += 1;
-            }
-            for p in &ptrs[i..j] {
-                self.check_addr(p)?;
-            }
-            let mut buf = vec![0u8; (j - i) * BLOCK_SIZE];
-            self.dev.read(ptrs[i].addr, &mut buf).map_err(|e| {
-                FsError::io(
-                    format!(
-                        "reading blocks {}..{}",
-                        ptrs[i].addr.0,
-                        ptrs[j - 1].addr.0 + 1
-                    ),
-                    e,
-                )
-            })?;
-            self.stats.device_reads.fetch_add(1, Ordering::Relaxed);
-            for (k, chunk) in buf.chunks(BLOCK_SIZE).enumerate() {
+            .zip(buf.chunks(BLOCK_SIZE))
+            .map(|(p, bytes)| {
                 let mut block = new_arc_block();
                 Arc::get_mut(&mut block)
                     .expect("fresh Arc is unique")
-                    .copy_from_slice(chunk);
-                self.verify(&ptrs[i + k], &block[..])?;
-                self.table(class).insert(
-                    ptrs[i + k].addr.0,
-                    Entry {
-                        hash: ptrs[i + k].hash,
-                        block: block.clone(),
-                    },
-                );
-                out[i + k] = Some(block);
-            }
-            i = j;
-        }
-        Ok(out
-            .into_iter()
-            .map(|b| b.expect("every slot filled"))
+                    .copy_from_slice(bytes);
+                if !p.is_null() {
+                    self.insert(p, block.clone(), class);
+                }
+                block
+            })
             .collect())
     }
 
@@ -197,6 +158,11 @@ impl BlockCache {
     /// cache keeps, and a streaming read would only evict what the cache holds
     /// (and cost two more copies: cold reads went from 0.8 to 1.0 GB/s).
     pub fn read_into(&self, ptrs: &[Option<BlockPtr>], out: &mut [u8]) -> Result<()> {
+        self.fill(ptrs, out, Class::Data)
+    }
+
+    /// `read_into`, looking in the cache of `class`.
+    fn fill(&self, ptrs: &[Option<BlockPtr>], out: &mut [u8], class: Class) -> Result<()> {
         assert_eq!(
             out.len(),
             ptrs.len() * BLOCK_SIZE,
@@ -209,7 +175,7 @@ impl BlockCache {
             match ptrs[i] {
                 None => {}
                 Some(p) if p.is_null() => slot.fill(0),
-                Some(p) => match self.cached(&p, Class::Data) {
+                Some(p) => match self.cached(&p, class) {
                     Some(b) => slot.copy_from_slice(&b[..]),
                     None => {
                         while ptrs.get(i + n).is_some_and(|q| {
