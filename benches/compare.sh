@@ -41,8 +41,9 @@
 #            speed relative to native, bytes between the replicas (twinfs:
 #            bytes.wire_total of `twinfs status`, what the mount sent;
 #            GlusterFS: bytes_sent of every TCP socket to or from a brick port
-#            from `ss -ti`, both directions) and the peak RSS (VmHWM) of every
-#            process of each system. Workloads: cp of a FILE_MB random file +
+#            from `ss -ti`, both directions), the CPU time of each system's
+#            own processes, and the peak RSS (VmHWM) of every process of each
+#            system. Workloads: cp of a FILE_MB random file +
 #            sync; cp -a /usr/include + sync; rsync -a /usr/include to a new
 #            directory + sync; tar xzf of a tarball of /usr/include + sync;
 #            `git status` and `git commit -a` of a one-line change in a
@@ -503,6 +504,28 @@ sys_counters() {
     esac
 }
 
+# Processes whose CPU time a workload on system S is charged with (the file
+# system's own daemons; native has none, its work is the kernel's).
+sys_cpu_pids() {
+    case $1 in
+    bindfs) echo "$bindfs_pid" ;;
+    gluster) echo "$gl_pid"; gluster_pids ;;
+    twinfs*) echo "$tw_mount_pid" "$tw_peer_pid" ;;
+    esac
+}
+
+# User + system CPU ticks of the processes given (all their threads; gone ones count 0).
+cpu_ticks() { # pid...
+    local pid t=0 f
+    for pid in "$@"; do
+        [[ -n $pid ]] || continue
+        f=$(cut -d')' -f2 "/proc/$pid/stat" 2>/dev/null) || continue
+        # After "pid (comm)": field 12 is utime, 13 stime.
+        t=$((t + $(awk '{ print $12 + $13 }' <<<"$f")))
+    done
+    echo "$t"
+}
+
 drop_caches() {
     sync
     echo 3 >/proc/sys/vm/drop_caches
@@ -514,6 +537,8 @@ declare -A R=()     # "workload|system" -> figure
 declare -A WIRE=()  # "workload|system" -> bytes
 declare -A WRIT=()  # "workload|system" -> bytes written (twinfs)
 declare -A CKT=()   # "workload|system" -> seconds of the checkpoint after it (twinfs)
+declare -A CPU=()   # "workload|system" -> CPU seconds of the system's daemons
+clk_tck=$(getconf CLK_TCK)
 declare -A unit=(
     [cp1g]="MiB/s" [cpa]="files/s" [rsync]="files/s" [untar]="files/s"
     [git-status]="s" [git-commit]="s" [read]="MiB/s" [rm]="files/s" [fio]="IOPS"
@@ -598,6 +623,9 @@ measure() { # system workload
     esac
     sys_settle "$s" || return 1
     c0=$(sys_counters "$s")
+    local cpu_pids cpu0
+    read -r -a cpu_pids <<<"$(sys_cpu_pids "$s" | tr '\n' ' ')"
+    cpu0=$(cpu_ticks "${cpu_pids[@]}")
     case $wl in
     cp1g)
         timed wl_cp1g || return 1
@@ -650,6 +678,7 @@ measure() { # system workload
     [[ $wl == git ]] && key=git-commit
     sys_settle "$s" || return 1
     case $s in twinfs*) CKT["$key|$s"]=$(since "$t_settle") ;; esac
+    [[ $s == native ]] || CPU["$key|$s"]=$(calc "($(cpu_ticks "${cpu_pids[@]}") - $cpu0) / $clk_tck")
     c1=$(sys_counters "$s")
     if [[ -n $c0 && -n $c1 ]]; then
         local a0 b0 a1 b1
@@ -754,6 +783,28 @@ report_compare() {
             echo "$row"
         done
     fi
+}
+
+report_cpu() {
+    local s wl row header="| workload |" rule="|---|" csys=()
+    for s in $SYSTEMS; do
+        [[ $s == native ]] || { csys+=("$s"); header+=" ${sys_label[$s]} |"; rule+="---:|"; }
+    done
+    [[ ${#csys[@]} -gt 0 ]] || return 0
+    echo
+    echo "## CPU seconds (user + system) of each file system's own processes per workload, timed part and the settling after it (twinfs: mount + peer; GlusterFS: glusterd, bricks, self-heal daemon, client; the kernel's FUSE and page-cache work is not in it). Steadier than the wall-clock figures on a shared machine."
+    echo
+    echo "$header"
+    echo "$rule"
+    for wl in "${rows[@]}"; do
+        [[ $wl == git-status ]] && continue
+        row="| ${wl_label[$wl]} |"
+        [[ $wl == git-commit ]] && row="| git status + git commit -a |"
+        for s in "${csys[@]}"; do
+            if [[ -n ${CPU["$wl|$s"]:-} ]]; then row+=" $(fmt "${CPU["$wl|$s"]}" 2) |"; else row+=" - |"; fi
+        done
+        echo "$row"
+    done
 }
 
 report_checkpoints() {
@@ -1056,6 +1107,7 @@ if has "$PARTS" resync; then part_resync; fi
 
 if has "$PARTS" compare; then
     report_compare
+    report_cpu
     report_checkpoints
 fi
 report_rss
