@@ -854,6 +854,7 @@ async fn run_session(
         last_transfer_sent: TransferId(0),
         last_cp_sent: CpNumber(0),
         streaming_cp: None,
+        last_cp_begun: CpNumber(0),
         pending_verify: None,
     };
     let resume = info.resume.applied_cp;
@@ -919,6 +920,9 @@ struct Sender<'a> {
     /// the begin from the queue while the CP is still being produced, and
     /// a resync ends the CP open at the peer).
     streaming_cp: Option<CpNumber>,
+    /// The CP of the last `CpBegin` sent. A new CP ends the one open at the
+    /// peer: blocks the peer asked for before it began come too late.
+    last_cp_begun: CpNumber,
     pending_verify: Option<oneshot::Sender<VerifyAnswer>>,
 }
 
@@ -935,7 +939,11 @@ impl Sender<'_> {
 
     async fn send_cp(&mut self, msg: &Message) -> Result<()> {
         let s = self.s.clone();
-        self.send(msg, &s.counters.cp_sent).await
+        self.send(msg, &s.counters.cp_sent).await?;
+        if let Message::CpBegin { cp, .. } = msg {
+            self.last_cp_begun = CpNumber(*cp);
+        }
+        Ok(())
     }
 
     /// Sends every block of image `sb` born after `base` (all if `None`),
@@ -1213,6 +1221,20 @@ impl Sender<'_> {
     async fn answer(&mut self, m: FromPeer) -> Result<()> {
         match m {
             FromPeer::Missing { cp, addrs, more } => {
+                if self.last_cp_begun > CpNumber(cp) {
+                    // The peer asked at CP cp's end while the next CP's begin
+                    // was on its way; that begin abandoned CP cp there, and
+                    // the peer rejects the next CP (it builds on cp), which
+                    // starts the resync that brings the peer up to date.
+                    // Answering would send blocks of a CP no longer open.
+                    log::info!(
+                        "the peer asks for {} blocks of CP {cp}, but CP {} began since: \
+                         leaving it to the resync",
+                        addrs.len(),
+                        self.last_cp_begun.0
+                    );
+                    return Ok(());
+                }
                 let sb = self.s.link.lock().sent.get(&cp).cloned();
                 let Some(sb) = sb else {
                     return Err(ReplicateError::Protocol(format!(

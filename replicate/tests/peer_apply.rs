@@ -288,6 +288,69 @@ fn a_cp_on_another_base_is_rejected_and_its_frames_are_ignored() {
     assert_eq!(peer.applied().unwrap().cp, 1);
 }
 
+/// CPs are pipelined: the source may answer a `CpMissing` for CP 1 after
+/// CP 2's begin left. That begin ends CP 1 here and is rejected (it builds on
+/// CP 1); the late resend of CP 1 is ignored, not a protocol error that
+/// would end the session, and the resync the rejection starts applies.
+#[test]
+fn a_resend_that_crosses_the_next_cp_is_ignored_and_the_resync_applies() {
+    init_log();
+    let src = Source::new(4096);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut peer = open_bound(tmp.path());
+    feed(&mut peer, &src.resync_from_nothing());
+    let a = src.create("a");
+    src.write(a, 0, &pattern(3 * BLOCK_SIZE, 5));
+    let cp1 = src.checkpoint();
+    src.write(a, 0, b"two");
+    let cp2 = src.checkpoint();
+    feed(&mut peer, &transfer_messages(&src.batches_from(1)));
+
+    let mut cp = cp_messages(&cp1, Enc::Full);
+    let mut spoiled = None;
+    if let Some(Message::CpBlocks { blocks, .. }) = cp.get_mut(1) {
+        if let Encoding::Full(d) = &mut blocks[0].enc {
+            d[0] ^= 1;
+            spoiled = Some(blocks[0].addr);
+        }
+    }
+    let spoiled = spoiled.expect("a Full block in CP 1's first frame");
+    let replies = feed(&mut peer, &cp);
+    assert!(
+        matches!(&replies[..], [Message::CpMissing { cp: 1, addrs, more: false }] if addrs == &vec![spoiled]),
+        "{replies:?}"
+    );
+
+    let begin2 = cp_messages(&cp2, Enc::Best).remove(0);
+    assert!(matches!(begin2, Message::CpBegin { cp: 2, .. }));
+    let replies = feed(&mut peer, &[begin2]);
+    assert!(
+        matches!(&replies[..], [Message::CpRejected { cp: 2, .. }]),
+        "{replies:?}"
+    );
+
+    let good = cp1.blocks.iter().find(|b| b.addr == spoiled).unwrap();
+    let late = [
+        Message::CpBlocks {
+            cp: 1,
+            blocks: vec![CpBlock {
+                addr: spoiled,
+                hash: good.hash,
+                enc: Encoding::Full(good.data.clone()),
+            }],
+        },
+        cp.last().unwrap().clone(),
+    ];
+    assert!(
+        feed(&mut peer, &late).is_empty(),
+        "the late resend is ignored"
+    );
+    assert_eq!(peer.applied().unwrap().cp, 0);
+
+    let replies = feed(&mut peer, &src.resync_from(0));
+    assert_eq!(applied(&replies), vec![(2, cp2.sb.root_hash().0)]);
+}
+
 #[test]
 fn a_damaged_or_foreign_transfer_ends_the_session() {
     init_log();

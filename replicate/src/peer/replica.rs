@@ -140,6 +140,10 @@ pub struct Replica {
     image: MirrorImage,
     journal: Journal,
     cp: CpPhase,
+    /// The latest CP begun in this session: frames of an earlier CP come
+    /// late (the source answered a `CpMissing` while this CP's begin was on
+    /// its way, which ended that CP here) and are ignored.
+    last_begun: u64,
     view: Option<Arc<dyn ReplicaView>>,
     crash_after: Option<CommitStep>,
     needs_recovery: bool,
@@ -202,6 +206,7 @@ impl Replica {
             image,
             journal: Journal::new(&dir.join(JOURNAL_FILE)),
             cp: CpPhase::Idle,
+            last_begun: 0,
             view,
             crash_after: None,
             needs_recovery: false,
@@ -319,6 +324,7 @@ impl Replica {
         self.source_connected = connected;
         if !connected {
             self.abandon_cp("the session ended");
+            self.last_begun = 0;
         }
         self.write_status();
     }
@@ -459,6 +465,7 @@ impl Replica {
         replies: &mut Vec<Message>,
     ) {
         self.abandon_cp("a new CP began before it ended");
+        self.last_begun = self.last_begun.max(cp);
         let applied = self.applied().map(|a| a.cp);
         if let Some(base) = base_cp {
             if applied != Some(base) {
@@ -503,6 +510,13 @@ impl Replica {
         match &self.cp {
             CpPhase::Open(o) if o.cp == cp => Ok(Some(self.open_cp_mut())),
             CpPhase::Ignoring(c) if *c == cp => Ok(None),
+            _ if cp < self.last_begun => {
+                log::info!(
+                    "{what} for CP {cp}, which CP {} ended: ignored",
+                    self.last_begun
+                );
+                Ok(None)
+            }
             CpPhase::Open(o) => Err(PeerError::Protocol(format!(
                 "{what} for CP {cp} while CP {} is open",
                 o.cp
