@@ -785,14 +785,19 @@ report_compare() {
     fi
 }
 
-report_cpu() {
-    local s wl row header="| workload |" rule="|---|" csys=()
-    for s in $SYSTEMS; do
-        [[ $s == native ]] || { csys+=("$s"); header+=" ${sys_label[$s]} |"; rule+="---:|"; }
+# A table of seconds per workload (git status and commit as one row) and
+# system, from the array named MAP; nothing when no system is given.
+report_seconds() { # title map system...
+    local title=$1 s wl row header="| workload |" rule="|---|"
+    local -n map=$2
+    shift 2
+    [[ $# -gt 0 ]] || return 0
+    for s in "$@"; do
+        header+=" ${sys_label[$s]} |"
+        rule+="---:|"
     done
-    [[ ${#csys[@]} -gt 0 ]] || return 0
     echo
-    echo "## CPU seconds (user + system) of each file system's own processes per workload, timed part and the settling after it (twinfs: mount + peer; GlusterFS: glusterd, bricks, self-heal daemon, client; the kernel's FUSE and page-cache work is not in it). Steadier than the wall-clock figures on a shared machine."
+    echo "$title"
     echo
     echo "$header"
     echo "$rule"
@@ -800,37 +805,25 @@ report_cpu() {
         [[ $wl == git-status ]] && continue
         row="| ${wl_label[$wl]} |"
         [[ $wl == git-commit ]] && row="| git status + git commit -a |"
-        for s in "${csys[@]}"; do
-            if [[ -n ${CPU["$wl|$s"]:-} ]]; then row+=" $(fmt "${CPU["$wl|$s"]}" 2) |"; else row+=" - |"; fi
+        for s in "$@"; do
+            if [[ -n ${map["$wl|$s"]:-} ]]; then row+=" $(fmt "${map["$wl|$s"]}" 2) |"; else row+=" - |"; fi
         done
         echo "$row"
     done
 }
 
+report_cpu() {
+    local s csys=()
+    for s in $SYSTEMS; do [[ $s == native ]] || csys+=("$s"); done
+    report_seconds "## CPU seconds (user + system) of each file system's own processes per workload, timed part and the settling after it (twinfs: mount + peer; GlusterFS: glusterd, bricks, self-heal daemon, client; the kernel's FUSE and page-cache work is not in it). Steadier than the wall-clock figures on a shared machine." \
+        CPU "${csys[@]}"
+}
+
 report_checkpoints() {
-    local s wl row header rule tsys=()
+    local s tsys=()
     for s in $SYSTEMS; do case $s in twinfs*) tsys+=("$s") ;; esac; done
-    [[ ${#tsys[@]} -gt 0 ]] || return 0
-    echo
-    echo "## twinfs: seconds of the \`twinfs checkpoint\` after each workload, outside the timing (the workload's \`sync\` already takes a CP; with a peer this also waits until the peer has applied the CP, i.e. the catch-up of async mode)"
-    echo
-    header="| workload |"
-    rule="|---|"
-    for s in "${tsys[@]}"; do
-        header+=" ${sys_label[$s]} |"
-        rule+="---:|"
-    done
-    echo "$header"
-    echo "$rule"
-    for wl in "${rows[@]}"; do
-        [[ $wl == git-status ]] && continue
-        row="| ${wl_label[$wl]} |"
-        [[ $wl == git-commit ]] && row="| git status + git commit -a |"
-        for s in "${tsys[@]}"; do
-            if [[ -n ${CKT["$wl|$s"]:-} ]]; then row+=" $(fmt "${CKT["$wl|$s"]}" 2) |"; else row+=" - |"; fi
-        done
-        echo "$row"
-    done
+    report_seconds "## twinfs: seconds of the \`twinfs checkpoint\` after each workload, outside the timing (the workload's \`sync\` already takes a CP; with a peer this also waits until the peer has applied the CP, i.e. the catch-up of async mode)" \
+        CKT "${tsys[@]}"
 }
 
 report_rss() {
