@@ -41,6 +41,17 @@ fn open_bound(dir: &std::path::Path) -> Replica {
     r
 }
 
+/// A source with an empty volume and a peer brought to its CP 0 by a resync
+/// (the directory lives as long as the returned guard).
+fn source_and_peer_at_cp0() -> (Source, tempfile::TempDir, Replica) {
+    init_log();
+    let src = Source::new(4096);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut peer = open_bound(tmp.path());
+    feed(&mut peer, &src.resync_from_nothing());
+    (src, tmp, peer)
+}
+
 fn kinds(msgs: &[Message]) -> BTreeSet<&'static str> {
     let mut out = BTreeSet::new();
     for m in msgs {
@@ -158,11 +169,7 @@ fn every_encoding_is_rebuilt_verified_and_committed() {
 
 #[test]
 fn a_block_that_cannot_be_rebuilt_is_asked_for_and_the_resend_applies() {
-    init_log();
-    let src = Source::new(4096);
-    let tmp = tempfile::tempdir().unwrap();
-    let mut peer = open_bound(tmp.path());
-    feed(&mut peer, &src.resync_from_nothing());
+    let (src, _tmp, mut peer) = source_and_peer_at_cp0();
     let a = src.create("a");
     src.write(a, 0, &pattern(3 * BLOCK_SIZE, 9));
     let cp1 = src.checkpoint();
@@ -249,11 +256,7 @@ fn a_block_that_cannot_be_rebuilt_is_asked_for_and_the_resend_applies() {
 
 #[test]
 fn a_cp_on_another_base_is_rejected_and_its_frames_are_ignored() {
-    init_log();
-    let src = Source::new(4096);
-    let tmp = tempfile::tempdir().unwrap();
-    let mut peer = open_bound(tmp.path());
-    feed(&mut peer, &src.resync_from_nothing());
+    let (src, _tmp, mut peer) = source_and_peer_at_cp0();
     let a = src.create("a");
     src.write(a, 0, b"one");
     let cp1 = src.checkpoint();
@@ -294,11 +297,7 @@ fn a_cp_on_another_base_is_rejected_and_its_frames_are_ignored() {
 /// would end the session, and the resync the rejection starts applies.
 #[test]
 fn a_resend_that_crosses_the_next_cp_is_ignored_and_the_resync_applies() {
-    init_log();
-    let src = Source::new(4096);
-    let tmp = tempfile::tempdir().unwrap();
-    let mut peer = open_bound(tmp.path());
-    feed(&mut peer, &src.resync_from_nothing());
+    let (src, _tmp, mut peer) = source_and_peer_at_cp0();
     let a = src.create("a");
     src.write(a, 0, &pattern(3 * BLOCK_SIZE, 5));
     let cp1 = src.checkpoint();
