@@ -6,7 +6,8 @@
 //! leaves most lanes idle (1.6 GB/s here, against 3.1 GB/s for one large
 //! input). [`hash_blocks`] puts the chunks of many blocks through the
 //! crate's `hash_many` together, then the two levels of parent nodes above
-//! them the same way (3.3 GB/s for runs of 16 blocks or more). The result is
+//! them the same way (4.3 GB/s for runs of 16 blocks or more, against 1.9 one
+//! block at a time, measured the same day). The result is
 //! the same hash, bit for bit: a test holds it to `blake3::hash` for every
 //! block count.
 //!
@@ -26,8 +27,9 @@ const _: () = assert!(CHUNKS == 4, "the merge below is written for four chunks")
 /// Blocks hashed per `hash_many` call: enough to fill sixteen lanes.
 const GROUP: usize = 16;
 
-/// Filler for the unused input slots of a group.
+/// Fillers for the unused input slots of a group.
 static NO_CHUNK: [u8; CHUNK_LEN] = [0; CHUNK_LEN];
+static NO_PAIR: [u8; 2 * CV] = [0; 2 * CV];
 
 /// blake3's initialisation vector (the spec's; the crate keeps its copy private).
 const IV: [u32; 8] = [
@@ -81,8 +83,17 @@ pub fn hash_blocks(data: &[u8]) -> Vec<Hash128> {
         }
         // A row is [cv0 cv1 cv2 cv3]: its halves are the two parents'
         // inputs, whose outputs side by side are the root's input.
-        let parents = parent_level(platform, chunk_cvs[..blocks].as_flattened(), PARENT);
-        let roots = parent_level(platform, &parents, PARENT | ROOT);
+        let mut parents = [0u8; 2 * CV * GROUP];
+        let parents = &mut parents[..2 * CV * blocks];
+        parent_level(
+            platform,
+            chunk_cvs[..blocks].as_flattened(),
+            PARENT,
+            parents,
+        );
+        let mut roots = [0u8; CV * GROUP];
+        let roots = &mut roots[..CV * blocks];
+        parent_level(platform, parents, PARENT | ROOT, roots);
         for root in roots.chunks_exact(CV) {
             out.push(Hash128(root[..16].try_into().expect("16 bytes")));
         }
@@ -91,15 +102,15 @@ pub fn hash_blocks(data: &[u8]) -> Vec<Hash128> {
     out
 }
 
-/// The parent nodes over `children`, chaining values two by two.
-fn parent_level(platform: Platform, children: &[u8], flags: u8) -> Vec<u8> {
-    let inputs: Vec<&[u8; 2 * CV]> = children
-        .chunks_exact(2 * CV)
-        .map(|pair| pair.try_into().expect("two chaining values"))
-        .collect();
-    let mut out = vec![0u8; CV * inputs.len()];
-    platform.hash_many(&inputs, &IV, 0, IncrementCounter::No, flags, 0, 0, &mut out);
-    out
+/// Writes into `out` the parent nodes over `children`, chaining values two
+/// by two (at most `2 * GROUP` parents).
+fn parent_level(platform: Platform, children: &[u8], flags: u8, out: &mut [u8]) {
+    let n = children.len() / (2 * CV);
+    let mut inputs = [&NO_PAIR; 2 * GROUP];
+    for (input, pair) in inputs.iter_mut().zip(children.chunks_exact(2 * CV)) {
+        *input = pair.try_into().expect("two chaining values");
+    }
+    platform.hash_many(&inputs[..n], &IV, 0, IncrementCounter::No, flags, 0, 0, out);
 }
 
 #[cfg(test)]
