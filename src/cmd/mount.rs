@@ -21,6 +21,7 @@ use crate::error::CmdError;
 /// usable and keeps serving in the background. SIGTERM/SIGINT, `umount` or
 /// `fusermount3 -u` end it with a final CP.
 pub fn run(args: MountArgs) -> Result<(), CmdError> {
+    daemon::tune_allocator();
     let mut config = check(&args)?;
     config.image = absolute(&config.image)?;
     config.mountpoint = absolute(&config.mountpoint)?;

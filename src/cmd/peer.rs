@@ -17,6 +17,7 @@ use crate::error::CmdError;
 /// Runs the peer daemon in the foreground until SIGTERM/SIGINT: keeps the
 /// replica in DIR and, with `--mount`, serves its latest applied CP read-only.
 pub fn run(args: PeerArgs) -> Result<(), CmdError> {
+    daemon::tune_allocator();
     if let Some(mp) = &args.mount {
         require_dir("peer --mount", mp, "create the mount point directory first")?;
     }
