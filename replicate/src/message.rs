@@ -250,6 +250,60 @@ impl TransferRef<'_> {
     }
 }
 
+/// Borrowed twin of `Message::CpBlocks` whose blocks all travel `Full` (a
+/// resync): encodes to exactly the same bytes, straight from the one buffer
+/// the blocks were read into, without a `Vec` per block.
+#[derive(Serialize)]
+pub(crate) enum FullBlocksRef<'a> {
+    CpBlocks {
+        cp: u64,
+        blocks: Vec<FullBlockRef<'a>>,
+    },
+}
+
+/// One block of a [`FullBlocksRef`], encoded like a [`CpBlock`].
+#[derive(Serialize)]
+pub(crate) struct FullBlockRef<'a> {
+    addr: u64,
+    #[serde(with = "serde_bytes")]
+    hash: [u8; 16],
+    enc: FullRef<'a>,
+}
+
+/// `Encoding::Full`, borrowed.
+#[derive(Serialize)]
+pub(crate) enum FullRef<'a> {
+    Full(#[serde(with = "serde_bytes")] &'a [u8]),
+}
+
+impl<'a> FullBlocksRef<'a> {
+    /// CP `cp`'s blocks `blocks[i] = (addr, hash)` whose contents are
+    /// `data[i * BLOCK_BYTES..][..BLOCK_BYTES]`. Refuses what `validate`
+    /// would refuse of the owned message.
+    pub(crate) fn new(
+        cp: u64,
+        blocks: &[(u64, [u8; 16])],
+        data: &'a [u8],
+    ) -> Result<FullBlocksRef<'a>, String> {
+        check_max(blocks.len(), MAX_BLOCKS_PER_CP_FRAME, "CpBlocks blocks")?;
+        check_exact(
+            data.len(),
+            blocks.len() * BLOCK_BYTES,
+            "CpBlocks data bytes",
+        )?;
+        let blocks = blocks
+            .iter()
+            .zip(data.chunks_exact(BLOCK_BYTES))
+            .map(|(&(addr, hash), block)| FullBlockRef {
+                addr,
+                hash,
+                enc: FullRef::Full(block),
+            })
+            .collect();
+        Ok(FullBlocksRef::CpBlocks { cp, blocks })
+    }
+}
+
 /// One block written by a CP.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CpBlock {

@@ -9,7 +9,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use crate::codec;
 use crate::error::{Direction, FrameFault, ReplicateError, Result};
 use crate::frame::{FrameReader, FrameWriter};
-use crate::message::{decompress_transfer, Message, TransferCompressor, TransferRef};
+use crate::message::{
+    decompress_transfer, FullBlocksRef, Message, TransferCompressor, TransferRef,
+};
 use crate::seal::{Sealer, SEQ_BYTES};
 
 /// Both halves of a session over one stream `S` (a `TcpStream` in production, an
@@ -106,12 +108,7 @@ impl<W: AsyncWrite + Unpin> SendHalf<W> {
                 what: "Transfer",
                 problem,
             })?;
-        if self.frames.direction() != Direction::SourceToPeer {
-            return Err(ReplicateError::InvalidOutgoing {
-                what: "Transfer",
-                problem: format!("it is not sent {}", self.frames.direction()),
-            });
-        }
+        self.check_source_to_peer("Transfer")?;
         if let Some(data) = self.compressor.compress(batch) {
             let packed = Message::TransferLz4 {
                 id,
@@ -121,6 +118,36 @@ impl<W: AsyncWrite + Unpin> SendHalf<W> {
             return self.send_sealed(&packed, "TransferLz4").await;
         }
         self.send_sealed(&msg, "Transfer").await
+    }
+
+    /// Sends `Message::CpBlocks` of CP `cp` whose blocks `blocks[i] = (addr,
+    /// hash)` travel whole, their contents back to back in `data`, without
+    /// copying them into a `Message` first; the receiving half hands out
+    /// `CpBlocks`.
+    pub async fn send_full_blocks(
+        &mut self,
+        cp: u64,
+        blocks: &[(u64, [u8; 16])],
+        data: &[u8],
+    ) -> Result<usize> {
+        let msg = FullBlocksRef::new(cp, blocks, data).map_err(|problem| {
+            ReplicateError::InvalidOutgoing {
+                what: "CpBlocks",
+                problem,
+            }
+        })?;
+        self.check_source_to_peer("CpBlocks")?;
+        self.send_sealed(&msg, "CpBlocks").await
+    }
+
+    fn check_source_to_peer(&self, what: &'static str) -> Result<()> {
+        if self.frames.direction() != Direction::SourceToPeer {
+            return Err(ReplicateError::InvalidOutgoing {
+                what,
+                problem: format!("it is not sent {}", self.frames.direction()),
+            });
+        }
+        Ok(())
     }
 
     /// Sends `Bye`, then shuts the write direction down.
@@ -274,7 +301,7 @@ mod tests {
 
     use super::*;
     use crate::handshake::{handshake_client, handshake_server, ResumePoint};
-    use crate::message::{CpBlock, Encoding};
+    use crate::message::{CpBlock, Encoding, BLOCK_BYTES, MAX_BLOCKS_PER_CP_FRAME};
     use crate::secret::Secret;
     use tokio::io::DuplexStream;
 
@@ -373,6 +400,61 @@ mod tests {
             peer.send_transfer(78, &batch).await,
             Err(ReplicateError::InvalidOutgoing { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn borrowed_full_blocks_are_the_same_bytes_as_a_cp_blocks_message() {
+        let data: Vec<u8> = (0..3 * BLOCK_BYTES).map(|i| (i % 251) as u8).collect();
+        let blocks = [(10, [1; 16]), (11, [2; 16]), (40, [3; 16])];
+        let owned = Message::CpBlocks {
+            cp: 9,
+            blocks: blocks
+                .iter()
+                .zip(data.chunks(BLOCK_BYTES))
+                .map(|(&(addr, hash), d)| CpBlock {
+                    addr,
+                    hash,
+                    enc: Encoding::Full(d.to_vec()),
+                })
+                .collect(),
+        };
+        let borrowed = FullBlocksRef::new(9, &blocks, &data).expect("valid");
+        assert_eq!(
+            codec::encode(&borrowed).expect("encode"),
+            owned.encode().expect("encode")
+        );
+        let (mut source, mut peer) = pair().await;
+        let before = peer.receiver().bytes_received();
+        let wire = source
+            .tx
+            .send_full_blocks(9, &blocks, &data)
+            .await
+            .expect("send");
+        assert_eq!(peer.recv().await.expect("recv"), owned);
+        assert_eq!(wire as u64, peer.receiver().bytes_received() - before);
+        // What validate refuses of the owned message is refused here too,
+        // and nothing is sent.
+        for (blocks, data) in [
+            (&blocks[..2], &data[..]),
+            (&blocks[..], &data[..data.len() - 1]),
+        ] {
+            assert!(matches!(
+                source.tx.send_full_blocks(9, blocks, data).await,
+                Err(ReplicateError::InvalidOutgoing { .. })
+            ));
+        }
+        let too_many = vec![(5, [0; 16]); MAX_BLOCKS_PER_CP_FRAME + 1];
+        let big = vec![0; too_many.len() * BLOCK_BYTES];
+        assert!(matches!(
+            source.tx.send_full_blocks(9, &too_many, &big).await,
+            Err(ReplicateError::InvalidOutgoing { .. })
+        ));
+        assert!(matches!(
+            peer.tx.send_full_blocks(9, &blocks, &data).await,
+            Err(ReplicateError::InvalidOutgoing { .. })
+        ));
+        source.send(&Message::Bye).await.expect("send");
+        assert_eq!(peer.recv().await.expect("recv"), Message::Bye);
     }
 
     #[tokio::test]

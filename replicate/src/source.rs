@@ -929,12 +929,17 @@ struct Sender<'a> {
 impl Sender<'_> {
     async fn send(&mut self, msg: &Message, counter: &AtomicU64) -> Result<()> {
         let n = self.tx.send(msg).await?;
+        self.count(n, counter);
+        Ok(())
+    }
+
+    /// Adds `n` wire bytes to `counter` and to the total.
+    fn count(&self, n: usize, counter: &AtomicU64) {
         counter.fetch_add(n as u64, Ordering::Relaxed);
         self.s
             .counters
             .wire_total
             .fetch_add(n as u64, Ordering::Relaxed);
-        Ok(())
     }
 
     async fn send_cp(&mut self, msg: &Message) -> Result<()> {
@@ -985,28 +990,24 @@ impl Sender<'_> {
         })
         .await?;
         // A blocking walker feeds frames through a small channel: bounded memory.
-        let (btx, mut brx) = mpsc::channel::<Vec<CpBlock>>(4);
+        // Each frame is its blocks' (address, hash) and their contents back to
+        // back, sent from that buffer as it is.
+        let (btx, mut brx) = mpsc::channel::<(Vec<(u64, [u8; 16])>, Vec<u8>)>(4);
         let vol = self.s.vol.clone();
         let sbc = sb.clone();
         let walker = tokio::task::spawn_blocking(move || {
             // A frame's pointers are read together: adjacent addresses in one
             // device read, each block verified against its pointer.
             let mut ptrs: Vec<Option<BlockPtr>> = Vec::with_capacity(MAX_BLOCKS_PER_CP_FRAME);
-            let mut buf = Vec::new();
-            let mut send = |ptrs: &mut Vec<Option<BlockPtr>>| -> std::result::Result<(), FsError> {
-                buf.resize(ptrs.len() * BLOCK_SIZE, 0);
-                vol.cache().read_into(ptrs, &mut buf)?;
-                let frame = ptrs
+            let send = |ptrs: &mut Vec<Option<BlockPtr>>| -> std::result::Result<(), FsError> {
+                let mut data = vec![0; ptrs.len() * BLOCK_SIZE];
+                vol.cache().read_into(ptrs, &mut data)?;
+                let blocks = ptrs
                     .drain(..)
                     .flatten()
-                    .zip(buf.chunks(BLOCK_SIZE))
-                    .map(|(p, data)| CpBlock {
-                        addr: p.addr.0,
-                        hash: p.hash.0,
-                        enc: Encoding::Full(data.to_vec()),
-                    })
+                    .map(|p| (p.addr.0, p.hash.0))
                     .collect();
-                btx.blocking_send(frame)
+                btx.blocking_send((blocks, data))
                     .map_err(|_| FsError::Failed("resync stopped".into()))
             };
             twinfs_fs::diff::walk_image(vol.cache(), &sbc, min_birth, &mut |p, _| {
@@ -1021,14 +1022,11 @@ impl Sender<'_> {
             }
             Ok::<(), FsError>(())
         });
-        while let Some(blocks) = brx.recv().await {
+        while let Some((blocks, data)) = brx.recv().await {
             let n = blocks.len();
             self.s.counters.resync_blocks.add(n * BLOCK_SIZE);
-            self.send_cp(&Message::CpBlocks {
-                cp: sb.cp.0,
-                blocks,
-            })
-            .await?;
+            let wire = self.tx.send_full_blocks(sb.cp.0, &blocks, &data).await?;
+            self.count(wire, &self.s.counters.cp_sent);
             if let Some(r) = &mut self.s.link.lock().resync {
                 r.bytes_done += (n * BLOCK_SIZE) as u64;
             }
