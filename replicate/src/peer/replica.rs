@@ -576,7 +576,7 @@ impl Replica {
                 .zip(data.chunks_exact_mut(BLOCK_SIZE))
                 .map(|(b, out)| rebuild_into(b, &sources, out))
                 .collect();
-            let found = blockhash::hash_blocks(&data);
+            let found = blockhash::hash_blocks(data);
             for (((b, rebuilt), found), block) in slice
                 .iter()
                 .zip(rebuilt)
