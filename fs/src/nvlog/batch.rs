@@ -139,9 +139,13 @@ impl OpenBatch {
 /// records area, then the `Hash128` of each data block in order. Hashing the
 /// blocks' hashes rather than their bytes lets a CP reuse the per-block
 /// hashes, so each logged byte is hashed once.
+/// `head` is the header blocks; its checksum field counts as zeros whatever
+/// it holds, so a batch is checked without a copy.
 fn checksum(head: &[u8], block_hashes: &[Hash128]) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
-    h.update(head);
+    h.update(&head[..OFF_CHECKSUM]);
+    h.update(&[0; 32]);
+    h.update(&head[OFF_CHECKSUM + 32..]);
     for bh in block_hashes {
         h.update(&bh.0);
     }
@@ -235,9 +239,20 @@ pub struct DecodedBatch {
     pub records: Vec<(Record, RecordPos)>,
 }
 
-/// Verifies a whole batch (checksum, then every record) and decodes it.
-pub fn decode(bytes: &[u8]) -> Result<DecodedBatch> {
+/// Checks that `bytes` are one whole batch as it was sealed (its size and
+/// checksum, so every data block too) and returns its header, without
+/// decoding the records: what the peer needs to store a transfer. A batch
+/// that passes holds the very bytes the source logged and replays itself.
+pub fn verify(bytes: &[u8]) -> Result<BatchHeader> {
     let header = parse_header(bytes)?;
+    check_size(&header, bytes)?;
+    let data_start = header.header_blocks as usize * BLOCK_SIZE;
+    let hashes = crate::blockhash::hash_blocks(&bytes[data_start..]);
+    check_sum(&header, &bytes[..data_start], &hashes)?;
+    Ok(header)
+}
+
+fn check_size(header: &BatchHeader, bytes: &[u8]) -> Result<()> {
     if bytes.len() as u64 != header.size_blocks() * BLOCK_SIZE_U64 {
         return Err(bad(format!(
             "batch {} holds {} bytes, its header says {} blocks",
@@ -246,16 +261,28 @@ pub fn decode(bytes: &[u8]) -> Result<DecodedBatch> {
             header.size_blocks()
         )));
     }
-    let data_start = header.header_blocks as usize * BLOCK_SIZE;
-    let hashes = crate::blockhash::hash_blocks(&bytes[data_start..]);
-    let mut head = bytes[..data_start].to_vec();
-    head[OFF_CHECKSUM..OFF_CHECKSUM + 32].fill(0);
-    if checksum(&head, &hashes) != header.checksum {
+    Ok(())
+}
+
+/// Compares the checksum of the header blocks `head` and the data blocks'
+/// hashes with the header's.
+fn check_sum(header: &BatchHeader, head: &[u8], block_hashes: &[Hash128]) -> Result<()> {
+    if checksum(head, block_hashes) != header.checksum {
         return Err(bad(format!(
             "batch {} fails its checksum (torn or corrupt)",
             header.id.0
         )));
     }
+    Ok(())
+}
+
+/// Verifies a whole batch (checksum, then every record) and decodes it.
+pub fn decode(bytes: &[u8]) -> Result<DecodedBatch> {
+    let header = parse_header(bytes)?;
+    check_size(&header, bytes)?;
+    let data_start = header.header_blocks as usize * BLOCK_SIZE;
+    let hashes = crate::blockhash::hash_blocks(&bytes[data_start..]);
+    check_sum(&header, &bytes[..data_start], &hashes)?;
     let blocks: Vec<Arc<Block>> = bytes[data_start..]
         .chunks(BLOCK_SIZE)
         .map(|c| Arc::new(<Block>::try_from(c).expect("whole block")))
@@ -352,6 +379,8 @@ mod tests {
     fn batches_round_trip_with_positions() {
         let (sealed, positions) = build(7);
         let d = decode(&sealed.bytes).unwrap();
+        assert_eq!(verify(&sealed.bytes).unwrap(), d.header);
+        assert_eq!(d.header.checksum, sealed.hash);
         assert_eq!(d.header.id, TransferId(7));
         assert_eq!(d.header.prev_hash, [6; 32]);
         let recs: Vec<_> = d.records.iter().map(|(r, _)| r.clone()).collect();
@@ -379,6 +408,7 @@ mod tests {
             let mut c = bytes.to_vec();
             c[off] ^= 1;
             assert!(decode(&c).is_err(), "flip at {off}");
+            assert!(verify(&c).is_err(), "flip at {off}");
         }
         for cut in [
             0,
@@ -388,6 +418,7 @@ mod tests {
             bytes.len() - BLOCK_SIZE,
         ] {
             assert!(decode(&bytes[..cut]).is_err());
+            assert!(verify(&bytes[..cut]).is_err());
         }
     }
 
@@ -395,11 +426,13 @@ mod tests {
         #[test]
         fn decoding_arbitrary_bytes_never_panics(noise in proptest::collection::vec(proptest::num::u8::ANY, 0..9000)) {
             let _ = decode(&noise);
+            let _ = verify(&noise);
             let (sealed, _) = build(3);
             let mut c = sealed.bytes.to_vec();
             let n = noise.len().min(c.len() - BATCH_HEADER_SIZE);
             c[BATCH_HEADER_SIZE..BATCH_HEADER_SIZE + n].copy_from_slice(&noise[..n]);
             let _ = decode(&c);
+            let _ = verify(&c);
         }
     }
 }

@@ -427,10 +427,9 @@ impl Replica {
             .state
             .volume_uuid
             .ok_or_else(|| PeerError::Protocol("a transfer before the volume was bound".into()))?;
-        let decoded = batch::decode(batch_bytes).map_err(|e| {
+        let h = batch::verify(batch_bytes).map_err(|e| {
             PeerError::Protocol(format!("transfer {id} is not a valid log batch: {e}"))
         })?;
-        let h = &decoded.header;
         if h.id.0 != id {
             return Err(PeerError::Protocol(format!(
                 "transfer {id} carries log batch {}",
