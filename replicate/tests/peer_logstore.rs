@@ -9,7 +9,7 @@ use std::fs::OpenOptions;
 use peer_support::{init_log, make_batch};
 use twinfs_fs::nvlog::batch::SealedBatch;
 use twinfs_fs::BLOCK_SIZE;
-use twinfs_replicate::peer::logstore::{LogStore, RECORD_HEADER_BYTES, SEGMENT_TARGET_BYTES};
+use twinfs_replicate::peer::logstore::{self, LogStore, RECORD_HEADER_BYTES, SEGMENT_TARGET_BYTES};
 
 const UUID: [u8; 16] = [7; 16];
 
@@ -250,4 +250,87 @@ fn release_deletes_whole_segments_once_every_transfer_in_them_is_covered() {
     drop(store);
     let store = LogStore::open(tmp.path()).unwrap();
     assert_eq!(store.ids().collect::<Vec<_>>(), vec![per + 3]);
+}
+
+#[test]
+fn a_damaged_byte_in_the_records_area_also_ends_the_log() {
+    // The record's check covers the batch's checksum, and a scan verifies
+    // the batch against it: header and records are covered like the blocks.
+    init_log();
+    let tmp = tempfile::tempdir().unwrap();
+    let batches = chain(3, 1);
+    let at = {
+        let mut store = LogStore::open(tmp.path()).unwrap();
+        store_all(&mut store, &batches);
+        store.sync().unwrap();
+        store.get(2).unwrap().offset + 200
+    };
+    let seg = segment_files(tmp.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[at as usize] ^= 0x01;
+    std::fs::write(&seg, &bytes).unwrap();
+
+    let store = LogStore::open(tmp.path()).unwrap();
+    assert_eq!(store.ids().collect::<Vec<_>>(), vec![1]);
+}
+
+/// A segment as the first record format wrote it: magic `TWPLOG01` and a
+/// check over the ID, the length and every byte of the batch.
+fn first_format_segment(batches: &[SealedBatch]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for b in batches {
+        let mut h = blake3::Hasher::new();
+        h.update(&b.id.0.to_le_bytes());
+        h.update(&(b.bytes.len() as u64).to_le_bytes());
+        h.update(&b.bytes);
+        out.extend_from_slice(b"TWPLOG01");
+        out.extend_from_slice(&b.id.0.to_le_bytes());
+        out.extend_from_slice(&(b.bytes.len() as u64).to_le_bytes());
+        out.extend_from_slice(h.finalize().as_bytes());
+        out.extend_from_slice(&b.bytes);
+    }
+    assert_eq!(
+        out.len(),
+        batches.len() * RECORD_HEADER_BYTES + batches.iter().map(|b| b.bytes.len()).sum::<usize>()
+    );
+    out
+}
+
+#[test]
+fn a_store_of_the_first_record_format_still_opens_and_grows() {
+    init_log();
+    let tmp = tempfile::tempdir().unwrap();
+    let batches = chain(5, 2);
+    // Segment 1 holds transfers 1..=3 in the first format.
+    drop(LogStore::open(tmp.path()).unwrap());
+    let seg = tmp.path().join(format!("{:020}.seg", 1));
+    std::fs::write(&seg, first_format_segment(&batches[..3])).unwrap();
+    assert_eq!(segment_files(tmp.path()), vec![seg.clone()]);
+
+    let mut store = LogStore::open(tmp.path()).unwrap();
+    assert_eq!(store.ids().collect::<Vec<_>>(), vec![1, 2, 3]);
+    for b in &batches[..3] {
+        assert_eq!(store.read_batch(b.id.0).unwrap(), b.bytes.to_vec());
+    }
+    // New records follow in the current format.
+    store_all(&mut store, &batches[3..]);
+    store.sync().unwrap();
+    drop(store);
+    let store = LogStore::open(tmp.path()).unwrap();
+    assert_eq!(store.ids().collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+    for b in &batches {
+        assert_eq!(store.read_batch(b.id.0).unwrap(), b.bytes.to_vec());
+    }
+    drop(store);
+    // `status --dir` counts records of both formats.
+    let quick = logstore::quick_count(tmp.path());
+    assert_eq!((quick.transfers, quick.highest), (5, 5));
+
+    // A damaged first-format record still ends the log there.
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let second = RECORD_HEADER_BYTES + batches[0].bytes.len();
+    bytes[second + RECORD_HEADER_BYTES + 100] ^= 0x01;
+    std::fs::write(&seg, &bytes).unwrap();
+    let store = LogStore::open(tmp.path()).unwrap();
+    assert_eq!(store.ids().collect::<Vec<_>>(), vec![1]);
 }

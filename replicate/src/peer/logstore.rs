@@ -9,9 +9,16 @@
 //!  0        8              16             24                    56          56 + len
 //!  +--------+--------------+--------------+---------------------+-------------+
 //!  | magic  | transfer id  | len          | check               | batch bytes |
-//!  | 8      | u64 LE       | u64 LE       | blake3(id‖len‖batch)|  len        |
+//!  | 8      | u64 LE       | u64 LE       | blake3(id‖len‖sum)  |  len        |
 //!  +--------+--------------+--------------+---------------------+-------------+
 //! ```
+//!
+//! `sum` is the batch's own checksum (in its header), which covers the
+//! header, the records and the hash of every data block: the peer verified
+//! the batch that way when it arrived, so appending hashes 64 bytes instead
+//! of the batch once more, and a scan verifies the batch itself. Records of
+//! the first format (magic `TWPLOG01`, check over id‖len‖batch bytes) are
+//! still read.
 //!
 //! In append order (segment, then offset) transfer IDs strictly increase. An
 //! in-memory index maps each ID to its segment, the offset of its batch bytes,
@@ -40,8 +47,10 @@ use super::state::{ensure_dir, fsync_dir};
 use super::{PeerError, Result};
 use crate::message::MAX_BATCH_BYTES;
 
-/// First bytes of every record.
-pub const RECORD_MAGIC: [u8; 8] = *b"TWPLOG01";
+/// First bytes of every record appended now.
+pub const RECORD_MAGIC: [u8; 8] = *b"TWPLOG02";
+/// First bytes of a record of the first format (still read).
+const RECORD_MAGIC_V1: [u8; 8] = *b"TWPLOG01";
 /// Bytes of a record's header.
 pub const RECORD_HEADER_BYTES: usize = 56;
 /// A segment is closed and a new one started once it holds this many bytes.
@@ -208,10 +217,16 @@ impl LogStore {
     /// Appends transfer `id` (not yet durable: call [`LogStore::sync`]). If a
     /// transfer with this ID or a higher one is stored, the source restarted
     /// and diverged: those are dropped first, and this one takes their place.
+    /// The batch must have passed `batch::verify` (the record's check covers
+    /// its checksum, not its bytes).
     pub fn append(&mut self, id: u64, batch_bytes: &[u8]) -> Result<()> {
         assert!(
             batch_bytes.len() <= MAX_BATCH_BYTES,
             "the session checked the batch size"
+        );
+        debug_assert!(
+            batch::verify(batch_bytes).is_ok_and(|h| h.id.0 == id),
+            "the peer verified transfer {id} before storing it"
         );
         let header = batch::parse_header(batch_bytes)
             .map_err(|e| PeerError::Protocol(format!("transfer {id}: {e}")))?;
@@ -233,7 +248,11 @@ impl LogStore {
         header_bytes[OFF_ID..OFF_ID + 8].copy_from_slice(&id.to_le_bytes());
         header_bytes[OFF_LEN..OFF_LEN + 8]
             .copy_from_slice(&(batch_bytes.len() as u64).to_le_bytes());
-        header_bytes[OFF_CHECK..].copy_from_slice(&record_check(id, batch_bytes));
+        header_bytes[OFF_CHECK..].copy_from_slice(&record_check(
+            id,
+            batch_bytes.len(),
+            &header.checksum,
+        ));
         let at = seg.bytes;
         let written = file
             .write_all_at(&header_bytes, at)
@@ -479,8 +498,19 @@ impl LogStore {
     }
 }
 
-/// The check field of a record: blake3 over the ID, the length and the batch.
-fn record_check(id: u64, batch_bytes: &[u8]) -> [u8; 32] {
+/// The check field of a record: blake3 over the ID, the length and the
+/// batch's checksum.
+fn record_check(id: u64, len: usize, batch_checksum: &[u8; 32]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(&id.to_le_bytes());
+    h.update(&(len as u64).to_le_bytes());
+    h.update(batch_checksum);
+    *h.finalize().as_bytes()
+}
+
+/// The check field of a first-format record: blake3 over the ID, the
+/// length and the batch bytes.
+fn record_check_v1(id: u64, batch_bytes: &[u8]) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
     h.update(&id.to_le_bytes());
     h.update(&(batch_bytes.len() as u64).to_le_bytes());
@@ -502,7 +532,8 @@ fn check_record(
     let mut h = [0u8; RECORD_HEADER_BYTES];
     file.read_exact_at(&mut h, off)
         .map_err(|e| format!("reading a record header: {e}"))?;
-    if h[..8] != RECORD_MAGIC {
+    let v1 = h[..8] == RECORD_MAGIC_V1;
+    if h[..8] != RECORD_MAGIC && !v1 {
         return Err("no record magic".into());
     }
     let id = u64::from_le_bytes(h[OFF_ID..OFF_ID + 8].try_into().expect("8 bytes"));
@@ -519,10 +550,19 @@ fn check_record(
     buf.resize(len as usize, 0);
     file.read_exact_at(buf, off + RECORD_HEADER_BYTES as u64)
         .map_err(|e| format!("reading transfer {id}: {e}"))?;
-    if record_check(id, buf) != h[OFF_CHECK..] {
-        return Err(format!("transfer {id} fails its check (torn or damaged)"));
-    }
-    let header = batch::parse_header(buf).map_err(|e| format!("transfer {id}: {e}"))?;
+    let damaged = || format!("transfer {id} fails its check (torn or damaged)");
+    let header = if v1 {
+        if record_check_v1(id, buf) != h[OFF_CHECK..] {
+            return Err(damaged());
+        }
+        batch::parse_header(buf).map_err(|e| format!("transfer {id}: {e}"))?
+    } else {
+        let header = batch::verify(buf).map_err(|e| format!("{}: {e}", damaged()))?;
+        if header.id.0 != id || record_check(id, buf.len(), &header.checksum) != h[OFF_CHECK..] {
+            return Err(damaged());
+        }
+        header
+    };
     Ok(Scanned {
         id,
         len,
@@ -573,7 +613,7 @@ pub fn quick_count(dir: &Path) -> QuickCount {
         let mut off = 0u64;
         let mut h = [0u8; RECORD_HEADER_BYTES];
         while off + RECORD_HEADER_BYTES as u64 <= len && file.read_exact_at(&mut h, off).is_ok() {
-            if h[..8] != RECORD_MAGIC {
+            if h[..8] != RECORD_MAGIC && h[..8] != RECORD_MAGIC_V1 {
                 break;
             }
             let id = u64::from_le_bytes(h[OFF_ID..OFF_ID + 8].try_into().expect("8 bytes"));
