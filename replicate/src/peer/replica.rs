@@ -145,11 +145,10 @@ pub struct Replica {
     /// its way, which ended that CP here) and are ignored.
     last_begun: u64,
     view: Option<Arc<dyn ReplicaView>>,
-    /// Buffers of `cp_blocks`, kept across frames: allocating them per frame
-    /// made the allocator hand the pages back and fault them in again each
-    /// time (a sixth of the peer's CPU during a resync).
+    /// Where `cp_blocks` rebuilds blocks, kept across frames: allocating it
+    /// per frame made the allocator hand the pages back and fault them in
+    /// again each time.
     rebuild_buf: Vec<u8>,
-    run: Run,
     crash_after: Option<CommitStep>,
     needs_recovery: bool,
     source_connected: bool,
@@ -213,7 +212,6 @@ impl Replica {
             cp: CpPhase::Idle,
             last_begun: 0,
             rebuild_buf: Vec::new(),
-            run: Run::default(),
             view,
             crash_after: None,
             needs_recovery: false,
@@ -547,22 +545,14 @@ impl Replica {
                 b.addr
             )));
         }
-        let mut run = std::mem::take(&mut self.run);
         let mut data = std::mem::take(&mut self.rebuild_buf);
-        let result = self.apply_blocks(cp, blocks, &mut run, &mut data);
-        run.bytes.clear();
-        (self.run, self.rebuild_buf) = (run, data);
+        let result = self.apply_blocks(cp, blocks, &mut data);
+        self.rebuild_buf = data;
         result
     }
 
     /// Rebuilds, checks and writes `blocks` (in place or staged in the journal).
-    fn apply_blocks(
-        &mut self,
-        cp: u64,
-        blocks: &[CpBlock],
-        run: &mut Run,
-        data: &mut Vec<u8>,
-    ) -> Result<()> {
+    fn apply_blocks(&mut self, cp: u64, blocks: &[CpBlock], data: &mut Vec<u8>) -> Result<()> {
         for slice in blocks.chunks(REBUILD_BATCH) {
             // Rebuild a slice of blocks, then check their hashes together.
             data.resize(slice.len() * BLOCK_SIZE, 0);
@@ -576,11 +566,13 @@ impl Replica {
                 .map(|(b, out)| rebuild_into(b, &sources, out))
                 .collect();
             let found = blockhash::hash_blocks(data);
-            for (((b, rebuilt), found), block) in slice
+            let mut run = Run::default();
+            for (i, (((b, rebuilt), found), block)) in slice
                 .iter()
                 .zip(rebuilt)
                 .zip(found)
                 .zip(data.chunks_exact(BLOCK_SIZE))
+                .enumerate()
             {
                 let o = self.open_cp_mut();
                 match rebuilt.and_then(|()| check(b, found)) {
@@ -594,18 +586,18 @@ impl Replica {
                         o.max_addr = o.max_addr.max(b.addr);
                         o.rebuilt += 1;
                         if self.image.in_use(b.addr) {
-                            run.flush(&self.image)?;
                             self.journal.stage(b.addr, block)?;
                             self.open_cp_mut().staged += 1;
                         } else {
-                            run.push(b.addr, block, &self.image)?;
+                            run.push(b.addr, i, data, &self.image)?;
                             self.open_cp_mut().in_place += 1;
                         }
                     }
                 }
             }
+            run.flush(data, &self.image)?;
         }
-        run.flush(&self.image)
+        Ok(())
     }
 
     fn open_cp_mut(&mut self) -> &mut OpenCp {
@@ -883,36 +875,39 @@ impl BlockSources for Sources<'_> {
     }
 }
 
-/// Coalesces in-place writes to adjacent addresses into one write.
+/// Coalesces in-place writes to adjacent addresses into one write, straight
+/// from the rebuild buffer: blocks `first..first + len` of it go to
+/// addresses `addr..addr + len`. Only verified blocks join a run.
 #[derive(Default)]
 struct Run {
-    start: u64,
-    bytes: Vec<u8>,
+    addr: u64,
+    first: usize,
+    len: usize,
 }
 
-/// Blocks of a `CpBlocks` frame rebuilt before their hashes are checked together.
+/// Blocks of a `CpBlocks` frame rebuilt before their hashes are checked
+/// together (and the most one write covers).
 const REBUILD_BATCH: usize = 256;
 
-/// Largest coalesced write.
-const MAX_RUN_BYTES: usize = 1 << 20;
-
 impl Run {
-    fn push(&mut self, addr: u64, block: &[u8], image: &MirrorImage) -> Result<()> {
-        let next = self.start + (self.bytes.len() / BLOCK_SIZE) as u64;
-        if !self.bytes.is_empty() && (addr != next || self.bytes.len() >= MAX_RUN_BYTES) {
-            self.flush(image)?;
+    /// Adds block `i` of `data`, bound for `addr`; the run so far is written
+    /// first unless both continue it.
+    fn push(&mut self, addr: u64, i: usize, data: &[u8], image: &MirrorImage) -> Result<()> {
+        if self.len > 0 && (addr != self.addr + self.len as u64 || i != self.first + self.len) {
+            self.flush(data, image)?;
         }
-        if self.bytes.is_empty() {
-            self.start = addr;
+        if self.len == 0 {
+            (self.addr, self.first) = (addr, i);
         }
-        self.bytes.extend_from_slice(block);
+        self.len += 1;
         Ok(())
     }
 
-    fn flush(&mut self, image: &MirrorImage) -> Result<()> {
-        if !self.bytes.is_empty() {
-            image.write_blocks(self.start, &self.bytes)?;
-            self.bytes.clear();
+    fn flush(&mut self, data: &[u8], image: &MirrorImage) -> Result<()> {
+        if self.len > 0 {
+            let bytes = &data[self.first * BLOCK_SIZE..(self.first + self.len) * BLOCK_SIZE];
+            image.write_blocks(self.addr, bytes)?;
+            self.len = 0;
         }
         Ok(())
     }
