@@ -9,7 +9,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use crate::error::CmdError;
 
 /// Heap memory glibc keeps free before handing it back to the kernel.
-const MALLOC_TRIM_THRESHOLD_BYTES: libc::c_int = 64 << 20;
+const MALLOC_TRIM_THRESHOLD_BYTES: libc::c_int = 32 << 20;
 /// Smallest allocation glibc serves with its own mmap (its default once warm).
 const MALLOC_MMAP_THRESHOLD_BYTES: libc::c_int = 32 << 20;
 
