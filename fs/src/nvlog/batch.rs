@@ -244,15 +244,12 @@ pub struct DecodedBatch {
 /// decoding the records: what the peer needs to store a transfer. A batch
 /// that passes holds the very bytes the source logged and replays itself.
 pub fn verify(bytes: &[u8]) -> Result<BatchHeader> {
-    let header = parse_header(bytes)?;
-    check_size(&header, bytes)?;
-    let data_start = header.header_blocks as usize * BLOCK_SIZE;
-    let hashes = crate::blockhash::hash_blocks(&bytes[data_start..]);
-    check_sum(&header, &bytes[..data_start], &hashes)?;
-    Ok(header)
+    verified(bytes).map(|(header, _)| header)
 }
 
-fn check_size(header: &BatchHeader, bytes: &[u8]) -> Result<()> {
+/// [`verify`], also returning the data blocks' hashes.
+fn verified(bytes: &[u8]) -> Result<(BatchHeader, Vec<Hash128>)> {
+    let header = parse_header(bytes)?;
     if bytes.len() as u64 != header.size_blocks() * BLOCK_SIZE_U64 {
         return Err(bad(format!(
             "batch {} holds {} bytes, its header says {} blocks",
@@ -261,28 +258,21 @@ fn check_size(header: &BatchHeader, bytes: &[u8]) -> Result<()> {
             header.size_blocks()
         )));
     }
-    Ok(())
-}
-
-/// Compares the checksum of the header blocks `head` and the data blocks'
-/// hashes with the header's.
-fn check_sum(header: &BatchHeader, head: &[u8], block_hashes: &[Hash128]) -> Result<()> {
-    if checksum(head, block_hashes) != header.checksum {
+    let data_start = header.header_blocks as usize * BLOCK_SIZE;
+    let hashes = crate::blockhash::hash_blocks(&bytes[data_start..]);
+    if checksum(&bytes[..data_start], &hashes) != header.checksum {
         return Err(bad(format!(
             "batch {} fails its checksum (torn or corrupt)",
             header.id.0
         )));
     }
-    Ok(())
+    Ok((header, hashes))
 }
 
 /// Verifies a whole batch (checksum, then every record) and decodes it.
 pub fn decode(bytes: &[u8]) -> Result<DecodedBatch> {
-    let header = parse_header(bytes)?;
-    check_size(&header, bytes)?;
+    let (header, hashes) = verified(bytes)?;
     let data_start = header.header_blocks as usize * BLOCK_SIZE;
-    let hashes = crate::blockhash::hash_blocks(&bytes[data_start..]);
-    check_sum(&header, &bytes[..data_start], &hashes)?;
     let blocks: Vec<Arc<Block>> = bytes[data_start..]
         .chunks(BLOCK_SIZE)
         .map(|c| Arc::new(<Block>::try_from(c).expect("whole block")))
