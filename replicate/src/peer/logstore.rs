@@ -498,23 +498,14 @@ impl LogStore {
     }
 }
 
-/// The check field of a record: blake3 over the ID, the length and the
-/// batch's checksum.
-fn record_check(id: u64, len: usize, batch_checksum: &[u8; 32]) -> [u8; 32] {
+/// The check field of a record of a `len`-byte batch: blake3 over the ID,
+/// the length and `covered` (the batch's checksum; a first-format record
+/// covers the batch bytes themselves).
+fn record_check(id: u64, len: usize, covered: &[u8]) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
     h.update(&id.to_le_bytes());
     h.update(&(len as u64).to_le_bytes());
-    h.update(batch_checksum);
-    *h.finalize().as_bytes()
-}
-
-/// The check field of a first-format record: blake3 over the ID, the
-/// length and the batch bytes.
-fn record_check_v1(id: u64, batch_bytes: &[u8]) -> [u8; 32] {
-    let mut h = blake3::Hasher::new();
-    h.update(&id.to_le_bytes());
-    h.update(&(batch_bytes.len() as u64).to_le_bytes());
-    h.update(batch_bytes);
+    h.update(covered);
     *h.finalize().as_bytes()
 }
 
@@ -552,7 +543,7 @@ fn check_record(
         .map_err(|e| format!("reading transfer {id}: {e}"))?;
     let damaged = || format!("transfer {id} fails its check (torn or damaged)");
     let header = if v1 {
-        if record_check_v1(id, buf) != h[OFF_CHECK..] {
+        if record_check(id, buf.len(), buf) != h[OFF_CHECK..] {
             return Err(damaged());
         }
         batch::parse_header(buf).map_err(|e| format!("transfer {id}: {e}"))?
