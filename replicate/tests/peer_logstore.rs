@@ -144,21 +144,33 @@ fn a_torn_tail_is_truncated_and_appending_continues_after_it() {
     assert_eq!(store.read_batch(3).unwrap(), batches[2].bytes.to_vec());
 }
 
+/// Stores `batches` durably in `dir`, then flips `mask` into byte `offset`
+/// of transfer `id`'s batch in its segment file.
+fn store_and_damage(
+    dir: &std::path::Path,
+    batches: &[SealedBatch],
+    id: u64,
+    offset: u64,
+    mask: u8,
+) {
+    let at = {
+        let mut store = LogStore::open(dir).unwrap();
+        store_all(&mut store, batches);
+        store.sync().unwrap();
+        store.get(id).unwrap().offset + offset
+    };
+    let seg = segment_files(dir).pop().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[at as usize] ^= mask;
+    std::fs::write(&seg, &bytes).unwrap();
+}
+
 #[test]
 fn a_damaged_record_ends_the_log_there() {
     init_log();
     let tmp = tempfile::tempdir().unwrap();
     let batches = chain(3, 1);
-    let at = {
-        let mut store = LogStore::open(tmp.path()).unwrap();
-        store_all(&mut store, &batches);
-        store.sync().unwrap();
-        store.get(2).unwrap().offset + 5000
-    };
-    let seg = segment_files(tmp.path()).pop().unwrap();
-    let mut bytes = std::fs::read(&seg).unwrap();
-    bytes[at as usize] ^= 0x20;
-    std::fs::write(&seg, &bytes).unwrap();
+    store_and_damage(tmp.path(), &batches, 2, 5000, 0x20);
 
     let store = LogStore::open(tmp.path()).unwrap();
     assert_eq!(
@@ -258,17 +270,7 @@ fn a_damaged_byte_in_the_records_area_also_ends_the_log() {
     // the batch against it: header and records are covered like the blocks.
     init_log();
     let tmp = tempfile::tempdir().unwrap();
-    let batches = chain(3, 1);
-    let at = {
-        let mut store = LogStore::open(tmp.path()).unwrap();
-        store_all(&mut store, &batches);
-        store.sync().unwrap();
-        store.get(2).unwrap().offset + 200
-    };
-    let seg = segment_files(tmp.path()).pop().unwrap();
-    let mut bytes = std::fs::read(&seg).unwrap();
-    bytes[at as usize] ^= 0x01;
-    std::fs::write(&seg, &bytes).unwrap();
+    store_and_damage(tmp.path(), &chain(3, 1), 2, 200, 0x01);
 
     let store = LogStore::open(tmp.path()).unwrap();
     assert_eq!(store.ids().collect::<Vec<_>>(), vec![1]);
