@@ -124,13 +124,16 @@ impl Twins {
             .trace
             .push(format!("{:>4} A crashes after an fsync", self.a.step));
         self.a.open()?;
-        let open: Vec<Ino> = self.a.model.open.keys().copied().collect();
+        // Every handle: a file opened twice needs two releases on B.
+        let open: Vec<(Ino, u32)> = self.a.model.open.iter().map(|(&i, &n)| (i, n)).collect();
         self.a.model.forget_open();
         self.a.check()?;
-        for ino in open {
-            self.b()
-                .release_file(ino)
-                .map_err(|e| format!("release on B: {e}"))?;
+        for (ino, handles) in open {
+            for _ in 0..handles {
+                self.b()
+                    .release_file(ino)
+                    .map_err(|e| format!("release on B: {e}"))?;
+            }
         }
         self.b()
             .checkpoint()
