@@ -47,8 +47,12 @@ impl Clock for SystemClock {
 
 /// Receives what the mirroring layer needs from the log.
 pub trait Replicator: Send + Sync {
-    /// A batch became durable locally (called in transfer order).
-    fn batch_durable(&self, batch: &SealedBatch);
+    /// A batch goes to the log (called in transfer order, just before it is
+    /// written): the peer may store it while the local disk does, so fsync
+    /// waits for the slower of the two, not their sum. Until the write is
+    /// durable a crash may lose it here and not at the peer; the mirror
+    /// tells the peer where this log ends when it reconnects.
+    fn batch_logged(&self, batch: &SealedBatch);
     /// Returns once transfer `id` is durable at the peer, or fails when the
     /// mode demands it and the peer cannot confirm.
     fn wait_for_peer(&self, id: TransferId) -> Result<()>;
@@ -1410,13 +1414,22 @@ impl Volume {
                 st.image.log_start,
             )
         };
-        // Only batches already written can be read back; make them so.
-        if let Some(last) = placed.last() {
-            self.inner.wait_durable(last.id)?;
-        }
+        // A placed batch is still queued for the log writer, or written.
+        let mut queued: HashMap<TransferId, SealedBatch> = {
+            let q = self.inner.log.lock();
+            q.pending
+                .iter()
+                .filter(|(_, b)| b.id >= from)
+                .map(|(_, b)| (b.id, b.clone()))
+                .collect()
+        };
         let dev = self.inner.cache.device();
         let mut out = Vec::with_capacity(placed.len());
         for p in placed {
+            if let Some(b) = queued.remove(&p.id) {
+                out.push(b);
+                continue;
+            }
             let mut bytes = vec![0u8; p.len as usize * BLOCK_SIZE];
             dev.read(BlockAddr(start + p.pos), &mut bytes)
                 .map_err(|e| FsError::io(format!("reading log batch {}", p.id.0), e))?;
@@ -1685,35 +1698,43 @@ impl Inner {
     /// Writes queued batches to the log region, at most `max_bytes` of
     /// them (at least one); with `durable`, returns once they are on
     /// stable storage.
+    ///
+    /// The batches stay in `pending` until they are written, so that
+    /// [`Volume::live_batches`] finds every batch either there or on the
+    /// device.
     fn write_pending(&self, log_start: u64, durable: bool, max_bytes: usize) -> Result<()> {
         let _io = self.log_io.lock();
         let batches: Vec<(u64, SealedBatch)> = {
-            let mut q = self.log.lock();
+            let q = self.log.lock();
             let mut bytes = 0;
-            let n = q
-                .pending
+            q.pending
                 .iter()
                 .take_while(|(_, b)| {
                     let take = bytes == 0 || bytes + b.bytes.len() <= max_bytes;
                     bytes += b.bytes.len();
                     take
                 })
-                .count();
-            q.pending.drain(..n).collect()
+                .cloned()
+                .collect()
         };
+        if let Some(r) = self.replicator.read().clone() {
+            for (_, b) in &batches {
+                r.batch_logged(b);
+            }
+        }
         if let Err(e) = nvlog::write_batches(&**self.cache.device(), log_start, &batches, durable) {
             self.log.lock().error = Some(e.to_string());
             self.fail(&e);
             return Err(e);
         }
         let mut q = self.log.lock();
+        q.pending.drain(..batches.len());
         q.unflushed |= !durable && !batches.is_empty();
         q.written.extend(batches.into_iter().map(|(_, b)| b));
         Ok(())
     }
 
-    /// Writes everything queued and makes it durable; wakes fsync waiters;
-    /// tells the replicator.
+    /// Writes everything queued and makes it durable; wakes fsync waiters.
     fn flush_log(&self) -> Result<()> {
         loop {
             self.flush_log_round(usize::MAX)?;
@@ -1759,12 +1780,6 @@ impl Inner {
             q.durable_bytes += bytes as u64;
         }
         self.log_cv.notify_all();
-        let rep = self.replicator.read().clone();
-        if let Some(r) = rep {
-            for b in &written {
-                r.batch_durable(b);
-            }
-        }
         Ok(())
     }
 
@@ -2091,7 +2106,7 @@ impl Inner {
         q.durable = st.last_sealed.unwrap_or(q.durable);
         if let Some(rep) = self.replicator.read().clone() {
             for r in &scan.batches {
-                rep.batch_durable(&r.sealed);
+                rep.batch_logged(&r.sealed);
             }
         }
         Ok(count)

@@ -123,7 +123,7 @@ struct SlowPeer {
 }
 
 impl Replicator for SlowPeer {
-    fn batch_durable(&self, _batch: &SealedBatch) {}
+    fn batch_logged(&self, _batch: &SealedBatch) {}
     fn wait_for_peer(&self, _id: TransferId) -> twinfs_fs::Result<()> {
         thread::sleep(self.delay);
         Ok(())

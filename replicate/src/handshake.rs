@@ -31,7 +31,7 @@ use crate::secret::Secret;
 use crate::session::{RecvHalf, SendHalf, Session};
 
 /// Version of this protocol. Both sides must speak the same one.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// First field of `Hello`: tells a twinfs stream from anything else.
 pub const PROTOCOL_MAGIC: [u8; 8] = *b"twinfsRP";

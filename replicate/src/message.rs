@@ -52,7 +52,7 @@ pub const NO_TRANSFER: u64 = 0;
 
 /// A message of an established, sealed session.
 ///
-/// Source → peer: `Transfer`, `CpBegin`, `CpBlocks`, `CpEnd`, `VerifyRequest`.
+/// Source → peer: `LogEnd`, `Transfer`, `CpBegin`, `CpBlocks`, `CpEnd`, `VerifyRequest`.
 /// Peer → source: `TransferAck`, `CpApplied`, `CpMissing`, `CpRejected`, `VerifyReply`.
 /// Either way: `Ping`, `Pong`, `Error`, `Bye`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +76,15 @@ pub enum Message {
         /// The compressed batch.
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
+    },
+    /// The source's log ends at `transfer` (`NO_TRANSFER`: it holds none);
+    /// the first message of every session. The source sends a transfer
+    /// while its own disk writes it, so a peer may hold transfers a crash
+    /// took from the source: it drops, durably, every stored transfer
+    /// after this one before it acknowledges anything.
+    LogEnd {
+        /// The last transfer durable at the source when the session began.
+        transfer: u64,
     },
     /// Cumulative acknowledgement: every transfer with an ID `<= id` is durable at the peer.
     TransferAck {
@@ -422,6 +431,7 @@ impl Message {
         match self {
             Message::Transfer { .. } => "Transfer",
             Message::TransferLz4 { .. } => "TransferLz4",
+            Message::LogEnd { .. } => "LogEnd",
             Message::TransferAck { .. } => "TransferAck",
             Message::CpBegin { .. } => "CpBegin",
             Message::CpBlocks { .. } => "CpBlocks",
@@ -444,6 +454,7 @@ impl Message {
         match self {
             Message::Transfer { .. }
             | Message::TransferLz4 { .. }
+            | Message::LogEnd { .. }
             | Message::CpBegin { .. }
             | Message::CpBlocks { .. }
             | Message::CpEnd { .. }
@@ -495,7 +506,8 @@ impl Message {
                 Some(h) => check_max(h.len(), MAX_DEEP_HASH_BYTES, "VerifyReply deep_hash bytes"),
                 None => Ok(()),
             },
-            Message::CpApplied { .. }
+            Message::LogEnd { .. }
+            | Message::CpApplied { .. }
             | Message::Ping { .. }
             | Message::Pong { .. }
             | Message::VerifyRequest { .. }

@@ -525,7 +525,7 @@ impl Shared {
 struct Hooks(Arc<Shared>);
 
 impl Replicator for Hooks {
-    fn batch_durable(&self, batch: &SealedBatch) {
+    fn batch_logged(&self, batch: &SealedBatch) {
         self.0.push(Item::Transfer(batch.clone()));
     }
 
@@ -827,13 +827,18 @@ async fn run_session(
     let (mut tx, rx) = session.split();
     let (ctrl_tx, mut ctrl_rx) = mpsc::unbounded_channel();
     *s.ctrl.lock() = Some(ctrl_tx);
+    // Transfers go out while the local disk writes them, so the peer may
+    // hold some that a crash took from us: it drops what lies past our
+    // log's end, and only what both hold counts as acknowledged.
+    let log_end = tokio::task::block_in_place(|| s.vol.status().last_durable_transfer);
+    let held = TransferId(info.resume.durable_transfer.min(log_end.0));
     {
         let mut l = s.link.lock();
         l.applied = info
             .resume
             .applied_cp
             .map(|a| (CpNumber(a.cp), RootHash(a.root_hash)));
-        l.acked_transfer = TransferId(info.resume.durable_transfer);
+        l.acked_transfer = held;
         l.sent.clear();
     }
     // Pin the committed image and start queueing before deciding, so that
@@ -843,7 +848,8 @@ async fn run_session(
         let mut q = s.out.lock();
         q.accepting = true;
         q.lost = false;
-        q.last_queued_transfer = TransferId(sb.log.next_transfer.0.saturating_sub(1));
+        let covered = TransferId(sb.log.next_transfer.0.saturating_sub(1));
+        q.last_queued_transfer = q.last_queued_transfer.max(covered);
         sb
     };
     let (peer_tx, mut peer_rx) = mpsc::unbounded_channel();
@@ -859,13 +865,19 @@ async fn run_session(
     };
     let resume = info.resume.applied_cp;
     let result = async {
+        sender
+            .send(&Message::LogEnd { transfer: log_end.0 }, &s.counters.wire_total)
+            .await?;
         match resume {
             Some(a) if a.cp == pinned.cp.0 && a.root_hash == pinned.root_hash().0 => {
                 log::info!("peer is at CP {}: streaming", a.cp);
                 sender.last_cp_sent = pinned.cp;
-                // The peer keeps transfers it already has: start after them.
+                // The peer keeps transfers it already has (and those its CP
+                // contains): start after them.
                 let covered = TransferId(pinned.log.next_transfer.0 - 1);
-                sender.last_transfer_sent = covered.max(TransferId(info.resume.durable_transfer));
+                sender.last_transfer_sent = covered.max(held);
+                let mut l = s.link.lock();
+                l.acked_transfer = l.acked_transfer.max(covered);
             }
             other => {
                 // Build on the peer's CP only if it is one of ours.
@@ -886,9 +898,10 @@ async fn run_session(
                 sender.resync(&pinned, known.map(|a| CpNumber(a.cp))).await?;
             }
         }
-        // Batches that became durable before the queue accepted them.
+        // Batches handed over before the queue accepted them (and any
+        // newer ones: the queue's copies of those are then skipped).
+        sender.fill_gap(TransferId(u64::MAX)).await?;
         let durable = tokio::task::block_in_place(|| s.vol.status().last_durable_transfer);
-        sender.fill_gap(TransferId(durable.0 + 1)).await?;
         s.set_phase(Phase::Streaming);
         {
             // A peer that already holds everything sends no acknowledgement

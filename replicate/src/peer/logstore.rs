@@ -432,6 +432,11 @@ impl LogStore {
         Ok(seq)
     }
 
+    /// Drops every stored transfer after `id`, durably.
+    pub fn drop_after(&mut self, id: u64) -> Result<()> {
+        self.truncate_from(id.saturating_add(1))
+    }
+
     /// Drops every stored transfer with an ID `>= id`, durably.
     fn truncate_from(&mut self, id: u64) -> Result<()> {
         let Some((_, first)) = self.index.range(id..).next() else {

@@ -384,6 +384,7 @@ impl Replica {
                 self.receive_transfer(id, &batch)?;
                 replies.push(self.sync_transfers()?);
             }
+            Message::LogEnd { transfer } => self.source_log_ends(transfer)?,
             Message::CpBegin {
                 cp,
                 base_cp,
@@ -447,6 +448,23 @@ impl Replica {
             h.nrecords
         );
         self.log.append(id, batch_bytes)
+    }
+
+    /// The source's log ends at `transfer`: stored transfers after it were
+    /// sent before the source's disk held them, and a crash took them from
+    /// the source. They go, durably, so that neither an acknowledgement nor
+    /// a promote counts on them.
+    fn source_log_ends(&mut self, transfer: u64) -> Result<()> {
+        let highest = self.log.highest();
+        if highest > transfer {
+            log::warn!(
+                "the source's log ends at transfer {transfer}, this peer holds up to {highest}: dropping transfers {}..={highest}, which the source lost before making them durable",
+                transfer + 1
+            );
+            self.log.drop_after(transfer)?;
+            self.write_status();
+        }
+        Ok(())
     }
 
     /// Makes every received transfer durable; returns the cumulative

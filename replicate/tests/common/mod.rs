@@ -106,6 +106,7 @@ fn cp_block() -> impl Strategy<Value = CpBlock> {
 pub fn message() -> impl Strategy<Value = Message> {
     prop_oneof![
         (transfer_id(), bytes(3000)).prop_map(|(id, batch)| Message::Transfer { id, batch }),
+        any::<u64>().prop_map(|transfer| Message::LogEnd { transfer }),
         transfer_id().prop_map(|id| Message::TransferAck { id }),
         (1u64.., any::<Option<u64>>(), any::<u64>(), any::<bool>()).prop_map(
             |(cp, base, covers_transfer, resync)| {

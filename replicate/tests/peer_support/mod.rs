@@ -115,7 +115,7 @@ impl CpSink for Sink {
 struct Hooks(Arc<Mutex<Captured>>);
 
 impl Replicator for Hooks {
-    fn batch_durable(&self, batch: &SealedBatch) {
+    fn batch_logged(&self, batch: &SealedBatch) {
         self.0.lock().unwrap().batches.push(batch.clone());
     }
 
