@@ -56,7 +56,7 @@
 #   latency  1 MiB write() latencies while `twinfs checkpoint` runs back to
 #            back (twinfs sync mode with a peer), and on native for reference
 #   fsync    4 KiB write + fsync latency: native, twinfs without peer, async
-#            and sync with a peer
+#            and sync with a peer, and a loopback TCP round trip (the target's terms)
 #   rss      peak RSS of the mount daemon and the peer while RSS_MB of random
 #            data is copied in (1 GiB files), sync mode
 #   resync   for each RESYNC_SIZES: write RESYNC_BASE_MB, checkpoint, stop the
@@ -903,8 +903,12 @@ report_latency() {
 declare -A FS=()
 fsync_systems="native twinfs twinfs-async twinfs-sync"
 
+fsync_rtt=""
+
 part_fsync() {
     local s
+    say "[fsync] loopback round trip"
+    fsync_rtt=$(python3 "$work_py" rtt "$FSYNC_N") || fsync_rtt=""
     for s in $fsync_systems; do
         say "[fsync] $s"
         case $s in
@@ -937,6 +941,19 @@ report_fsync() {
         mapfile -t v < <(python3 "$work_py" jget ops_s p50_ms p99_ms max_ms <<<"${FS[$s]}")
         echo "| ${sys_label[$s]} | ${v[0]} | ${v[1]} | ${v[2]} | ${v[3]} |"
     done
+    [[ -n $fsync_rtt ]] || return 0
+    local rtt local_p50 peer_p50 sync_p50
+    rtt=$(python3 "$work_py" jget p50_ms <<<"$fsync_rtt")
+    echo
+    echo "Loopback TCP round trip (64 bytes, echo in another process): p50 $rtt ms."
+    if [[ ${FS[twinfs]:-fail} != fail && ${FS[native]:-fail} != fail && ${FS[twinfs-sync]:-fail} != fail ]]; then
+        local_p50=$(python3 "$work_py" jget p50_ms <<<"${FS[twinfs]}")
+        peer_p50=$(python3 "$work_py" jget p50_ms <<<"${FS[native]}")
+        sync_p50=$(python3 "$work_py" jget p50_ms <<<"${FS[twinfs-sync]}")
+        echo "Target for twinfs sync, p50: local fsync (twinfs without a peer) $local_p50 +" \
+            "round trip $rtt + the peer's fsync (native) $peer_p50 =" \
+            "$(python3 -c "print(round($local_p50 + $rtt + $peer_p50, 3))") ms; measured $sync_p50 ms."
+    fi
 }
 
 # ---- rss part ----------------------------------------------------------------------------

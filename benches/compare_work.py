@@ -22,6 +22,10 @@
         Copies SRC to DST through a TCP connection on 127.0.0.1 (1 MiB
         reads and writes, fsync of DST at the end). Prints a JSON summary
         with "mib_s".
+    compare_work.py rtt COUNT
+        COUNT round trips of 64 bytes over a TCP connection on 127.0.0.1 to
+        an echo server in another process, each timed. Prints a JSON
+        summary.
     compare_work.py lat OUT
         Summarises a file of latencies in nanoseconds (one per line).
     compare_work.py jget KEY... < JSON
@@ -196,6 +200,36 @@ def netcopy(src, dst):
     print(json.dumps({"mib": round(mib, 1), "seconds": round(secs, 3), "mib_s": round(mib / secs, 1)}))
 
 
+def rtt(count):
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    port = srv.getsockname()[1]
+    pid = os.fork()
+    if pid == 0:
+        conn, _ = srv.accept()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        while True:
+            b = conn.recv(64)
+            if not b:
+                os._exit(0)
+            conn.sendall(b)
+    srv.close()
+    lat = []
+    with socket.create_connection(("127.0.0.1", port)) as c:
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        msg = b"x" * 64
+        for _ in range(count):
+            t0 = time.monotonic_ns()
+            c.sendall(msg)
+            got = 0
+            while got < len(msg):
+                got += len(c.recv(64))
+            lat.append(time.monotonic_ns() - t0)
+    os.waitpid(pid, 0)
+    print(json.dumps(summary_ns(lat)))
+
+
 def lat_file(path):
     with open(path) as f:
         v = [int(float(x)) for x in f if x.strip()]
@@ -269,6 +303,8 @@ def main(argv):
         randwrite(args[1], int(args[2]), float(args[3]))
     elif cmd == "netcopy" and len(args) == 3:
         netcopy(args[1], args[2])
+    elif cmd == "rtt" and len(args) == 2:
+        rtt(int(args[1]))
     elif cmd == "lat" and len(args) == 2:
         lat_file(args[1])
     elif cmd == "jget":
