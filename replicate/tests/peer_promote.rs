@@ -104,6 +104,60 @@ fn promote_replays_held_transfers_to_where_the_source_would_have_been() {
 }
 
 #[test]
+fn transfers_past_the_sources_log_end_are_dropped_and_never_replayed() {
+    init_log();
+    let src = Source::new(8192);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut peer = Replica::open(tmp.path(), None).unwrap();
+    peer.accept_uuid(UUID).unwrap();
+    feed(&mut peer, &src.resync_from_nothing());
+    let a = src.create("a");
+    src.write(a, 0, &pattern(2 * BLOCK_SIZE, 1));
+    let cp1 = src.checkpoint();
+    let mut msgs = transfer_messages(&src.batches_from(1));
+    msgs.extend(cp_messages(&cp1, Enc::Best));
+    feed(&mut peer, &msgs);
+
+    // Transfers a crashed source lost (it sends them while its disk writes them).
+    let b = src.create("b");
+    src.write(b, 0, &pattern(BLOCK_SIZE, 2));
+    src.vol.fsync().unwrap();
+    let lost = src.batches_from(cp1.covers + 1);
+    assert!(!lost.is_empty());
+    feed(&mut peer, &transfer_messages(&lost));
+    let held = peer.resume_point().durable_transfer;
+    assert!(held > cp1.covers);
+
+    // A log end beyond what the peer holds changes nothing; the source's
+    // real log end drops the rest, durably.
+    assert!(feed(&mut peer, &[Message::LogEnd { transfer: held + 5 }]).is_empty());
+    assert_eq!(peer.resume_point().durable_transfer, held);
+    assert!(feed(
+        &mut peer,
+        &[Message::LogEnd {
+            transfer: cp1.covers
+        }]
+    )
+    .is_empty());
+    assert_eq!(peer.resume_point().durable_transfer, cp1.covers);
+    assert!(peer.log_store().highest() <= cp1.covers);
+    drop(peer);
+    let reopened = Replica::open(tmp.path(), None).unwrap();
+    assert_eq!(reopened.resume_point().durable_transfer, cp1.covers);
+    drop(reopened);
+
+    let p = promote(tmp.path()).expect("promote");
+    assert_eq!(p.replayed, 0);
+    assert_eq!(p.applied_cp, 1);
+    let vol = open_read_write(&p.image);
+    assert_eq!(read_file(&vol, "a"), pattern(2 * BLOCK_SIZE, 1));
+    assert!(vol
+        .lookup(twinfs_fs::View::Live, twinfs_fs::ROOT_INO, b"b")
+        .is_err());
+    vol.close().unwrap();
+}
+
+#[test]
 fn promote_replays_more_transfers_than_the_log_region_holds_in_rounds() {
     init_log();
     let src = Source::new(16384);
