@@ -436,7 +436,7 @@ impl BlockDevice for FileDevice {
         let mut offset = addr.byte_offset();
         // pwritev2 takes at most IOV_MAX (1024) buffers per call.
         for group in parts.chunks(1024) {
-            match write_all_dsync(&self.file, group, offset) {
+            match write_all_vectored_at(&self.file, group, offset, libc::RWF_DSYNC) {
                 // RWF_DSYNC unknown to the kernel or the file system: the
                 // whole-file flush is always correct, only slower.
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOSYS)) => {
@@ -454,10 +454,16 @@ impl BlockDevice for FileDevice {
     }
 }
 
-/// `pwritev2(RWF_DSYNC)` of all of `parts`, back to back from `offset`: the
-/// kernel writes back and flushes only this range (and the file metadata
-/// needed to read it back), not the rest of the file's dirty pages.
-fn write_all_dsync(file: &File, parts: &[&[u8]], mut offset: u64) -> io::Result<()> {
+/// `pwritev2` of all of `parts`, back to back from `offset`, in as few
+/// calls as the kernel allows. With `RWF_DSYNC` the kernel writes back and
+/// flushes only this range (and the file metadata needed to read it back),
+/// not the rest of the file's dirty pages.
+pub fn write_all_vectored_at(
+    file: &File,
+    parts: &[&[u8]],
+    mut offset: u64,
+    flags: libc::c_int,
+) -> io::Result<()> {
     // Bytes of `parts` already written.
     let mut done = 0usize;
     let total: usize = parts.iter().map(|p| p.len()).sum();
@@ -486,7 +492,7 @@ fn write_all_dsync(file: &File, parts: &[&[u8]], mut offset: u64) -> io::Result<
                 iov.as_ptr(),
                 iov.len() as libc::c_int,
                 offset as libc::off_t,
-                libc::RWF_DSYNC,
+                flags,
             )
         };
         if n < 0 {

@@ -40,6 +40,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use twinfs_fs::device::write_all_vectored_at;
 use twinfs_fs::nvlog::batch;
 use twinfs_fs::BLOCK_SIZE;
 
@@ -254,9 +255,7 @@ impl LogStore {
             &header.checksum,
         ));
         let at = seg.bytes;
-        let written = file
-            .write_all_at(&header_bytes, at)
-            .and_then(|()| file.write_all_at(batch_bytes, at + RECORD_HEADER_BYTES as u64));
+        let written = write_all_vectored_at(file, &[&header_bytes, batch_bytes], at, 0);
         if let Err(e) = written {
             // Leave no partial record behind (best effort: a scan would cut it anyway).
             let _ = file.set_len(at);
