@@ -451,14 +451,15 @@ impl Replica {
     }
 
     /// The source's log ends at `transfer`: stored transfers after it were
-    /// sent before the source's disk held them, and a crash took them from
-    /// the source. They go, durably, so that neither an acknowledgement nor
-    /// a promote counts on them.
+    /// sent before the source's disk held them, and a crash may have taken
+    /// them from the source (if not, the source sends them again). They go,
+    /// durably, so that neither an acknowledgement nor a promote counts on
+    /// them.
     fn source_log_ends(&mut self, transfer: u64) -> Result<()> {
         let highest = self.log.highest();
         if highest > transfer {
             log::warn!(
-                "the source's log ends at transfer {transfer}, this peer holds up to {highest}: dropping transfers {}..={highest}, which the source lost before making them durable",
+                "the source's log ends at transfer {transfer}, this peer holds up to {highest}: dropping transfers {}..={highest}, which the source had not made durable (a crash of the source lost them, or it sends them again)",
                 transfer + 1
             );
             self.log.drop_after(transfer)?;
