@@ -1,5 +1,5 @@
-//! The source side of mirroring: forwards every durable NVLOG batch to the
-//! peer as a numbered `Transfer`, streams every CP's change set encoded as
+//! The source side of mirroring: forwards every NVLOG batch to the peer as
+//! a numbered `Transfer` while the local disk writes it, streams every CP's change set encoded as
 //! cheaply as the peer allows, resyncs a peer that was away, and makes fsync
 //! wait for the peer as the mode demands.
 //!
@@ -521,7 +521,7 @@ impl Shared {
     }
 }
 
-/// The volume's hooks: durable batches and fsync waits.
+/// The volume's hooks: logged batches and fsync waits.
 struct Hooks(Arc<Shared>);
 
 impl Replicator for Hooks {
