@@ -1405,14 +1405,24 @@ impl Volume {
     }
 
     /// Reads the sealed log batches still in the log region with IDs from
-    /// `from` on (to resend them to a peer that reconnected).
-    pub fn live_batches(&self, from: TransferId) -> Result<Vec<SealedBatch>> {
+    /// `from` on, in order, at most `max_bytes` of them (at least one), to
+    /// resend them to a peer that reconnected.
+    pub fn live_batches(&self, from: TransferId, max_bytes: usize) -> Result<Vec<SealedBatch>> {
         let (placed, start): (Vec<nvlog::Placed>, u64) = {
             let st = self.inner.state.read();
-            (
-                st.region.live().filter(|p| p.id >= from).copied().collect(),
-                st.image.log_start,
-            )
+            let mut bytes = 0;
+            let placed = st
+                .region
+                .live()
+                .filter(|p| p.id >= from)
+                .take_while(|p| {
+                    let take = bytes == 0 || bytes + p.len as usize * BLOCK_SIZE <= max_bytes;
+                    bytes += p.len as usize * BLOCK_SIZE;
+                    take
+                })
+                .copied()
+                .collect();
+            (placed, st.image.log_start)
         };
         // A placed batch is still queued for the log writer, or written.
         let mut queued: HashMap<TransferId, SealedBatch> = {

@@ -295,3 +295,45 @@ fn read_to_a_reused_buffer_returns_exactly_the_file() {
         .unwrap()
         .is_empty());
 }
+
+#[test]
+fn live_batches_come_in_order_a_bounded_slice_at_a_time() {
+    let (_dev, vol) = new_volume(20_000);
+    let ino = file(&vol, "a");
+    for i in 0..6u64 {
+        vol.write(ino, i * 65_536, &[i as u8 + 1; 65_536], false)
+            .unwrap();
+        vol.fsync().unwrap();
+    }
+    let all = vol.live_batches(TransferId(1), usize::MAX).unwrap();
+    assert!(
+        all.len() >= 6,
+        "one batch per fsync at least: {}",
+        all.len()
+    );
+    let ids: Vec<u64> = all.iter().map(|b| b.id.0).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "in order: {ids:?}");
+
+    // Slices of at most 100 KiB (a 64 KiB write's batch is about 70 KiB):
+    // one batch each, the same batches byte for byte.
+    let mut from = TransferId(1);
+    let mut sliced = Vec::new();
+    loop {
+        let part = vol.live_batches(from, 100 << 10).unwrap();
+        let Some(last) = part.last() else { break };
+        assert!(
+            part.len() == 1 || part.iter().map(|b| b.bytes.len()).sum::<usize>() <= 100 << 10,
+            "a slice holds at most max_bytes, or a single batch"
+        );
+        from = TransferId(last.id.0 + 1);
+        sliced.extend(part);
+    }
+    assert_eq!(sliced.len(), all.len());
+    for (a, b) in all.iter().zip(&sliced) {
+        assert_eq!((a.id, &a.bytes[..]), (b.id, &b.bytes[..]));
+    }
+    // A single batch above the bound still comes, alone.
+    let one = vol.live_batches(TransferId(1), 1).unwrap();
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].id, all[0].id);
+}

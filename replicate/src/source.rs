@@ -91,6 +91,8 @@ const CP_FRAME_BYTES: usize = 4 << 20;
 const PING_EVERY: Duration = Duration::from_secs(5);
 /// How long a CP waits for its transfers to be queued before sending blocks in full.
 const TRANSFER_WAIT: Duration = Duration::from_secs(2);
+/// Most log bytes read at a time to resend what the queue did not carry.
+const FILL_GAP_BYTES: usize = 16 << 20;
 /// Longest pause between reconnection attempts: short, because a resync
 /// cannot start before it ends, and a refused connect costs next to nothing.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -1071,19 +1073,27 @@ impl Sender<'_> {
 
     /// Sends transfers still in the source's log that the peer lacks, up to `before`.
     async fn fill_gap(&mut self, before: TransferId) -> Result<()> {
-        let from = TransferId(self.last_transfer_sent.0 + 1);
-        if from >= before {
-            return Ok(());
+        loop {
+            let from = TransferId(self.last_transfer_sent.0 + 1);
+            if from >= before {
+                return Ok(());
+            }
+            let vol = self.s.vol.clone();
+            let batches =
+                tokio::task::spawn_blocking(move || vol.live_batches(from, FILL_GAP_BYTES))
+                    .await
+                    .map_err(|e| ReplicateError::Protocol(format!("log reader: {e}")))?
+                    .map_err(|e| {
+                        ReplicateError::Protocol(format!("reading the log to resend: {e}"))
+                    })?;
+            let done = batches.last().is_none_or(|b| b.id >= before);
+            for b in batches.into_iter().filter(|b| b.id < before) {
+                self.send_transfer(&b).await?;
+            }
+            if done {
+                return Ok(());
+            }
         }
-        let vol = self.s.vol.clone();
-        let batches = tokio::task::spawn_blocking(move || vol.live_batches(from))
-            .await
-            .map_err(|e| ReplicateError::Protocol(format!("log reader: {e}")))?
-            .map_err(|e| ReplicateError::Protocol(format!("reading the log to resend: {e}")))?;
-        for b in batches.into_iter().filter(|b| b.id < before) {
-            self.send_transfer(&b).await?;
-        }
-        Ok(())
     }
 
     async fn send_transfer(&mut self, b: &SealedBatch) -> Result<()> {
@@ -1252,21 +1262,19 @@ impl Sender<'_> {
                         "the peer asks for blocks of CP {cp} we did not send"
                     )));
                 };
-                let vol = self.s.vol.clone();
-                let n = addrs.len();
-                let blocks = tokio::task::spawn_blocking(move || read_blocks(&vol, &addrs))
-                    .await
-                    .map_err(|e| ReplicateError::Protocol(format!("block reader: {e}")))??;
-                for chunk in blocks.chunks(MAX_BLOCKS_PER_CP_FRAME) {
-                    for b in chunk {
+                // A frame's worth at a time: a request may name 65,536 blocks.
+                for chunk in addrs.chunks(MAX_BLOCKS_PER_CP_FRAME) {
+                    let vol = self.s.vol.clone();
+                    let chunk = chunk.to_vec();
+                    let blocks = tokio::task::spawn_blocking(move || read_blocks(&vol, &chunk))
+                        .await
+                        .map_err(|e| ReplicateError::Protocol(format!("block reader: {e}")))??;
+                    for b in &blocks {
                         self.s.counters.misses.add(encode::wire_size(&b.enc));
                     }
-                    self.send_cp(&Message::CpBlocks {
-                        cp,
-                        blocks: chunk.to_vec(),
-                    })
-                    .await?;
+                    self.send_cp(&Message::CpBlocks { cp, blocks }).await?;
                 }
+                let n = addrs.len();
                 log::info!("resent {n} blocks of CP {cp} in full at the peer's request");
                 if !more {
                     self.end_cp(&sb, &sb.encode()).await?;
