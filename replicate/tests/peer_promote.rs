@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use peer_support::*;
 use twinfs_fs::device::FileDevice;
-use twinfs_fs::{Volume, VolumeConfig, BLOCK_SIZE};
+use twinfs_fs::{Ino, Volume, VolumeConfig, BLOCK_SIZE};
 use twinfs_replicate::message::Message;
 use twinfs_replicate::peer::{promote, Replica};
 
@@ -32,20 +32,34 @@ fn open_read_write(path: &std::path::Path) -> Volume {
     .expect("the promoted image mounts read-write")
 }
 
-#[test]
-fn promote_replays_held_transfers_to_where_the_source_would_have_been() {
-    init_log();
-    let src = Source::new(8192);
+/// A peer bound to the source's volume and resynced to its CP 0 (the
+/// directory lives as long as the returned guard).
+fn peer_resynced(src: &Source) -> (tempfile::TempDir, Replica) {
     let tmp = tempfile::tempdir().unwrap();
     let mut peer = Replica::open(tmp.path(), None).unwrap();
     peer.accept_uuid(UUID).unwrap();
     feed(&mut peer, &src.resync_from_nothing());
+    (tmp, peer)
+}
+
+/// A peer that applied the source's CP 1, which holds file "a" with
+/// `a_data`; returns "a"'s inode and the CP too.
+fn peer_at_cp1(src: &Source, a_data: &[u8]) -> (tempfile::TempDir, Replica, Ino, CapCp) {
+    let (tmp, mut peer) = peer_resynced(src);
     let a = src.create("a");
-    src.write(a, 0, &pattern(4 * BLOCK_SIZE, 1));
+    src.write(a, 0, a_data);
     let cp1 = src.checkpoint();
     let mut msgs = transfer_messages(&src.batches_from(1));
     msgs.extend(cp_messages(&cp1, Enc::Best));
     feed(&mut peer, &msgs);
+    (tmp, peer, a, cp1)
+}
+
+#[test]
+fn promote_replays_held_transfers_to_where_the_source_would_have_been() {
+    init_log();
+    let src = Source::new(8192);
+    let (tmp, mut peer, a, cp1) = peer_at_cp1(&src, &pattern(4 * BLOCK_SIZE, 1));
     assert_eq!(peer.applied().unwrap().cp, 1);
 
     // Changes after CP 1 reach the peer only as transfers.
@@ -107,16 +121,7 @@ fn promote_replays_held_transfers_to_where_the_source_would_have_been() {
 fn transfers_past_the_sources_log_end_are_dropped_and_never_replayed() {
     init_log();
     let src = Source::new(8192);
-    let tmp = tempfile::tempdir().unwrap();
-    let mut peer = Replica::open(tmp.path(), None).unwrap();
-    peer.accept_uuid(UUID).unwrap();
-    feed(&mut peer, &src.resync_from_nothing());
-    let a = src.create("a");
-    src.write(a, 0, &pattern(2 * BLOCK_SIZE, 1));
-    let cp1 = src.checkpoint();
-    let mut msgs = transfer_messages(&src.batches_from(1));
-    msgs.extend(cp_messages(&cp1, Enc::Best));
-    feed(&mut peer, &msgs);
+    let (tmp, mut peer, _, cp1) = peer_at_cp1(&src, &pattern(2 * BLOCK_SIZE, 1));
 
     // Transfers a crashed source lost (it sends them while its disk writes them).
     let b = src.create("b");
@@ -161,10 +166,7 @@ fn transfers_past_the_sources_log_end_are_dropped_and_never_replayed() {
 fn promote_replays_more_transfers_than_the_log_region_holds_in_rounds() {
     init_log();
     let src = Source::new(16384);
-    let tmp = tempfile::tempdir().unwrap();
-    let mut peer = Replica::open(tmp.path(), None).unwrap();
-    peer.accept_uuid(UUID).unwrap();
-    feed(&mut peer, &src.resync_from_nothing());
+    let (tmp, mut peer) = peer_resynced(&src);
     let log_blocks = src.committed().log_blocks;
 
     // Twice the log region's worth of data: the source takes CPs of its own
@@ -212,10 +214,7 @@ fn promote_replays_more_transfers_than_the_log_region_holds_in_rounds() {
 fn promote_stops_at_a_gap_and_says_so() {
     init_log();
     let src = Source::new(4096);
-    let tmp = tempfile::tempdir().unwrap();
-    let mut peer = Replica::open(tmp.path(), None).unwrap();
-    peer.accept_uuid(UUID).unwrap();
-    feed(&mut peer, &src.resync_from_nothing());
+    let (tmp, mut peer) = peer_resynced(&src);
     let a = src.create("a");
     src.vol.fsync().unwrap();
     src.write(a, 0, b"second");
