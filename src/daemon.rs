@@ -13,9 +13,10 @@ const MALLOC_TRIM_THRESHOLD_BYTES: libc::c_int = 32 << 20;
 /// Smallest allocation glibc serves with its own mmap. Above the 4 MiB
 /// frames, which should be reused, and below the FUSE request buffers
 /// (16 MiB and a page, one per FUSE thread): from their own mmap those stay
-/// untouched pages until used (from the arenas, calloc may zero, and so make
-/// resident, all of each: the likely reason for the difference). Peak RSS of an async-mode mount over
-/// a 4 GiB copy: 245-275 MiB at 32 MiB, 216-232 MiB at 16 MiB.
+/// untouched pages until used (from the arenas, calloc may zero, and so
+/// make resident, all of each: the likely reason for the difference). Peak
+/// RSS of an async-mode mount over a 4 GiB copy: 245-275 MiB at 32 MiB,
+/// 216-232 MiB at 16 MiB.
 const MALLOC_MMAP_THRESHOLD_BYTES: libc::c_int = 16 << 20;
 
 /// Keeps freed heap memory for reuse instead of returning it at once. A frame
