@@ -76,6 +76,12 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Turn a peer's replica into a volume that `twinfs mount` serves
     Promote(PromoteArgs),
+    /// Turn the old source's image into the replica of the new primary
+    Failback(FailbackArgs),
+    /// Swap roles with the peer: it becomes the primary, this machine its peer
+    Switchover(SwitchoverArgs),
+    /// Settle a divergence a peer refused: keep its replica, or set it aside
+    Resolve(ResolveArgs),
     /// Check the consistency of an unmounted image
     Fsck(FsckArgs),
     /// Run a self-contained demonstration on loopback
@@ -94,6 +100,9 @@ impl Command {
             Command::Snapshot(_) => "snapshot",
             Command::Verify(_) => "verify",
             Command::Promote(_) => "promote",
+            Command::Failback(_) => "failback",
+            Command::Switchover(_) => "switchover",
+            Command::Resolve(_) => "resolve",
             Command::Fsck(_) => "fsck",
             Command::Demo(_) => "demo",
         }
@@ -164,6 +173,11 @@ pub struct MountArgs {
     /// mkfs, at least 128M) [default: 256M]
     #[arg(long, value_name = "SIZE")]
     pub memory: Option<Size>,
+
+    /// Fail (exit 1, nothing left mounted) unless the peer accepts the
+    /// volume within a few seconds, instead of mounting with a warning
+    #[arg(long)]
+    pub require_peer: bool,
 }
 
 #[derive(Debug, Args)]
@@ -281,6 +295,51 @@ pub struct PromoteArgs {
     /// The peer directory to turn into a volume (its peer daemon stopped)
     #[arg(value_name = "DIR")]
     pub dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct FailbackArgs {
+    /// The old source's image (not mounted)
+    #[arg(value_name = "IMAGE")]
+    pub image: PathBuf,
+    /// New peer directory to make from it (created; must not be a peer directory yet)
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Where to keep the image's own changes since its peer's last CP
+    /// [default: IMAGE.diverged-cpN beside the image]
+    #[arg(long, value_name = "FILE")]
+    pub keep_as: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SwitchoverArgs {
+    /// The mounted primary (with a connected peer started with --mount)
+    #[arg(value_name = "MOUNTPOINT")]
+    pub mountpoint: PathBuf,
+    /// Where this machine listens as the new peer [default: 0.0.0.0 and
+    /// the port of its current peer]
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen_addr)]
+    pub listen: Option<HostPort>,
+    /// Peer directory the image moves into [default: the one it lives in,
+    /// if it was a peer's]
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("outcome").required(true).args(["keep_as", "keep_replica"])))]
+pub struct ResolveArgs {
+    /// The peer directory that refused a source (its peer daemon stopped)
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    /// The refused source wins: promote the replica into a volume at FILE
+    /// and start the directory over for a full copy from the source
+    #[arg(long, value_name = "FILE")]
+    pub keep_as: Option<PathBuf>,
+    /// The replica wins: forget the refused source (make that one a peer with
+    /// `twinfs failback`, or retire it)
+    #[arg(long)]
+    pub keep_replica: bool,
 }
 
 #[derive(Debug, Args)]
@@ -573,6 +632,7 @@ pub enum TwinfsOpt {
     CpSync(CpSync),
     DirtyLimit(Size),
     Memory(Size),
+    RequirePeer,
 }
 
 /// fstab/mount(8) options that mean nothing to the file system itself.
@@ -629,6 +689,10 @@ impl FromStr for MountOpt {
             "cp_sync" => twinfs(need("full|refs|best")?.parse().map(TwinfsOpt::CpSync)),
             "dirty_limit" => twinfs(need("SIZE")?.parse().map(TwinfsOpt::DirtyLimit)),
             "memory" => twinfs(need("SIZE")?.parse().map(TwinfsOpt::Memory)),
+            "require_peer" => match value {
+                None => twinfs(Ok(TwinfsOpt::RequirePeer)),
+                Some(_) => Err(format!("mount option '{key}' takes no value")),
+            },
             _ => Err(format!(
                 "unknown mount option '{s}' (see MOUNT OPTIONS in twinfs(8))"
             )),
@@ -660,6 +724,8 @@ pub struct MountConfig {
     /// `None`: the share of `memory_bytes`.
     pub dirty_limit_bytes: Option<u64>,
     pub memory_bytes: u64,
+    /// Fail unless the peer accepts the volume at mount time.
+    pub require_peer: bool,
 }
 
 /// Sets `slot` from a flag or an `-o` option, refusing the same setting twice.
@@ -685,6 +751,7 @@ impl MountArgs {
         let mut cp_sync = self.cp_sync;
         let mut dirty_limit = self.dirty_limit;
         let mut memory = self.memory;
+        let mut require_peer = self.require_peer;
         let mut fuse_options = Vec::new();
         for opt in &self.options {
             match opt {
@@ -698,6 +765,7 @@ impl MountArgs {
                     TwinfsOpt::CpSync(v) => set_once(&mut cp_sync, v, "cp_sync")?,
                     TwinfsOpt::DirtyLimit(v) => set_once(&mut dirty_limit, v, "dirty_limit")?,
                     TwinfsOpt::Memory(v) => set_once(&mut memory, v, "memory")?,
+                    TwinfsOpt::RequirePeer => require_peer = true,
                 },
             }
         }
@@ -728,6 +796,7 @@ impl MountArgs {
             cp_sync: cp_sync.unwrap_or(CpSync::Best),
             dirty_limit_bytes: dirty_limit.map(|s| s.bytes),
             memory_bytes,
+            require_peer,
         })
     }
 }

@@ -44,6 +44,12 @@ pub enum Request {
     Verify {
         deep: bool,
     },
+    /// Hand the volume over to the peer and become its peer, listening on
+    /// `listen`, the image moving into the peer directory `dir`.
+    Switchover {
+        listen: Option<String>,
+        dir: Option<PathBuf>,
+    },
 }
 
 /// The directory holding control sockets for this user.
@@ -95,7 +101,12 @@ pub fn request(mountpoint: &Path, req: &Request) -> Result<serde_json::Value, St
     }
 }
 
-/// What the control server works on.
+/// What answers a mount's control requests (the node serving it).
+pub trait Serve: Send + Sync {
+    fn answer(self: Arc<Self>, req: Request) -> Result<serde_json::Value, String>;
+}
+
+/// A primary's parts that answer requests.
 pub struct Target {
     pub vol: Arc<Volume>,
     pub mirror: Option<Arc<Mirror>>,
@@ -117,7 +128,7 @@ impl Drop for Server {
 
 /// Serves the control socket of `mountpoint` on a thread. Fails if another
 /// mount already answers there.
-pub fn serve(mountpoint: &Path, target: Arc<Target>) -> Result<Server, String> {
+pub fn serve<T: Serve + 'static>(mountpoint: &Path, target: Arc<T>) -> Result<Server, String> {
     let path = socket_path(mountpoint).map_err(|e| format!("{}: {e}", mountpoint.display()))?;
     let dir = path.parent().expect("socket path has a parent");
     std::fs::DirBuilder::new()
@@ -150,21 +161,21 @@ pub fn serve(mountpoint: &Path, target: Arc<Target>) -> Result<Server, String> {
                 // must not block status.
                 let _ = std::thread::Builder::new()
                     .name("twinfs-control-req".into())
-                    .spawn(move || handle(conn, &t));
+                    .spawn(move || handle(conn, t));
             }
         })
         .map_err(|e| format!("starting the control thread: {e}"))?;
     Ok(Server { path, stop })
 }
 
-fn handle(conn: UnixStream, t: &Target) {
+fn handle<T: Serve>(conn: UnixStream, t: Arc<T>) {
     let mut line = String::new();
     let mut reader = BufReader::new((&conn).take(MAX_REQUEST_BYTES));
     let answer = match reader.read_line(&mut line) {
         Err(e) => serde_json::json!({"ok": false, "error": format!("reading the request: {e}")}),
         Ok(_) => match serde_json::from_str::<Request>(&line) {
             Err(e) => serde_json::json!({"ok": false, "error": format!("bad request: {e}")}),
-            Ok(req) => match answer(req, t) {
+            Ok(req) => match t.answer(req) {
                 Ok(mut v) => {
                     v["ok"] = true.into();
                     v
@@ -177,24 +188,20 @@ fn handle(conn: UnixStream, t: &Target) {
     let _ = writeln!(w, "{answer}");
 }
 
-fn answer(req: Request, t: &Target) -> Result<serde_json::Value, String> {
+/// Answers a request to a primary.
+pub fn answer(req: Request, t: &Target) -> Result<serde_json::Value, String> {
     match req {
         Request::Status => serde_json::to_value(mount_status(t)).map_err(|e| e.to_string()),
         Request::Checkpoint => {
-            // A peer connected when the CP starts must apply it for success,
-            // even if it goes away meanwhile.
-            let connected = t.mirror.as_ref().is_some_and(|m| m.status().connected);
             let cp = t
                 .vol
                 .checkpoint()
                 .map_err(|e| format!("checkpoint failed: {e}"))?;
-            let applied = match &t.mirror {
-                Some(m) if connected || m.status().connected => {
-                    Some(m.wait_applied(cp, PEER_APPLY_WAIT))
-                }
-                _ => None,
+            let (applied, why) = match &t.mirror {
+                None => (None, None),
+                Some(m) => peer_applied(m, t.mode, cp),
             };
-            Ok(serde_json::json!({"cp": cp.0, "applied_at_peer": applied}))
+            Ok(serde_json::json!({"cp": cp.0, "applied_at_peer": applied, "peer_note": why}))
         }
         Request::SnapshotCreate { name } => {
             let label = name.clone().unwrap_or_else(|| "cp-N".into());
@@ -251,6 +258,34 @@ fn answer(req: Request, t: &Target) -> Result<serde_json::Value, String> {
                 "peer_deep_hash": o.peer_deep.as_deref().map(twinfs_fs::hex),
             }))
         }
+        Request::Switchover { .. } => Err("switchover is answered by the node".into()),
+    }
+}
+
+/// Whether the peer applied CP `cp`, and if not, why. In sync and strict
+/// mode a CP the peer did not apply is a failure (`Some(false)`), connected
+/// or not; in async mode only when a connected peer failed to apply it, and
+/// a disconnected peer is `None` (not asked).
+fn peer_applied(m: &Mirror, mode: Mode, cp: twinfs_fs::CpNumber) -> (Option<bool>, Option<String>) {
+    let st = m.status();
+    if st.connected && m.wait_applied(cp, PEER_APPLY_WAIT) {
+        return (Some(true), None);
+    }
+    let st = m.status();
+    let why = match (&st.divergence, st.connected) {
+        (Some(d), _) => format!("the peer refused this volume: {}", d.kind),
+        (None, true) => format!("the peer did not apply it within {PEER_APPLY_WAIT:?}"),
+        (None, false) => format!(
+            "the peer {} is not connected{}",
+            st.addr,
+            st.last_error
+                .as_deref()
+                .map_or(String::new(), |e| format!(": {e}"))
+        ),
+    };
+    match mode {
+        Mode::Async if !st.connected => (None, Some(why)),
+        _ => (Some(false), Some(why)),
     }
 }
 
@@ -258,6 +293,7 @@ fn answer(req: Request, t: &Target) -> Result<serde_json::Value, String> {
 pub fn mount_status(t: &Target) -> MountStatus {
     let v = t.vol.status();
     let mut s = MountStatus {
+        role: "primary".into(),
         cp: v.cp.0,
         root_hash: v.root_hash.to_hex(),
         mode: t.mode.name().to_string(),
@@ -266,6 +302,7 @@ pub fn mount_status(t: &Target) -> MountStatus {
             written: v.bytes_written,
             ..Default::default()
         },
+        lineage: twinfs_replicate::history::lineage_json(Some(&t.vol.lineage())),
     };
     if let Some(m) = &t.mirror {
         let st = m.status();
@@ -282,7 +319,9 @@ pub fn mount_status(t: &Target) -> MountStatus {
         s.bytes.recipes = enc(&c.recipes);
         s.bytes.deltas = enc(&c.deltas);
         s.bytes.misses = enc(&c.misses);
-        let state = if st.degraded && st.phase != Phase::Streaming {
+        let state = if let (Some(d), false) = (&st.divergence, st.connected) {
+            d.kind.clone()
+        } else if st.degraded && st.phase != Phase::Streaming {
             "degraded-async".to_string()
         } else if st.degraded {
             format!("{}-degraded", st.phase.name())
@@ -305,6 +344,7 @@ pub fn mount_status(t: &Target) -> MountStatus {
             alarm: st.alarm.clone(),
             last_error: st.last_error.clone(),
             rtt_ms: st.rtt_ms,
+            divergence: st.divergence.clone(),
         });
     }
     s

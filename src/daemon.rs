@@ -51,8 +51,27 @@ impl Ready {
 
     /// Tells the waiting parent that the service is up; it exits 0.
     pub fn ok(&mut self) {
-        if let Some(mut p) = self.pipe.take() {
-            let _ = p.write_all(b"OK\n");
+        self.ok_with_warnings(&[]);
+    }
+
+    /// Like [`Ready::ok`], and the parent prints each warning on stderr
+    /// (in the foreground they go to stderr at once): what the user must
+    /// know before the service disappears into the background.
+    pub fn ok_with_warnings(&mut self, warnings: &[String]) {
+        match self.pipe.take() {
+            Some(mut p) => {
+                let mut msg = String::from("OK\n");
+                for w in warnings {
+                    msg.push_str(&w.replace('\n', " "));
+                    msg.push('\n');
+                }
+                let _ = p.write_all(msg.as_bytes());
+            }
+            None => {
+                for w in warnings {
+                    eprintln!("twinfs: warning: {w}");
+                }
+            }
         }
     }
 
@@ -102,7 +121,10 @@ pub fn background(what: &str) -> Result<Ready, CmdError> {
             drop(write_end);
             let mut msg = String::new();
             let _ = std::fs::File::from(read_end).read_to_string(&mut msg);
-            if msg.starts_with("OK") {
+            if let Some(rest) = msg.strip_prefix("OK\n") {
+                for w in rest.lines().filter(|l| !l.is_empty()) {
+                    eprintln!("twinfs: warning: {w}");
+                }
                 std::process::exit(0);
             }
             // A failed start leaves nothing running once we return.

@@ -16,6 +16,7 @@ pub mod control;
 pub mod daemon;
 pub mod error;
 pub mod helper;
+pub mod node;
 
 use error::{EXIT_FAILURE, EXIT_USAGE};
 

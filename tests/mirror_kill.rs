@@ -57,11 +57,12 @@ fn a_peer_killed_mid_copy_is_resynced_and_the_copy_never_noticed() {
         started.elapsed() > killed_at,
         "the copy went on after the kill"
     );
-    // A CP the peer does not get: the source commits it alone.
+    // A CP the peer does not get: the source commits it alone, and
+    // checkpoint says the peer does not have it (exit 1, sync mode).
     let ran = src.checkpoint_ran();
-    assert_eq!(ran.code, 0, "checkpoint without the peer: {ran:?}");
+    assert_eq!(ran.code, 1, "checkpoint without the peer: {ran:?}");
     assert!(
-        ran.stdout.contains("committed") && !ran.stdout.contains("applied at the peer"),
+        ran.stderr.contains("committed here, not at the peer"),
         "{ran:?}"
     );
     let st = src.status();
@@ -158,18 +159,17 @@ fn a_peer_killed_while_applying_a_large_cp_keeps_the_previous_cp_and_recovers() 
         "the CP was applied before the kill ({}): make it larger",
         String::from_utf8_lossy(&out.stdout)
     );
-    // It must not claim the peer applied it (it exits 1 saying so, or 0
-    // with "committed" only when the peer was already gone as it checked).
+    // It must not claim the peer applied it: in sync mode it exits 1 saying so.
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
     );
     assert!(!stdout.contains("applied at the peer"), "{stdout}{stderr}");
-    match out.status.code() {
-        Some(0) => assert!(stdout.contains("committed"), "{stdout}{stderr}"),
-        Some(1) => assert!(stderr.contains("the peer did not apply it"), "{stderr}"),
-        other => panic!("checkpoint exited {other:?}: {stdout}{stderr}"),
-    }
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("committed here, not at the peer"),
+        "{stderr}"
+    );
 
     // The peer had written blocks of the new CP into its image...
     let allocated1 = allocated();

@@ -111,7 +111,11 @@ fn sync_mode_waits_then_carries_on_degraded_and_recovers_when_the_peer_returns()
     r.expect("fsync while degraded");
     assert!(took < NO_WAIT, "a degraded fsync does not wait: {took:?}");
     let ran = src.checkpoint_ran();
-    assert_eq!(ran.code, 0, "{ran:?}");
+    assert_eq!(ran.code, 1, "{ran:?}");
+    assert!(
+        ran.stderr.contains("committed here, not at the peer"),
+        "{ran:?}"
+    );
 
     // The peer returns: it is resynced and the mount stops being degraded.
     peer.restart();

@@ -108,9 +108,13 @@ fn a_wrong_secret_and_a_foreign_volume_are_refused_and_change_nothing() {
         "the source says the peer refused its secret: {err}"
     );
     fs::write(src.path("not-mirrored"), b"stays here").unwrap();
+    // Committed here; the refused peer did not get it, and checkpoint says so.
     let ran = src.checkpoint_ran();
-    assert_eq!(ran.code, 0, "{ran:?}");
-    assert!(!ran.stdout.contains("applied at the peer"), "{ran:?}");
+    assert_eq!(ran.code, 1, "{ran:?}");
+    assert!(
+        ran.stderr.contains("committed here, not at the peer"),
+        "{ran:?}"
+    );
     wait_for(
         "the refusal in the peer's log",
         Duration::from_secs(10),
@@ -141,7 +145,11 @@ fn a_wrong_secret_and_a_foreign_volume_are_refused_and_change_nothing() {
     );
     fs::write(src2.path("foreign"), b"another volume's data").unwrap();
     let ran = src2.checkpoint_ran();
-    assert_eq!(ran.code, 0, "{ran:?}");
+    assert_eq!(ran.code, 1, "{ran:?}");
+    assert!(
+        ran.stderr.contains("committed here, not at the peer"),
+        "{ran:?}"
+    );
     wait_for(
         "the refusal in the peer's log",
         Duration::from_secs(10),

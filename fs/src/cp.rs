@@ -19,6 +19,7 @@ use crate::device::{AlignedBuf, BlockDevice};
 use crate::error::{FsError, Result};
 use crate::filetree::{self, DataStore, DirtyBlock};
 use crate::items::{self, InodeRecord, RetainedImage, XattrEntry, XattrValue};
+use crate::lineage::Lineage;
 use crate::overlay::Overlay;
 use crate::superblock::{LogPosition, PeerHold, Superblock};
 use crate::types::*;
@@ -258,6 +259,8 @@ pub struct CpInput<'a> {
     pub key: &'a [u8; 32],
     /// The peer hold to record in the new superblock.
     pub peer_hold: Option<PeerHold>,
+    /// The lineage to record in the new superblock.
+    pub lineage: &'a Lineage,
 }
 
 /// Builds and commits one CP. Returns its superblock once it is durable.
@@ -328,6 +331,8 @@ fn build_and_commit(
         log: input.log,
         cp_time: input.time,
         peer_hold: input.peer_hold,
+        lineage: input.lineage.clone(),
+        replica: false,
     };
     let bytes = sb.encode();
     dev.flush()

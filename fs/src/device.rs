@@ -42,6 +42,11 @@ pub trait BlockDevice: Send + Sync {
         }
         self.flush()
     }
+    /// Lets go of the device's claim on the image (its lock), for a holder
+    /// that only lingers (a detached, read-only mount) so that another
+    /// opener may take it; the device stays readable. No-op where there is
+    /// no lock.
+    fn unlock(&self) {}
 }
 
 fn check_range(dev_blocks: u64, addr: BlockAddr, len: usize) -> io::Result<()> {
@@ -393,6 +398,11 @@ fn holder_is_closing(file: &File) -> io::Result<bool> {
 }
 
 impl BlockDevice for FileDevice {
+    fn unlock(&self) {
+        // SAFETY: flock on a valid, owned file descriptor.
+        unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
+    }
+
     fn num_blocks(&self) -> u64 {
         self.blocks
     }

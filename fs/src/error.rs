@@ -50,6 +50,8 @@ pub enum FsError {
     Failed(String),
     #[error("the replica could not make the change durable: {0}")]
     Replication(String),
+    #[error("the image is a peer's replica, not a volume: mount it read-only (-o ro), or make it a volume with `twinfs promote DIR` (DIR: the peer's directory) first")]
+    ReplicaImage,
 }
 
 impl FsError {
@@ -69,7 +71,7 @@ impl FsError {
             FsError::NoAttr => libc::ENODATA,
             FsError::AttrTooBig { .. } => libc::E2BIG,
             FsError::NotPermitted => libc::EPERM,
-            FsError::ReadOnly => libc::EROFS,
+            FsError::ReadOnly | FsError::ReplicaImage => libc::EROFS,
             FsError::NotSupported(_) => libc::EOPNOTSUPP,
             FsError::Corrupt { .. }
             | FsError::CorruptVolume(_)

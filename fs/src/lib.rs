@@ -18,6 +18,7 @@ pub mod filetree;
 pub mod fsck;
 pub mod fuse;
 pub mod items;
+pub mod lineage;
 pub mod nvlog;
 pub mod overlay;
 pub mod pacer;

@@ -23,6 +23,7 @@ use crate::device::BlockDevice;
 use crate::error::{FsError, Result};
 use crate::filetree::{self, MAX_FILE_SIZE};
 use crate::items::{self, InodeAttrs, InodeRecord, RetainedImage};
+use crate::lineage::{self, GenerationId, Lineage};
 use crate::nvlog::batch::{OpenBatch, SealedBatch, BATCH_TARGET_BYTES, MAX_BATCH_BLOCKS};
 use crate::nvlog::record::{self, Create, Record, SetAttr, Write};
 use crate::nvlog::{self, LogRegion};
@@ -81,6 +82,12 @@ pub struct VolumeConfig {
     /// writers wait; writers are paced from a quarter of it on.
     pub log_backlog_bytes: usize,
     pub clock: Arc<dyn Clock>,
+    /// ID of the generation a read-write open begins (`None`: a random one;
+    /// set by tests and the simulator for reproducible runs).
+    pub generation: Option<GenerationId>,
+    /// Open a replica's image read-write: `twinfs promote` makes it a volume
+    /// this way. Without it such an image is refused read-write.
+    pub adopt_replica: bool,
 }
 
 impl Default for VolumeConfig {
@@ -94,6 +101,8 @@ impl Default for VolumeConfig {
             cache_data_blocks: 8192,
             log_backlog_bytes: DEFAULT_LOG_BACKLOG,
             clock: Arc::new(SystemClock),
+            generation: None,
+            adopt_replica: false,
         }
     }
 }
@@ -121,6 +130,8 @@ pub struct MkfsOptions {
     pub root_uid: u32,
     pub root_gid: u32,
     pub time: Option<Timestamp>,
+    /// ID of the volume's first generation (`None`: a random one).
+    pub generation: Option<GenerationId>,
 }
 
 /// Which tree a read looks at.
@@ -269,6 +280,12 @@ struct State {
     peer_hold: Option<superblock::PeerHold>,
     /// Root hashes of the CPs committed since open (most recent last).
     history: std::collections::VecDeque<(CpNumber, RootHash)>,
+    /// The lineage the next CP records: the committed CP's, plus the
+    /// generation this read-write open began.
+    lineage: Lineage,
+    /// The next CP is taken even with nothing changed (it records a new
+    /// lineage: an adopted replica becomes a volume at once).
+    force_cp: bool,
 }
 
 #[derive(Default)]
@@ -327,6 +344,12 @@ struct Inner {
     meta_reserve: u64,
     replicator: RwLock<Option<Arc<dyn Replicator>>>,
     closed: AtomicBool,
+    /// Changes are taken (false when opened read-only, and from the start
+    /// of a [`Volume::demote`] on).
+    writable: AtomicBool,
+    /// No CPs: the volume only reads (opened read-only, or demoted), and
+    /// may follow another writer's CPs with [`Volume::reload`].
+    read_only: AtomicBool,
     stats: VolumeStats,
 }
 
@@ -443,6 +466,11 @@ pub fn mkfs(dev: Arc<dyn BlockDevice>, opts: &MkfsOptions) -> Result<Superblock>
         },
         cp_time: time,
         peer_hold: None,
+        lineage: Lineage::start(
+            opts.generation
+                .unwrap_or_else(lineage::random_generation_id),
+        ),
+        replica: false,
     };
     // Wipe the other slot and the head of the log so that nothing of an
     // earlier volume on this device can be mistaken for ours.
@@ -475,6 +503,18 @@ impl Volume {
         for p in problems {
             log::warn!("{p} (using the other superblock slot, CP {})", sb.cp.0);
         }
+        if sb.replica && !cfg.read_only && !cfg.adopt_replica {
+            return Err(FsError::ReplicaImage);
+        }
+        // A read-write open writes a new stretch of history: its CPs belong
+        // to a new generation, so that a copy of this image, or this image
+        // after a crash, can never pass for the history it left.
+        let lineage = if cfg.read_only {
+            sb.lineage.clone()
+        } else {
+            let id = cfg.generation.unwrap_or_else(lineage::random_generation_id);
+            sb.lineage.begin(id, CpNumber(sb.cp.0 + 1))
+        };
         let cache = BlockCache::new(dev.clone(), cfg.cache_meta_blocks, cfg.cache_data_blocks);
         let key = items::name_hash_key(&sb.uuid);
         let (map, tree) = alloc::load_map(&cache, &sb.alloc, sb.total_blocks)?;
@@ -504,6 +544,8 @@ impl Volume {
             snapshots,
             peer_hold: sb.peer_hold,
             history: [(sb.cp, sb.root_hash())].into(),
+            lineage,
+            force_cp: sb.replica && !cfg.read_only,
             image: sb.clone(),
         };
         let inner = Arc::new(Inner {
@@ -529,6 +571,8 @@ impl Volume {
             meta_reserve,
             replicator: RwLock::new(None),
             closed: AtomicBool::new(false),
+            writable: AtomicBool::new(!cfg.read_only),
+            read_only: AtomicBool::new(cfg.read_only),
             stats: VolumeStats::default(),
             cfg,
         });
@@ -539,7 +583,8 @@ impl Volume {
         };
         if !vol.inner.cfg.read_only {
             let orphans = vol.inner.reclaim_orphans()?;
-            if replayed > 0 || orphans > 0 {
+            let adopting = vol.inner.state.read().force_cp;
+            if replayed > 0 || orphans > 0 || adopting {
                 log::info!("replayed {replayed} log batches, reclaimed {orphans} orphans");
                 vol.checkpoint()?;
             }
@@ -573,7 +618,7 @@ impl Volume {
         if self.inner.closed.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
-        let result = if self.inner.cfg.read_only || self.inner.failed.lock().is_some() {
+        let result = if self.inner.read_only() || self.inner.failed.lock().is_some() {
             Ok(())
         } else {
             self.checkpoint().map(|_| ())
@@ -609,10 +654,45 @@ impl Volume {
         self.inner.run_cp()
     }
 
+    /// Stops taking changes for good: every change made is committed in a
+    /// final CP, then the volume turns read-only and stops its threads, so
+    /// that it can follow the CPs another writer commits to the same image
+    /// ([`Volume::reload`]). The old primary of a switchover becomes the
+    /// read-only view of its own replica this way. Returns the final CP.
+    pub fn demote(&self) -> Result<CpNumber> {
+        {
+            let _st = self.inner.state.write();
+            self.inner.writable.store(false, Ordering::SeqCst);
+        }
+        let cp = self.checkpoint()?;
+        self.stop_threads();
+        self.inner.read_only.store(true, Ordering::SeqCst);
+        Ok(cp)
+    }
+
+    /// Undoes a [`Volume::demote`] whose hand-over did not happen: takes
+    /// changes again, in the same generation (nothing else wrote the image).
+    pub fn resume_writes(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::SeqCst) || self.inner.cfg.read_only {
+            return Err(FsError::ReadOnly);
+        }
+        self.inner.read_only.store(false, Ordering::SeqCst);
+        {
+            let mut s = self.inner.signals.lock();
+            s.shutdown = false;
+        }
+        self.inner.log.lock().shutdown = false;
+        if self.inner.cfg.background {
+            self.start_threads();
+        }
+        self.inner.writable.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
     /// Switches a read-only volume (a replica's view) to the newest CP on
     /// the device. Readers see either the old image or the new one, whole.
     pub fn reload(&self) -> Result<CpNumber> {
-        if !self.inner.cfg.read_only {
+        if !self.inner.read_only() {
             return Err(FsError::Invalid("only a read-only volume can reload"));
         }
         let dev = self.inner.cache.device().clone();
@@ -627,6 +707,7 @@ impl Volume {
         st.active = Overlay::new(sb.next_ino);
         st.frozen = None;
         st.snapshots = snapshots;
+        st.lineage = sb.lineage.clone();
         st.image = sb;
         Ok(st.image.cp)
     }
@@ -678,7 +759,7 @@ impl Volume {
             total_blocks: st.image.total_blocks,
             peer_hold,
             failed: self.inner.failed.lock().clone(),
-            read_only: self.inner.cfg.read_only,
+            read_only: self.inner.read_only(),
         }
     }
 
@@ -1224,7 +1305,7 @@ impl Volume {
                 None => false,
             }
         };
-        if last && !self.inner.cfg.read_only {
+        if last && self.inner.writable.load(Ordering::SeqCst) {
             self.inner
                 .submit(Need::Free, |_, _| Ok(vec![Record::Reclaim { ino }]))?;
         }
@@ -1234,7 +1315,7 @@ impl Volume {
     /// Returns once every change made so far is durable in the log (and, with
     /// a replicator, at the peer as its mode demands).
     pub fn fsync(&self) -> Result<()> {
-        if self.inner.cfg.read_only {
+        if self.inner.read_only() {
             return Ok(());
         }
         let target = {
@@ -1366,18 +1447,31 @@ impl Volume {
         sb
     }
 
-    /// The peer has applied CP `sb.cp` (its superblock is `sb`). The hold
-    /// moves there and is recorded at the next CP.
-    pub fn peer_acked(&self, sb: &Superblock) {
+    /// Peer directory `peer_id` has applied CP `sb.cp` (its superblock is
+    /// `sb`). The hold moves there and is recorded at the next CP.
+    pub fn peer_acked(&self, sb: &Superblock, peer_id: u64) {
         let moved = self.inner.cp.lock().alloc.peer_acked(sb.cp);
-        if moved {
-            self.inner.state.write().peer_hold = Some(superblock::PeerHold {
-                cp: sb.cp,
-                meta: sb.meta,
-                alloc: sb.alloc,
-                root_hash: sb.root_hash(),
-            });
+        let mut st = self.inner.state.write();
+        if moved
+            || st
+                .peer_hold
+                .is_some_and(|h| h.cp == sb.cp && h.peer_id != peer_id)
+        {
+            st.peer_hold = Some(superblock::PeerHold::of(sb, peer_id));
         }
+    }
+
+    /// Whether changes were made that the committed CP does not contain
+    /// (they are logged and go into the next CP).
+    pub fn uncommitted(&self) -> bool {
+        let st = self.inner.state.read();
+        !st.active.is_empty() || st.frozen.is_some() || !st.retained.is_empty()
+    }
+
+    /// The lineage of the CPs this volume writes: the committed CP's, plus
+    /// the generation a read-write open began.
+    pub fn lineage(&self) -> Lineage {
+        self.inner.state.read().lineage.clone()
     }
 
     /// Forgets the peer: its CP is no longer protected.
@@ -1397,6 +1491,12 @@ impl Volume {
             .peer_hold
             .filter(|h| h.cp == cp)
             .map(|h| h.root_hash)
+    }
+
+    /// The record of the last CP a peer applied (the hold the next CP
+    /// records), with the peer directory's ID.
+    pub fn held_for_peer(&self) -> Option<superblock::PeerHold> {
+        self.inner.state.read().peer_hold
     }
 
     /// The CP protected for the peer, if any.
@@ -1525,8 +1625,12 @@ impl Inner {
         }
     }
 
+    fn read_only(&self) -> bool {
+        self.read_only.load(Ordering::SeqCst)
+    }
+
     fn check_usable(&self) -> Result<()> {
-        if self.cfg.read_only {
+        if !self.writable.load(Ordering::SeqCst) {
             return Err(FsError::ReadOnly);
         }
         if let Some(f) = self.failed.lock().as_ref() {
@@ -1580,6 +1684,11 @@ impl Inner {
         loop {
             self.check_usable()?;
             let mut st = self.state.write();
+            // Checked again under the lock: a demote flips it holding the
+            // lock, so every change applied is in the demote's final CP.
+            if !self.writable.load(Ordering::SeqCst) {
+                return Err(FsError::ReadOnly);
+            }
             let now = self.cfg.clock.now();
             let recs = make(&st, now)?;
             let mut sizes = Vec::with_capacity(recs.len());
@@ -1950,7 +2059,7 @@ impl Inner {
 
     /// Runs one CP: freeze, build without the state lock, commit.
     fn run_cp(&self) -> Result<CpNumber> {
-        if self.cfg.read_only {
+        if self.read_only() {
             return Ok(self.state.read().image.cp);
         }
         let mut ctl = self.cp.lock();
@@ -1959,11 +2068,12 @@ impl Inner {
         }
         let started = Instant::now();
         // Freeze.
-        let (frozen, base, log_pos, covers, retained, peer_hold) = {
+        let (frozen, base, log_pos, covers, retained, peer_hold, lineage) = {
             let mut st = self.state.write();
-            if st.active.is_empty() && st.retained.is_empty() {
+            if st.active.is_empty() && st.retained.is_empty() && !st.force_cp {
                 return Ok(st.image.cp);
             }
+            st.force_cp = false;
             self.seal(&mut st)?;
             let log_pos = LogPosition {
                 next_transfer: st.batch.id,
@@ -1981,6 +2091,7 @@ impl Inner {
                 st.last_sealed,
                 retained,
                 st.peer_hold,
+                st.lineage.clone(),
             )
         };
         // New snapshots protect the image they name (the committed one) from now on.
@@ -2002,6 +2113,7 @@ impl Inner {
                 time,
                 key: &self.key,
                 peer_hold,
+                lineage: &lineage,
             },
             covers,
         );

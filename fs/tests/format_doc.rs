@@ -8,6 +8,7 @@ use twinfs_fs::alloc::BITS_PER_BLOCK;
 use twinfs_fs::btree::{TreeRoot, MAX_VALUE_SIZE};
 use twinfs_fs::filetree::{FANOUT, MAX_HEIGHT};
 use twinfs_fs::items::{self, *};
+use twinfs_fs::lineage::{GenerationId, Lineage};
 use twinfs_fs::nvlog::batch::{self, OpenBatch, BATCH_HEADER_SIZE, MAX_BATCH_BLOCKS};
 use twinfs_fs::nvlog::record::{self, Create, Record, SetAttr, Write, WRITE_FIXED};
 use twinfs_fs::superblock::{self, LogPosition, PeerHold, Superblock};
@@ -128,6 +129,17 @@ fn check_table(heading: &str, bytes: &[u8], end: usize, expect: &HashMap<&str, V
 }
 
 fn sample_superblock(hold: bool) -> Superblock {
+    let base = sample_base();
+    Superblock {
+        cp: CpNumber(0x33),
+        peer_hold: hold.then(|| PeerHold::of(&base, 0x1234_5678_9abc_def0)),
+        replica: true,
+        ..base
+    }
+}
+
+/// The CP a sample superblock holds for the peer.
+fn sample_base() -> Superblock {
     Superblock {
         uuid: [0x11; 16],
         total_blocks: 0x2222,
@@ -152,18 +164,11 @@ fn sample_superblock(hold: bool) -> Superblock {
             last_batch_hash: [0xcc; 32],
         },
         cp_time: Timestamp::new(0xdd, 0xee),
-        peer_hold: hold.then_some(PeerHold {
-            cp: CpNumber(0x20),
-            meta: TreeRoot {
-                ptr: ptr(0x1777, 0x20, 0x77),
-                height: 1,
-            },
-            alloc: TreeRoot {
-                ptr: ptr(0x1666, 0x20, 0x66),
-                height: 4,
-            },
-            root_hash: RootHash([0x55; 32]),
-        }),
+        peer_hold: None,
+        lineage: Lineage::start(GenerationId(0xa1))
+            .begin(GenerationId(0xb2), CpNumber(0x10))
+            .begin(GenerationId(0xc3), CpNumber(0x31)),
+        replica: false,
     }
 }
 
@@ -178,10 +183,21 @@ fn the_superblock_table_is_what_encode_writes() {
             meta: TreeRoot::default(),
             alloc: TreeRoot::default(),
             root_hash: RootHash([0; 32]),
+            peer_id: 0,
+            image: None,
         });
+        let hold_image = match sb.held_superblock() {
+            Some(held) => held.encode()[16..236].to_vec(),
+            None => vec![0; 220],
+        };
+        let mut lineage = vec![0u8; 2048];
+        for (i, g) in sb.lineage.generations().iter().enumerate() {
+            lineage[i * 16..i * 16 + 8].copy_from_slice(&g.id.0.to_le_bytes());
+            lineage[i * 16 + 8..i * 16 + 16].copy_from_slice(&g.first_cp.0.to_le_bytes());
+        }
         let expect: HashMap<&str, Vec<u8>> = HashMap::from([
             ("magic", b"TWINFS\0\x01".to_vec()),
-            ("version", 1u32.to_le_bytes().to_vec()),
+            ("version", 2u32.to_le_bytes().to_vec()),
             ("block_size", 4096u32.to_le_bytes().to_vec()),
             ("uuid", sb.uuid.to_vec()),
             ("total_blocks", u64s(sb.total_blocks)),
@@ -206,6 +222,11 @@ fn the_superblock_table_is_what_encode_writes() {
             ("hold_alloc_root", ptr_bytes(&h.alloc.ptr)),
             ("hold_alloc_height", vec![h.alloc.height]),
             ("hold_root_hash", h.root_hash.0.to_vec()),
+            ("flags", 1u32.to_le_bytes().to_vec()),
+            ("generations", 3u32.to_le_bytes().to_vec()),
+            ("hold_peer", u64s(h.peer_id)),
+            ("hold_image", hold_image),
+            ("lineage", lineage),
             ("checksum", blake3::hash(&b[..4064]).as_bytes().to_vec()),
         ]);
         check_table("## Superblock", &b[..], BLOCK_SIZE, &expect);

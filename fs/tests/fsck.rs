@@ -158,7 +158,7 @@ fn a_peer_hold_is_walked_and_verified() {
     vol.write(f.ino, 0, &bytes(1, 50_000), false).unwrap();
     vol.checkpoint().unwrap();
     vol.peer_tracking_start();
-    vol.peer_acked(&vol.committed());
+    vol.peer_acked(&vol.committed(), 1);
     vol.write(f.ino, 0, &bytes(2, 50_000), false).unwrap();
     vol.checkpoint().unwrap();
     vol.write(f.ino, 0, &bytes(3, 50_000), false).unwrap();

@@ -23,6 +23,24 @@ pub enum CpSync {
     Best,
 }
 
+impl CpSync {
+    /// The name on the command line (`--cp-sync`).
+    pub fn name(self) -> &'static str {
+        match self {
+            CpSync::Full => "full",
+            CpSync::Refs => "refs",
+            CpSync::Best => "best",
+        }
+    }
+
+    /// The method named `name`, if any.
+    pub fn from_name(name: &str) -> Option<CpSync> {
+        [CpSync::Full, CpSync::Refs, CpSync::Best]
+            .into_iter()
+            .find(|c| c.name() == name)
+    }
+}
+
 impl std::str::FromStr for CpSync {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

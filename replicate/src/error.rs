@@ -202,6 +202,16 @@ pub enum ReplicateError {
         direction: Direction,
     },
 
+    /// The peer refused the source's history (split brain, or one side went
+    /// back in time); nothing was applied. Resolving it takes a person.
+    #[error("{kind}: {reason}")]
+    Diverged {
+        /// `split-brain`, `source-behind` or `peer-behind`.
+        kind: &'static str,
+        /// What happened and what to do.
+        reason: String,
+    },
+
     /// Encoding a message failed (a bug: every message type must encode).
     #[error("encoding a message failed: {0}")]
     Encode(String),

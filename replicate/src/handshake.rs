@@ -31,7 +31,7 @@ use crate::secret::Secret;
 use crate::session::{RecvHalf, SendHalf, Session};
 
 /// Version of this protocol. Both sides must speak the same one.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// First field of `Hello`: tells a twinfs stream from anything else.
 pub const PROTOCOL_MAGIC: [u8; 8] = *b"twinfsRP";
@@ -113,7 +113,7 @@ pub struct Welcome {
 }
 
 /// What the peer already holds, so the source sends only what follows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResumePoint {
     /// The last CP the peer applied and committed; `None` for a new, empty peer
     /// (the source then resyncs from nothing).

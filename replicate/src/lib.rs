@@ -11,6 +11,7 @@ pub mod error;
 pub mod fault;
 pub mod frame;
 pub mod handshake;
+pub mod history;
 mod kdf;
 pub mod message;
 pub mod peer;

@@ -52,11 +52,44 @@ pub const NO_TRANSFER: u64 = 0;
 
 /// A message of an established, sealed session.
 ///
-/// Source → peer: `LogEnd`, `Transfer`, `CpBegin`, `CpBlocks`, `CpEnd`, `VerifyRequest`.
-/// Peer → source: `TransferAck`, `CpApplied`, `CpMissing`, `CpRejected`, `VerifyReply`.
+/// Source → peer: `SourceLineage`, `LogEnd`, `Transfer`, `CpBegin`, `CpBlocks`, `CpEnd`,
+/// `VerifyRequest`.
+/// Peer → source: `LineageVerdict`, `TransferAck`, `CpApplied`, `CpMissing`, `CpRejected`,
+/// `VerifyReply`.
 /// Either way: `Ping`, `Pong`, `Error`, `Bye`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
+    /// The source's history: the first message of every session. The peer
+    /// accepts the source only if the CP it holds lies on this history, and
+    /// answers `LineageVerdict` before it takes anything else.
+    SourceLineage {
+        /// The lineage of the source's CPs, oldest generation first (at most
+        /// `MAX_GENERATIONS`).
+        generations: Vec<WireGeneration>,
+        /// The source's committed CP.
+        cp: u64,
+        /// Its root hash.
+        #[serde(with = "serde_bytes")]
+        root_hash: [u8; 32],
+        /// The source holds changes its committed CP does not contain yet
+        /// (logged, to be in its next CP): a peer ahead of `cp` on the same
+        /// history is then a split brain, not merely a source behind.
+        uncommitted: bool,
+        /// The source's record of the last CP a peer directory applied (its
+        /// peer hold), so that a directory restored from an older copy is
+        /// recognised.
+        hold: Option<HoldRecord>,
+    },
+    /// The peer's answer to `SourceLineage`. With a refusal the peer ends
+    /// the session and applies nothing of this source.
+    LineageVerdict {
+        /// The peer directory's random ID (the source records it with its hold).
+        peer_id: u64,
+        /// The lineage of the CP the peer holds (empty when it holds none).
+        generations: Vec<WireGeneration>,
+        /// `None`: accepted. Otherwise why not.
+        refusal: Option<Refusal>,
+    },
     /// One sealed NVLOG batch, opaque to this layer. Many may be in flight.
     Transfer {
         /// Transfer ID: strictly increasing, starting at 1.
@@ -64,6 +97,38 @@ pub enum Message {
         /// The batch as the volume wrote it to its log (at most `MAX_BATCH_BYTES`).
         #[serde(with = "serde_bytes")]
         batch: Vec<u8>,
+    },
+    /// A planned role swap (`twinfs switchover`): the source has stopped
+    /// taking changes, and CP `cp`, which holds every change it made, is
+    /// applied here. The peer becomes the primary of the volume, mirroring
+    /// to the old source at `return_to`, and answers `SwitchedOver` once it
+    /// takes writes (or `SwitchoverRefused`).
+    Switchover {
+        /// The source's final CP.
+        cp: u64,
+        /// Its root hash.
+        #[serde(with = "serde_bytes")]
+        root_hash: [u8; 32],
+        /// `HOST:PORT` where the old source will listen as the new peer
+        /// (at most `MAX_REASON_BYTES`).
+        return_to: String,
+        /// The mode the new primary mirrors in: `sync`, `strict` or `async`.
+        mode: String,
+        /// How it sends CPs: `full`, `refs` or `best`.
+        cp_sync: String,
+    },
+    /// The peer is the primary now; its first CP (a new generation) is `cp`.
+    SwitchedOver {
+        /// The new primary's first CP.
+        cp: u64,
+        /// Its root hash (the same contents as the source's final CP).
+        #[serde(with = "serde_bytes")]
+        root_hash: [u8; 32],
+    },
+    /// The peer cannot take over; the source goes on as the primary.
+    SwitchoverRefused {
+        /// Why (at most `MAX_REASON_BYTES`).
+        reason: String,
     },
     /// A `Transfer` whose batch travels lz4-compressed (block format). The
     /// receiving session turns it back into a `Transfer` before anyone else
@@ -185,6 +250,92 @@ pub enum Message {
     },
     /// Clean end of the session: the sender sends nothing more.
     Bye,
+}
+
+/// One generation of a lineage on the wire: `[id, first_cp]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireGeneration {
+    /// The generation's random ID.
+    pub id: u64,
+    /// The first CP written in it.
+    pub first_cp: u64,
+}
+
+/// The last CP a peer directory applied, as the source recorded it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldRecord {
+    /// The peer directory's ID (from its `LineageVerdict`).
+    pub peer_id: u64,
+    /// The CP it applied.
+    pub cp: u64,
+    /// That CP's root hash.
+    #[serde(with = "serde_bytes")]
+    pub root_hash: [u8; 32],
+}
+
+/// Why a peer refuses a source's history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// How the histories relate.
+    pub kind: Divergence,
+    /// The newest CP both histories share, if any.
+    pub common_cp: Option<u64>,
+    /// What happened and what to do, for logs and status (at most `MAX_REASON_BYTES`).
+    pub reason: String,
+}
+
+/// How a source's history fails to extend what the peer holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Divergence {
+    /// Both sides wrote after their last common CP (a split brain).
+    SplitBrain,
+    /// The source's CP is older than the peer's on the same history (the
+    /// source's image went back: restored from an older copy?).
+    SourceBehind,
+    /// The peer holds an older CP than the source saw it apply (the peer's
+    /// directory went back: restored from an older copy?).
+    PeerBehind,
+}
+
+impl Divergence {
+    /// The name status shows.
+    pub fn name(self) -> &'static str {
+        match self {
+            Divergence::SplitBrain => "split-brain",
+            Divergence::SourceBehind => "source-behind",
+            Divergence::PeerBehind => "peer-behind",
+        }
+    }
+}
+
+/// A lineage for the wire.
+pub fn wire_lineage(l: &twinfs_fs::lineage::Lineage) -> Vec<WireGeneration> {
+    l.generations()
+        .iter()
+        .map(|g| WireGeneration {
+            id: g.id.0,
+            first_cp: g.first_cp.0,
+        })
+        .collect()
+}
+
+/// A lineage from the wire, checked (`None` for an empty list).
+pub fn lineage_from_wire(
+    gens: &[WireGeneration],
+) -> Result<Option<twinfs_fs::lineage::Lineage>, String> {
+    use twinfs_fs::lineage::{Generation, GenerationId, Lineage};
+    if gens.is_empty() {
+        return Ok(None);
+    }
+    Lineage::new(
+        gens.iter()
+            .map(|g| Generation {
+                id: GenerationId(g.id),
+                first_cp: twinfs_fs::CpNumber(g.first_cp),
+            })
+            .collect(),
+    )
+    .map(Some)
 }
 
 /// Compresses a batch for `TransferLz4` when that is worth it: batches of
@@ -429,6 +580,11 @@ impl Message {
     /// The variant's name, for logs and errors (never the payload).
     pub fn kind(&self) -> &'static str {
         match self {
+            Message::SourceLineage { .. } => "SourceLineage",
+            Message::Switchover { .. } => "Switchover",
+            Message::SwitchedOver { .. } => "SwitchedOver",
+            Message::SwitchoverRefused { .. } => "SwitchoverRefused",
+            Message::LineageVerdict { .. } => "LineageVerdict",
             Message::Transfer { .. } => "Transfer",
             Message::TransferLz4 { .. } => "TransferLz4",
             Message::LogEnd { .. } => "LogEnd",
@@ -452,14 +608,19 @@ impl Message {
     /// `Transfer`, a source never sends a `TransferAck`, ...).
     pub fn may_travel(&self, direction: Direction) -> bool {
         match self {
-            Message::Transfer { .. }
+            Message::SourceLineage { .. }
+            | Message::Switchover { .. }
+            | Message::Transfer { .. }
             | Message::TransferLz4 { .. }
             | Message::LogEnd { .. }
             | Message::CpBegin { .. }
             | Message::CpBlocks { .. }
             | Message::CpEnd { .. }
             | Message::VerifyRequest { .. } => direction == Direction::SourceToPeer,
-            Message::TransferAck { .. }
+            Message::LineageVerdict { .. }
+            | Message::SwitchedOver { .. }
+            | Message::SwitchoverRefused { .. }
+            | Message::TransferAck { .. }
             | Message::CpApplied { .. }
             | Message::CpMissing { .. }
             | Message::CpRejected { .. }
@@ -473,6 +634,43 @@ impl Message {
     /// Checks the protocol limits; the error says which one is broken.
     pub fn validate(&self) -> Result<(), String> {
         match self {
+            Message::SourceLineage { generations, .. } => match lineage_from_wire(generations)? {
+                Some(_) => Ok(()),
+                None => Err("SourceLineage with no generation".into()),
+            },
+            Message::Switchover {
+                return_to,
+                mode,
+                cp_sync,
+                ..
+            } => {
+                check_max(
+                    return_to.len(),
+                    MAX_REASON_BYTES,
+                    "Switchover return_to bytes",
+                )?;
+                if !["sync", "strict", "async"].contains(&mode.as_str()) {
+                    return Err(format!("Switchover mode {mode:?}"));
+                }
+                if !["full", "refs", "best"].contains(&cp_sync.as_str()) {
+                    return Err(format!("Switchover cp_sync {cp_sync:?}"));
+                }
+                Ok(())
+            }
+            Message::SwitchoverRefused { reason } => {
+                check_max(reason.len(), MAX_REASON_BYTES, "reason bytes")
+            }
+            Message::LineageVerdict {
+                generations,
+                refusal,
+                ..
+            } => {
+                lineage_from_wire(generations)?;
+                match refusal {
+                    Some(r) => check_max(r.reason.len(), MAX_REASON_BYTES, "reason bytes"),
+                    None => Ok(()),
+                }
+            }
             Message::Transfer { id, batch } => {
                 check_transfer_id(*id, "Transfer id")?;
                 check_max(batch.len(), MAX_BATCH_BYTES, "Transfer batch bytes")
@@ -507,6 +705,7 @@ impl Message {
                 None => Ok(()),
             },
             Message::LogEnd { .. }
+            | Message::SwitchedOver { .. }
             | Message::CpApplied { .. }
             | Message::Ping { .. }
             | Message::Pong { .. }

@@ -29,7 +29,11 @@ use twinfs_fs::{Block, BlockPtr, CpNumber, FsError, RootHash, TransferId, BLOCK_
 use crate::encode::{self, CpSync, EncKind, PrevReader};
 use crate::error::{ReplicateError, Result};
 use crate::handshake::{handshake_client, HandshakeInfo};
-use crate::message::{self, CpBlock, Encoding, Message, MAX_BLOCKS_PER_CP_FRAME};
+use crate::history::{DivergenceReport, Side};
+use crate::message::{
+    self, lineage_from_wire, wire_lineage, CpBlock, Encoding, HoldRecord, Message, Refusal,
+    WireGeneration, MAX_BLOCKS_PER_CP_FRAME,
+};
 use crate::secret::Secret;
 use crate::session::{RecvHalf, SendHalf};
 
@@ -96,6 +100,11 @@ const FILL_GAP_BYTES: usize = 16 << 20;
 /// Longest pause between reconnection attempts: short, because a resync
 /// cannot start before it ends, and a refused connect costs next to nothing.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Pause before asking again a peer that refused this volume's history: it
+/// stays refused until a person resolves it, which takes a while.
+const DIVERGED_RETRY: Duration = Duration::from_secs(15);
+/// How long the session waits for the peer's verdict on our history.
+const VERDICT_WAIT: Duration = Duration::from_secs(30);
 
 /// Count and bytes of one kind of thing sent.
 #[derive(Default)]
@@ -176,6 +185,11 @@ pub struct MirrorStatus {
     pub resync: Option<ResyncProgress>,
     pub rtt_ms: Option<f64>,
     pub queued_bytes: usize,
+    /// The peer refused this volume's history (split brain, or one side
+    /// went back in time): nothing goes to it until a person resolves it.
+    pub divergence: Option<DivergenceReport>,
+    /// Sessions that got as far as the peer's verdict on our history.
+    pub sessions_judged: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -253,6 +267,12 @@ struct Link {
     rtt: Option<Duration>,
     /// Superblocks of CPs sent and not yet applied, to check the peer's answer.
     sent: HashMap<u64, Box<Superblock>>,
+    /// The peer directory's ID (from its verdict), recorded with the hold.
+    peer_id: u64,
+    divergence: Option<DivergenceReport>,
+    sessions_judged: u64,
+    /// This end's address of the last connection to the peer.
+    local_addr: Option<SocketAddr>,
 }
 
 struct Shared {
@@ -280,7 +300,16 @@ enum Ctrl {
         deep: bool,
         reply: oneshot::Sender<VerifyAnswer>,
     },
+    Switchover {
+        sb: Box<Superblock>,
+        return_to: String,
+        reply: oneshot::Sender<SwitchoverAnswer>,
+    },
 }
+
+/// The peer's answer to a switchover: its first CP as the primary and the
+/// root hash, or why it refused.
+type SwitchoverAnswer = std::result::Result<(u64, [u8; 32]), String>;
 
 /// The mirror of one volume to one peer.
 pub struct Mirror {
@@ -308,6 +337,10 @@ impl Mirror {
                 resync: None,
                 rtt: None,
                 sent: HashMap::new(),
+                peer_id: 0,
+                divergence: None,
+                sessions_judged: 0,
+                local_addr: None,
             }),
             link_cv: Condvar::new(),
             counters: Counters::default(),
@@ -355,6 +388,42 @@ impl Mirror {
             resync: l.resync.clone(),
             rtt_ms: l.rtt.map(|d| d.as_secs_f64() * 1000.0),
             queued_bytes: self.shared.out.lock().bytes,
+            divergence: l.divergence.clone(),
+            sessions_judged: l.sessions_judged,
+        }
+    }
+
+    /// This machine's address on the last connection to the peer (the
+    /// address the peer can reach it at).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.shared.link.lock().local_addr
+    }
+
+    /// Waits until the first session has an outcome: the peer accepted this
+    /// volume (returns `Ok`), refused it, or the connection failed (the
+    /// error, as status shows it); `Err` with "no answer" after `timeout`.
+    /// The mount uses this to say on the terminal what went wrong before it
+    /// goes to the background.
+    pub fn wait_first_outcome(&self, timeout: Duration) -> std::result::Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        let mut l = self.shared.link.lock();
+        loop {
+            if let Some(d) = &l.divergence {
+                return Err(format!("{}: {}", d.kind, d.reason));
+            }
+            if l.sessions_judged > 0 {
+                return Ok(());
+            }
+            if let Some(e) = &l.last_error {
+                return Err(e.clone());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "no answer from the peer {} within {timeout:?}",
+                    self.shared.cfg.peer
+                ));
+            }
+            self.shared.link_cv.wait_until(&mut l, deadline);
         }
     }
 
@@ -442,6 +511,45 @@ impl Mirror {
             outcome.source_deep = Some(d.to_vec());
         }
         Ok(outcome)
+    }
+
+    /// Hands the volume over to the peer (`twinfs switchover`): `sb` is the
+    /// final CP of a volume that takes no more changes. Waits until the
+    /// peer has applied it and every transfer, then asks the peer to become
+    /// the primary, mirroring to `return_to`; returns the new primary's
+    /// first CP once it takes writes, or why it did not (the caller then
+    /// goes on as the primary).
+    pub fn switchover(
+        &self,
+        sb: &Superblock,
+        return_to: &str,
+        timeout: Duration,
+    ) -> std::result::Result<(u64, [u8; 32]), String> {
+        if let Some(d) = &self.status().divergence {
+            return Err(format!("the peer refuses this volume ({})", d.kind));
+        }
+        if !self.wait_applied(sb.cp, timeout) {
+            return Err(format!(
+                "the peer has not applied the final CP {} (is it connected? see `twinfs status`)",
+                sb.cp.0
+            ));
+        }
+        let (tx, rx) = oneshot::channel();
+        {
+            let ctrl = self.shared.ctrl.lock();
+            let ctrl = ctrl.as_ref().ok_or("the peer is not connected")?;
+            ctrl.send(Ctrl::Switchover {
+                sb: Box::new(sb.clone()),
+                return_to: return_to.to_string(),
+                reply: tx,
+            })
+            .map_err(|_| "the peer session ended")?;
+        }
+        let rt = self.rt.lock();
+        let rt = rt.as_ref().ok_or("the mirror is shut down")?;
+        rt.block_on(async { tokio::time::timeout(timeout, rx).await })
+            .map_err(|_| "the peer did not take over in time".to_string())?
+            .map_err(|_| "the peer session ended before it took over".to_string())?
     }
 
     /// Stops the connection task and removes the volume hooks.
@@ -558,6 +666,16 @@ impl Replicator for Hooks {
         loop {
             if l.acked_transfer >= id {
                 return Ok(());
+            }
+            if let Some(d) = &l.divergence {
+                // No peer will confirm anything until a person resolves it.
+                return match s.cfg.mode {
+                    Mode::Strict => Err(FsError::Replication(format!(
+                        "the peer refused this volume ({}); see `twinfs status`",
+                        d.kind
+                    ))),
+                    _ => Ok(()),
+                };
             }
             let waiting_is_pointless = !l.connected || l.degraded;
             if waiting_is_pointless
@@ -735,6 +853,7 @@ async fn connection_loop(s: Arc<Shared>) {
         let result = async {
             let stream = connect(&s.cfg.peer).await?;
             stream.set_nodelay(true).ok();
+            s.link.lock().local_addr = stream.local_addr().ok();
             let (session, info) = handshake_client(stream, &s.cfg.secret, s.vol.uuid()).await?;
             log::info!(
                 "connected to peer {} (protocol {})",
@@ -759,15 +878,25 @@ async fn connection_loop(s: Arc<Shared>) {
         if s.shutdown.load(Ordering::SeqCst) {
             break;
         }
+        let mut pause = backoff;
         if let Err(e) = result {
             let msg = e.to_string();
+            let diverged = matches!(e, ReplicateError::Diverged { .. });
             if last_logged.as_ref() != Some(&msg) {
-                log::warn!("peer {}: {msg}; retrying", s.cfg.peer);
+                if diverged {
+                    log::error!("peer {}: {msg}", s.cfg.peer);
+                } else {
+                    log::warn!("peer {}: {msg}; retrying", s.cfg.peer);
+                }
                 last_logged = Some(msg.clone());
             }
+            if diverged {
+                pause = DIVERGED_RETRY;
+            }
             s.link.lock().last_error = Some(msg);
+            s.link_cv.notify_all();
         }
-        tokio::time::sleep(backoff).await;
+        tokio::time::sleep(pause).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
@@ -819,6 +948,12 @@ enum FromPeer {
     },
     Mismatch,
     Verify(u64, [u8; 32], Option<Vec<u8>>),
+    Switched(SwitchoverAnswer),
+    Verdict {
+        peer_id: u64,
+        generations: Vec<WireGeneration>,
+        refusal: Option<Refusal>,
+    },
 }
 
 async fn run_session(
@@ -864,11 +999,18 @@ async fn run_session(
         streaming_cp: None,
         last_cp_begun: CpNumber(0),
         pending_verify: None,
+        pending_switchover: None,
     };
     let resume = info.resume.applied_cp;
     let result = async {
+        state_history(&mut sender, &pinned, resume, &mut peer_rx).await?;
         sender
-            .send(&Message::LogEnd { transfer: log_end.0 }, &s.counters.wire_total)
+            .send(
+                &Message::LogEnd {
+                    transfer: log_end.0,
+                },
+                &s.counters.wire_total,
+            )
             .await?;
         match resume {
             Some(a) if a.cp == pinned.cp.0 && a.root_hash == pinned.root_hash().0 => {
@@ -882,22 +1024,26 @@ async fn run_session(
                 l.acked_transfer = l.acked_transfer.max(covered);
             }
             other => {
-                // Build on the peer's CP only if it is one of ours.
-                let known = other.filter(|a| {
-                    a.cp < pinned.cp.0 && s.vol.known_root_hash(CpNumber(a.cp)).is_some_and(|h| h.0 == a.root_hash)
+                // The peer's verdict (checked again by state_history) puts
+                // its CP on our history: resync from there, unless we know
+                // that CP's root hash and the peer's differs (its copy is
+                // damaged), when only a full resync repairs it.
+                let damaged = other.filter(|a| {
+                    s.vol
+                        .known_root_hash(CpNumber(a.cp))
+                        .is_some_and(|h| h.0 != a.root_hash)
                 });
-                if let (Some(a), None) = (other, known) {
+                if let Some(a) = damaged {
                     let msg = format!(
-                        "the peer's CP {} (root {}) is not one the source can vouch for: full resync",
+                        "ALARM: the peer's CP {} has root {}, not ours: full resync",
                         a.cp,
                         twinfs_fs::hex(&a.root_hash)
                     );
-                    log::warn!("{msg}");
-                    if s.vol.known_root_hash(CpNumber(a.cp)).is_some() {
-                        s.link.lock().alarm = Some(msg);
-                    }
+                    log::error!("{msg}");
+                    s.link.lock().alarm = Some(msg);
                 }
-                sender.resync(&pinned, known.map(|a| CpNumber(a.cp))).await?;
+                let base = other.filter(|_| damaged.is_none()).map(|a| CpNumber(a.cp));
+                sender.resync(&pinned, base).await?;
             }
         }
         // Batches handed over before the queue accepted them (and any
@@ -925,6 +1071,100 @@ async fn run_session(
     result
 }
 
+/// States this volume's history to the peer (`SourceLineage`) and waits for
+/// its verdict. A refusal, or a verdict whose lineage does not put the
+/// peer's CP on our history, is recorded for status and ends the session
+/// with [`ReplicateError::Diverged`] before anything else is sent.
+async fn state_history(
+    sender: &mut Sender<'_>,
+    pinned: &Superblock,
+    resume: Option<crate::handshake::AppliedCp>,
+    from_peer: &mut mpsc::UnboundedReceiver<FromPeer>,
+) -> Result<()> {
+    let s = sender.s.clone();
+    let lineage = s.vol.lineage();
+    let hold = s.vol.held_for_peer().map(|h| HoldRecord {
+        peer_id: h.peer_id,
+        cp: h.cp.0,
+        root_hash: h.root_hash.0,
+    });
+    let ours = Side {
+        lineage: lineage.clone(),
+        cp: pinned.cp.0,
+        root_hash: pinned.root_hash().0,
+        uncommitted: s.vol.uncommitted() || s.vol.committed().cp > pinned.cp,
+    };
+    sender
+        .send(
+            &Message::SourceLineage {
+                generations: wire_lineage(&lineage),
+                cp: ours.cp,
+                root_hash: ours.root_hash,
+                uncommitted: ours.uncommitted,
+                hold,
+            },
+            &s.counters.wire_total,
+        )
+        .await?;
+    let (peer_id, generations, refusal) = loop {
+        let m = tokio::time::timeout(VERDICT_WAIT, from_peer.recv())
+            .await
+            .map_err(|_| {
+                ReplicateError::Protocol("the peer did not judge our history in time".into())
+            })?;
+        match m {
+            Some(FromPeer::Verdict {
+                peer_id,
+                generations,
+                refusal,
+            }) => break (peer_id, generations, refusal),
+            Some(FromPeer::Ended(Some(e))) => return Err(e),
+            Some(FromPeer::Ended(None)) | None => {
+                return Err(ReplicateError::Protocol(
+                    "the peer ended the session before judging our history".into(),
+                ))
+            }
+            Some(_) => continue,
+        }
+    };
+    let peer_lineage = lineage_from_wire(&generations)
+        .map_err(|e| ReplicateError::Protocol(format!("LineageVerdict: {e}")))?;
+    let theirs = match (resume, peer_lineage) {
+        (Some(a), Some(l)) => Some(Side {
+            lineage: l,
+            cp: a.cp,
+            root_hash: a.root_hash,
+            uncommitted: false,
+        }),
+        (None, None) => None,
+        _ => {
+            return Err(ReplicateError::Protocol(
+                "the peer's verdict and resume point disagree on whether it holds a CP".into(),
+            ))
+        }
+    };
+    // Never trust a verdict alone to send anything that overwrites the peer.
+    let refusal = refusal.or_else(|| crate::history::verdict(theirs.as_ref(), 0, &ours, None));
+    let mut l = s.link.lock();
+    l.sessions_judged += 1;
+    if let Some(r) = refusal {
+        let report = DivergenceReport::new(&r, &ours, theirs.as_ref());
+        l.divergence = Some(report);
+        l.degraded = true;
+        s.link_cv.notify_all();
+        return Err(ReplicateError::Diverged {
+            kind: r.kind.name(),
+            reason: r.reason,
+        });
+    }
+    if l.divergence.take().is_some() {
+        log::info!("the peer accepts this volume's history again");
+    }
+    l.peer_id = peer_id;
+    s.link_cv.notify_all();
+    Ok(())
+}
+
 struct Sender<'a> {
     s: Arc<Shared>,
     tx: &'a mut Tx,
@@ -939,6 +1179,7 @@ struct Sender<'a> {
     /// peer: blocks the peer asked for before it began come too late.
     last_cp_begun: CpNumber,
     pending_verify: Option<oneshot::Sender<VerifyAnswer>>,
+    pending_switchover: Option<oneshot::Sender<SwitchoverAnswer>>,
 }
 
 impl Sender<'_> {
@@ -1236,6 +1477,23 @@ impl Sender<'_> {
                 self.send_cp(&Message::VerifyRequest { cp: cp.0, deep })
                     .await
             }
+            Ctrl::Switchover {
+                sb,
+                return_to,
+                reply,
+            } => {
+                self.pending_switchover = Some(reply);
+                let cfg = &self.s.cfg;
+                let msg = Message::Switchover {
+                    cp: sb.cp.0,
+                    root_hash: sb.root_hash().0,
+                    return_to,
+                    mode: cfg.mode.name().to_string(),
+                    cp_sync: cfg.cp_sync.name().to_string(),
+                };
+                let s = self.s.clone();
+                self.send(&msg, &s.counters.wire_total).await
+            }
         }
     }
 
@@ -1300,6 +1558,15 @@ impl Sender<'_> {
                 }
                 Ok(())
             }
+            FromPeer::Switched(answer) => {
+                if let Some(r) = self.pending_switchover.take() {
+                    let _ = r.send(answer);
+                }
+                Ok(())
+            }
+            FromPeer::Verdict { .. } => Err(ReplicateError::Protocol(
+                "the peer judged our history twice".into(),
+            )),
         }
     }
 }
@@ -1358,7 +1625,8 @@ async fn receive_loop(s: Arc<Shared>, mut rx: Rx, to_sender: mpsc::UnboundedSend
                         let _ = to_sender.send(FromPeer::Mismatch);
                         continue;
                     }
-                    tokio::task::block_in_place(|| s.vol.peer_acked(&sb));
+                    let peer_id = s.link.lock().peer_id;
+                    tokio::task::block_in_place(|| s.vol.peer_acked(&sb, peer_id));
                     let mut l = s.link.lock();
                     l.applied = Some((sb.cp, sb.root_hash()));
                     l.sent.retain(|&c, _| c > cp);
@@ -1397,6 +1665,26 @@ async fn receive_loop(s: Arc<Shared>, mut rx: Rx, to_sender: mpsc::UnboundedSend
                     }
                 }
                 Message::Ping { .. } => {}
+                Message::SwitchedOver { cp, root_hash } => {
+                    let _ = to_sender.send(FromPeer::Switched(Ok((cp, root_hash))));
+                    s.wake.notify_one();
+                }
+                Message::SwitchoverRefused { reason } => {
+                    let _ = to_sender.send(FromPeer::Switched(Err(reason)));
+                    s.wake.notify_one();
+                }
+                Message::LineageVerdict {
+                    peer_id,
+                    generations,
+                    refusal,
+                } => {
+                    let _ = to_sender.send(FromPeer::Verdict {
+                        peer_id,
+                        generations,
+                        refusal,
+                    });
+                    s.wake.notify_one();
+                }
                 Message::Error { reason } => {
                     return Err(ReplicateError::Protocol(format!(
                         "the peer reports an error: {reason}"

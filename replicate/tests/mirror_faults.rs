@@ -502,6 +502,8 @@ fn run_seed(seed: u64) {
         listen: "127.0.0.1:0".into(),
         secret: secret(),
         view: None,
+        takeover: None,
+        listener: None,
     })
     .expect("the peer starts");
     let proxy = Proxy::start(daemon.local_addr());

@@ -159,6 +159,8 @@ fn a_transfer_the_source_lost_in_a_crash_is_dropped_at_the_peer() {
         listen: "127.0.0.1:0".into(),
         secret: secret(),
         view: None,
+        takeover: None,
+        listener: None,
     })
     .expect("the peer starts");
     let disk = Arc::new(CrashDevice::new(VOLUME_BLOCKS));

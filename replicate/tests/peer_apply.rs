@@ -38,6 +38,7 @@ fn applied(replies: &[Message]) -> Vec<(u64, [u8; 32])> {
 fn open_bound(dir: &std::path::Path) -> Replica {
     let mut r = Replica::open(dir, None).expect("open replica");
     r.accept_uuid(UUID).expect("bind");
+    feed(&mut r, &[new_source_hello()]);
     r
 }
 

@@ -29,6 +29,8 @@ fn start_with(dir: &Path, view: Option<Arc<dyn ReplicaView>>) -> PeerDaemon {
         listen: "127.0.0.1:0".into(),
         secret: secret(),
         view,
+        takeover: None,
+        listener: None,
     })
     .expect("the daemon starts")
 }
@@ -315,13 +317,21 @@ async fn a_second_source_is_refused_while_a_session_is_up() {
     let tmp = tempfile::tempdir().unwrap();
     let d = start(tmp.path());
     let (mut first, _) = connect(&d, UUID).await.expect("accepted");
-    match connect(&d, UUID).await {
-        Err(ReplicateError::Refused { reason }) => {
-            assert!(reason.contains("one source at a time"), "{reason}");
-        }
+    // The second one is told the peer is busy: in the handshake, or, once
+    // the peer knows the volume it is bound to, after its history was
+    // judged (so that a split brain is refused as such).
+    let reason = match connect(&d, UUID).await {
+        Err(ReplicateError::Refused { reason }) => reason,
         Err(e) => panic!("expected a refusal, got {e}"),
-        Ok(_) => panic!("a second concurrent source was accepted"),
-    }
+        Ok((mut second, _)) => {
+            second.send(&new_source_hello()).await.expect("send");
+            match recv(&mut second).await {
+                Message::Error { reason } => reason,
+                other => panic!("expected a refusal, got {other:?}"),
+            }
+        }
+    };
+    assert!(reason.contains("one source at a time"), "{reason}");
     // The first session is unharmed.
     let got = exchange(&mut first, &[Message::Ping { nonce: 1 }], |_| true).await;
     assert_eq!(got, vec![Message::Pong { nonce: 1 }]);
@@ -355,6 +365,10 @@ async fn a_bad_batch_ends_the_session_and_the_daemon_keeps_listening() {
     let tmp = tempfile::tempdir().unwrap();
     let d = start(tmp.path());
     let (mut s, _) = connect(&d, UUID).await.unwrap();
+    exchange(&mut s, &[new_source_hello()], |m| {
+        matches!(m, Message::LineageVerdict { refusal: None, .. })
+    })
+    .await;
     let one = make_batch(UUID, 1, [0; 32], 2, 1);
     let got = exchange(
         &mut s,
@@ -408,6 +422,8 @@ fn a_promoted_directory_is_refused_by_the_daemon() {
         listen: "127.0.0.1:0".into(),
         secret: secret(),
         view: None,
+        takeover: None,
+        listener: None,
     })
     .err()
     .expect("refused");
@@ -506,6 +522,8 @@ fn a_peer_that_was_away_is_resynced_by_the_source_mirror() {
         listen: addr.to_string(),
         secret: secret(),
         view: None,
+        takeover: None,
+        listener: None,
     })
     .expect("restart on the same address");
     wait_applied_within(&mirror, cp3, Duration::from_secs(30));

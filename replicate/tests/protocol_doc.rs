@@ -80,6 +80,10 @@ fn code_constants() -> BTreeMap<String, u64> {
         c("MAX_MISSING_ADDRS", MAX_MISSING_ADDRS as u64),
         c("MAX_REASON_BYTES", MAX_REASON_BYTES as u64),
         c("MAX_DEEP_HASH_BYTES", MAX_DEEP_HASH_BYTES as u64),
+        c(
+            "MAX_GENERATIONS",
+            twinfs_fs::lineage::MAX_GENERATIONS as u64,
+        ),
         c("NO_TRANSFER", NO_TRANSFER),
         c("HANDSHAKE_NONCE_BYTES", HANDSHAKE_NONCE_BYTES as u64),
         c("PROOF_BYTES", PROOF_BYTES as u64),

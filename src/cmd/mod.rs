@@ -11,6 +11,7 @@ use crate::error::CmdError;
 
 pub mod checkpoint;
 pub mod demo;
+pub mod failback;
 pub mod fsck;
 pub mod mkfs;
 pub mod mount;
@@ -18,6 +19,7 @@ pub mod peer;
 pub mod promote;
 pub mod snapshot;
 pub mod status;
+pub mod switchover;
 pub mod verify;
 
 /// Runs the parsed subcommand.
@@ -31,6 +33,9 @@ pub fn run(command: Command) -> Result<(), CmdError> {
         Command::Snapshot(command) => snapshot::run(command),
         Command::Verify(args) => verify::run(args),
         Command::Promote(args) => promote::run(args),
+        Command::Failback(args) => failback::run(args),
+        Command::Switchover(args) => switchover::run(args),
+        Command::Resolve(args) => failback::resolve(args),
         Command::Fsck(args) => fsck::run(args),
         Command::Demo(args) => demo::run(args),
     }

@@ -2,18 +2,16 @@
 
 use std::sync::{Arc, Mutex};
 
-use twinfs_fs::device::{BlockDevice, FileDevice};
-use twinfs_fs::fuse;
-use twinfs_fs::{Volume, VolumeConfig};
+use twinfs_fs::VolumeConfig;
 use twinfs_replicate::encode::CpSync;
-use twinfs_replicate::source::{Mirror, MirrorConfig, Mode, DEFAULT_SYNC_TIMEOUT};
+use twinfs_replicate::source::Mode;
 use twinfs_replicate::Secret;
 
 use crate::cli::{self, FuseOption, MountArgs, MountConfig};
 use crate::cmd::{read_secret, require_dir, require_image};
-use crate::control;
 use crate::daemon::{self, Ready};
 use crate::error::CmdError;
+use crate::node::{MirrorTo, Node, PrimarySettings};
 
 /// Serves the volume in `args.image` on `args.mountpoint`: opens it
 /// (replaying the log), starts mirroring when a peer is given, serves the
@@ -90,129 +88,93 @@ fn limit_malloc_arenas() {
     }
 }
 
-/// How long an unmount waits for the peer to apply the final CP.
-const FINAL_CP_PEER_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long a mount with a peer waits for its first session's verdict
+/// before it goes to the background (a refusal or a wrong secret is known
+/// in milliseconds; an unreachable host takes the connect timeout).
+const PEER_CHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(6);
 
 fn serve(config: &MountConfig, what: &str, ready: &mut Ready) -> Result<(), CmdError> {
     limit_malloc_arenas();
-    let unmounter: Arc<Mutex<Option<fuse::Unmounter>>> = Arc::new(Mutex::new(None));
-    let u = unmounter.clone();
+    let node: Arc<Mutex<Option<Arc<Node>>>> = Arc::new(Mutex::new(None));
+    let n = node.clone();
     daemon::on_termination(move |sig| {
         log::info!("signal {sig}: unmounting");
-        if let Some(u) = u.lock().ok().and_then(|g| g.clone()) {
-            if u.unmount().is_err() {
-                let _ = u.unmount_lazy();
-            }
+        if let Some(node) = n.lock().ok().and_then(|g| g.clone()) {
+            node.stop();
         }
     })?;
     let options = fuse_options(config);
     let read_only = options.iter().any(|o| o == "ro");
-    let dev = FileDevice::open(&config.image, !read_only).map_err(|e| {
-        CmdError::failed(
-            what,
-            e,
-            "check the image path; a volume can be mounted only once at a time",
-        )
-    })?;
-    let file_dev = Arc::new(dev);
-    let dev: Arc<dyn BlockDevice> = file_dev.clone();
     let shares = MemoryShares::of(config.memory_bytes);
-    let vcfg = VolumeConfig {
-        read_only,
-        cp_interval: Some(config.cp_interval),
-        dirty_limit_bytes: config.dirty_limit_bytes.unwrap_or(shares.dirty_limit),
-        cache_meta_blocks: shares.cache_meta_blocks,
-        cache_data_blocks: shares.cache_data_blocks,
-        log_backlog_bytes: shares.log_backlog,
-        ..VolumeConfig::default()
-    };
-    let vol = Arc::new(
-        Volume::open(dev, vcfg)
-            .map_err(|e| CmdError::failed(what, e, "run `twinfs fsck` on the image"))?,
-    );
+    let secret =
+        match &config.peer {
+            Some(p) => Some(Secret::from_file(&p.secret).map_err(|e| {
+                CmdError::failed(what, e, "give a --secret file of 16 bytes or more")
+            })?),
+            None => None,
+        };
     let mode = match config.mode {
         cli::Mode::Sync => Mode::Sync,
         cli::Mode::Strict => Mode::Strict,
         cli::Mode::Async => Mode::Async,
     };
-    let mirror = match &config.peer {
-        None => None,
-        Some(p) if read_only => {
-            log::warn!("read-only mount: not mirroring to {}", p.addr);
-            None
-        }
-        Some(p) => {
-            let secret = Secret::from_file(&p.secret).map_err(|e| {
-                CmdError::failed(what, e, "give a --secret file of 16 bytes or more")
-            })?;
-            let cp_sync = match config.cp_sync {
-                cli::CpSync::Full => CpSync::Full,
-                cli::CpSync::Refs => CpSync::Refs,
-                cli::CpSync::Best => CpSync::Best,
-            };
-            let m = Mirror::start(
-                vol.clone(),
-                MirrorConfig {
-                    peer: format!("{}:{}", p.addr.host, p.addr.port),
-                    secret,
-                    mode,
-                    cp_sync,
-                    sync_timeout: DEFAULT_SYNC_TIMEOUT,
-                    queue_bytes: shares.peer_queue,
-                },
-            )
-            .map_err(|e| CmdError::failed(what, e, "check the --peer address"))?;
-            Some(m)
-        }
-    };
-    let target = Arc::new(control::Target {
-        vol: vol.clone(),
-        mirror: mirror.clone(),
+    let settings = PrimarySettings {
+        mountpoint: config.mountpoint.clone(),
+        fuse_options: options.into_iter().filter(|o| o != "ro").collect(),
+        volume: VolumeConfig {
+            cp_interval: Some(config.cp_interval),
+            dirty_limit_bytes: config.dirty_limit_bytes.unwrap_or(shares.dirty_limit),
+            cache_meta_blocks: shares.cache_meta_blocks,
+            cache_data_blocks: shares.cache_data_blocks,
+            log_backlog_bytes: shares.log_backlog,
+            ..VolumeConfig::default()
+        },
+        queue_bytes: shares.peer_queue,
+        secret,
         mode,
+    };
+    let mirror_to = config.peer.as_ref().map(|p| MirrorTo {
+        addr: format!("{}:{}", p.addr.host, p.addr.port),
+        mode,
+        cp_sync: match config.cp_sync {
+            cli::CpSync::Full => CpSync::Full,
+            cli::CpSync::Refs => CpSync::Refs,
+            cli::CpSync::Best => CpSync::Best,
+        },
     });
-    let server = control::serve(&config.mountpoint, target)
-        .map_err(|e| CmdError::failed(what, e, "unmount it first"))?;
-    let handle = fuse::mount_with(
-        vol.clone(),
-        &config.mountpoint,
-        fuse::MountConfig::with_options(&options),
-    )
-    .map_err(|e| {
-        CmdError::failed(
-            what,
-            e,
-            "check that the mount point is an empty directory and /dev/fuse is usable",
-        )
-    })?;
-    *unmounter
+    let started = Node::start_primary(settings, &config.image, read_only, mirror_to)
+        .map_err(|e| CmdError::failed(what, e, "see the message for what to fix"))?;
+    *node
         .lock()
         .map_err(|_| CmdError::failed(what, "lock poisoned", "report a bug"))? =
-        Some(handle.unmounter());
-    log::info!("{what}: mounted");
-    ready.ok();
-    let session = handle.wait();
-    drop(server);
-    // From here on an opener of the image waits for us instead of refusing.
-    if let Err(e) = file_dev.mark_closing() {
-        log::warn!("{what}: could not mark the image as closing: {e}");
-    }
-    // The final CP, and with a connected peer, its application there.
-    let closing = vol.checkpoint();
-    if let (Some(m), Ok(cp)) = (&mirror, &closing) {
-        if m.status().connected && !m.wait_applied(*cp, FINAL_CP_PEER_WAIT) {
-            log::warn!(
-                "the peer did not apply the final CP {} before unmount",
-                cp.0
+        Some(started.clone());
+    let mut warnings = Vec::new();
+    if let (Some(m), Some(p)) = (started.mirror(), &config.peer) {
+        if let Err(why) = m.wait_first_outcome(PEER_CHECK_WAIT) {
+            let msg = format!(
+                "the peer {} did not accept {}: {why}",
+                p.addr,
+                config.image.display()
             );
+            if config.require_peer {
+                started.abandon();
+                return Err(CmdError::failed(
+                    what,
+                    msg,
+                    "fix the peer (see `twinfs status --dir` there), or mount without --require-peer",
+                ));
+            }
+            log::warn!("{msg}; mounted anyway, mirroring retries by itself (see `twinfs status`)");
+            warnings.push(format!(
+                "{msg}; mounted anyway without a working mirror: see `twinfs status {}`",
+                config.mountpoint.display()
+            ));
         }
     }
-    if let Some(m) = &mirror {
-        m.shutdown();
-    }
-    let closed = vol.close();
-    session.map_err(|e| CmdError::failed(what, e, "check the kernel log"))?;
-    closing
-        .and(closed)
+    log::info!("{what}: mounted");
+    ready.ok_with_warnings(&warnings);
+    started
+        .run()
         .map_err(|e| CmdError::failed(what, e, "run `twinfs fsck` on the image"))?;
     log::info!("{what}: unmounted cleanly");
     Ok(())

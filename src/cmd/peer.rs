@@ -1,21 +1,22 @@
 //! `twinfs peer --dir DIR --listen ADDR --secret FILE [--mount MOUNTPOINT]`
 
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use twinfs_fs::device::{BlockDevice, FileDevice};
-use twinfs_fs::fuse;
-use twinfs_fs::{Volume, VolumeConfig};
-use twinfs_replicate::peer::{PeerConfig, PeerDaemon, ReplicaView};
+use twinfs_fs::VolumeConfig;
+use twinfs_replicate::peer::{PeerConfig, PeerDaemon};
+use twinfs_replicate::source::DEFAULT_QUEUE_BYTES;
 use twinfs_replicate::Secret;
 
 use crate::cli::PeerArgs;
 use crate::cmd::require_dir;
 use crate::daemon;
 use crate::error::CmdError;
+use crate::node::{Node, PrimarySettings};
 
 /// Runs the peer daemon in the foreground until SIGTERM/SIGINT: keeps the
-/// replica in DIR and, with `--mount`, serves its latest applied CP read-only.
+/// replica in DIR and, with `--mount`, serves its latest applied CP
+/// read-only there — and, asked by the source in a switchover, takes over
+/// as the primary on that mount point.
 pub fn run(args: PeerArgs) -> Result<(), CmdError> {
     daemon::tune_allocator();
     if let Some(mp) = &args.mount {
@@ -30,15 +31,45 @@ pub fn run(args: PeerArgs) -> Result<(), CmdError> {
         )
     })?;
     std::fs::create_dir_all(&args.dir).map_err(|e| CmdError::failed(&what, e, "check the path"))?;
-    let view = match &args.mount {
-        Some(mp) => Some(Arc::new(ReplicaMount {
-            image: args.dir.join("mirror.img"),
-            mountpoint: std::fs::canonicalize(mp)
-                .map_err(|e| CmdError::failed(&what, e, "check the mount point"))?,
-            mounted: Mutex::new(None),
-        })),
-        None => None,
+    let listen = format!("{}:{}", args.listen.host, args.listen.port);
+    let Some(mp) = &args.mount else {
+        return run_daemon(&args, &what, secret, &listen);
     };
+    let node: Arc<Mutex<Option<Arc<Node>>>> = Arc::new(Mutex::new(None));
+    let n = node.clone();
+    daemon::on_termination(move |sig| {
+        log::info!("signal {sig}: stopping");
+        if let Some(node) = n.lock().ok().and_then(|g| g.clone()) {
+            node.stop();
+        }
+    })?;
+    let settings = PrimarySettings {
+        mountpoint: std::fs::canonicalize(mp)
+            .map_err(|e| CmdError::failed(&what, e, "check the mount point"))?,
+        fuse_options: Vec::new(),
+        volume: VolumeConfig::default(),
+        queue_bytes: DEFAULT_QUEUE_BYTES,
+        secret: Some(secret),
+        mode: twinfs_replicate::source::Mode::Sync,
+    };
+    let (started, _) = Node::start_replica(settings, &args.dir, &listen).map_err(|e| {
+        CmdError::failed(
+            &what,
+            e,
+            "check --dir and --listen; another peer may be using them",
+        )
+    })?;
+    *node
+        .lock()
+        .map_err(|_| CmdError::failed(&what, "lock poisoned", "report a bug"))? =
+        Some(started.clone());
+    started
+        .run()
+        .map_err(|e| CmdError::failed(what, e, "see the log above"))
+}
+
+/// A peer without a mount point: the daemon alone.
+fn run_daemon(args: &PeerArgs, what: &str, secret: Secret, listen: &str) -> Result<(), CmdError> {
     let stop_flag = Arc::new(Mutex::new(None::<twinfs_replicate::peer::ShutdownHandle>));
     let s = stop_flag.clone();
     daemon::on_termination(move |sig| {
@@ -49,100 +80,29 @@ pub fn run(args: PeerArgs) -> Result<(), CmdError> {
     })?;
     let daemon = PeerDaemon::start(PeerConfig {
         dir: args.dir.clone(),
-        listen: format!("{}:{}", args.listen.host, args.listen.port),
+        listen: listen.to_string(),
         secret,
-        view: view.clone().map(|v| v as Arc<dyn ReplicaView>),
+        view: None,
+        takeover: None,
+        listener: None,
     })
     .map_err(|e| {
         CmdError::failed(
-            &what,
+            what,
             e,
             "check --dir and --listen; another peer may be using them",
         )
     })?;
     *stop_flag
         .lock()
-        .map_err(|_| CmdError::failed(&what, "lock poisoned", "report a bug"))? =
+        .map_err(|_| CmdError::failed(what, "lock poisoned", "report a bug"))? =
         Some(daemon.shutdown_handle());
     eprintln!(
         "twinfs peer: listening on {} for {}",
         daemon.local_addr(),
         args.dir.display()
     );
-    if let Some(v) = &view {
-        // Serve the CP the replica already holds at once.
-        if let Ok(st) = twinfs_replicate::peer::peer_status(&args.dir) {
-            if st.applied_cp.is_some() {
-                v.after_commit(0, [0; 32]);
-            }
-        }
-    }
-    let result = daemon.run();
-    if let Some(v) = &view {
-        v.unmount();
-    }
-    result.map_err(|e| CmdError::failed(what, e, "see the log above"))
-}
-
-/// The `--mount` replica view: a read-only volume over the mirror image,
-/// reloaded at each committed CP so readers see whole CPs only.
-struct ReplicaMount {
-    image: PathBuf,
-    mountpoint: PathBuf,
-    mounted: Mutex<Option<(Arc<Volume>, fuse::MountHandle)>>,
-}
-
-impl ReplicaMount {
-    fn open(image: &Path, mountpoint: &Path) -> Result<(Arc<Volume>, fuse::MountHandle), String> {
-        let dev: Arc<dyn BlockDevice> =
-            Arc::new(FileDevice::open(image, false).map_err(|e| e.to_string())?);
-        let vol = Arc::new(
-            Volume::open(
-                dev,
-                VolumeConfig {
-                    read_only: true,
-                    ..Default::default()
-                },
-            )
-            .map_err(|e| e.to_string())?,
-        );
-        let cfg = fuse::MountConfig {
-            options: vec!["ro".into(), format!("fsname={}", image.display())],
-            changing: true,
-            ..Default::default()
-        };
-        let handle = fuse::mount_with(vol.clone(), mountpoint, cfg).map_err(|e| e.to_string())?;
-        Ok((vol, handle))
-    }
-
-    fn unmount(&self) {
-        if let Ok(mut m) = self.mounted.lock() {
-            if let Some((vol, handle)) = m.take() {
-                drop(handle);
-                let _ = vol.close();
-            }
-        }
-    }
-}
-
-impl ReplicaView for ReplicaMount {
-    fn after_commit(&self, cp: u64, _root_hash: [u8; 32]) {
-        let Ok(mut m) = self.mounted.lock() else {
-            return;
-        };
-        match &*m {
-            Some((vol, _)) => {
-                if let Err(e) = vol.reload() {
-                    log::error!("replica view: switching to CP {cp}: {e}");
-                }
-            }
-            None => match Self::open(&self.image, &self.mountpoint) {
-                Ok(v) => {
-                    log::info!("replica view mounted on {}", self.mountpoint.display());
-                    *m = Some(v);
-                }
-                Err(e) => log::error!("replica view on {}: {e}", self.mountpoint.display()),
-            },
-        }
-    }
+    daemon
+        .run()
+        .map_err(|e| CmdError::failed(what, e, "see the log above"))
 }

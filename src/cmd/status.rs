@@ -5,6 +5,7 @@
 //! every field (checked by `tests/cli_man.rs`). Add fields; never rename.
 
 use serde::Serialize;
+use twinfs_replicate::history::{DivergenceReport, GenerationJson};
 
 use crate::cli::{StatusArgs, StatusTarget};
 use crate::cmd::require_dir;
@@ -13,6 +14,10 @@ use crate::error::CmdError;
 /// `status MOUNTPOINT`: the source volume.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct MountStatus {
+    /// `primary`: this mount serves the volume read-write (a mount that
+    /// became its peer's replica in a switchover reports the peer directory
+    /// instead, with `role` `replica` and `dir`).
+    pub role: String,
     /// Last committed CP number.
     pub cp: u64,
     /// Root hash of that CP, hex.
@@ -23,6 +28,9 @@ pub struct MountStatus {
     pub peer: Option<PeerStatus>,
     /// Counters since mount.
     pub bytes: ByteCounters,
+    /// The volume's lineage: the generations of its history, oldest first
+    /// (the last one is this mount's).
+    pub lineage: Vec<GenerationJson>,
 }
 
 /// The mount's view of its peer.
@@ -36,8 +44,13 @@ pub struct PeerStatus {
     /// Root hash the peer reported for `acked_cp`, hex.
     pub acked_root_hash: String,
     /// What the link is doing: `disconnected`, `connecting`, `resyncing`,
-    /// `streaming`, `degraded-async` (sync mode carrying on without the peer).
+    /// `streaming`, `degraded-async` (sync mode carrying on without the
+    /// peer), or `split-brain`, `source-behind`, `peer-behind` when the peer
+    /// refused this volume's history (see `divergence`).
     pub state: String,
+    /// The peer refused this volume's history: both lineages, the newest
+    /// common CP and what to do; else null.
+    pub divergence: Option<DivergenceReport>,
     /// Progress of a running resync, else null.
     pub resync: Option<ResyncStatus>,
     /// A root hash mismatch seen with the peer (a resync follows), else null.
@@ -107,6 +120,22 @@ pub fn run(args: StatusArgs) -> Result<(), CmdError> {
             if let Some(o) = v.as_object_mut() {
                 o.remove("ok");
             }
+            if v["role"] == "replica" {
+                // A replica view (a peer daemon's mount): its directory's status.
+                let dir = std::path::PathBuf::from(v["dir"].as_str().unwrap_or_default());
+                let st = twinfs_replicate::peer::peer_status(&dir).map_err(|e| {
+                    CmdError::failed(
+                        format!("status {}", mp.display()),
+                        e,
+                        format!("see `twinfs status --dir {}`", dir.display()),
+                    )
+                })?;
+                let mut st = serde_json::to_value(st)
+                    .map_err(|e| CmdError::failed("status: encode", e, "report this as a bug"))?;
+                st["role"] = "replica".into();
+                st["dir"] = v["dir"].clone();
+                v = st;
+            }
             render(&v, args.json)?
         }
         StatusTarget::Dir(dir) => {
@@ -161,6 +190,7 @@ mod tests {
 
     fn example() -> MountStatus {
         MountStatus {
+            role: "primary".into(),
             cp: 7,
             root_hash: "ab12".into(),
             mode: "sync".into(),
@@ -180,6 +210,7 @@ mod tests {
                 },
                 ..ByteCounters::default()
             },
+            lineage: Vec::new(),
         }
     }
 

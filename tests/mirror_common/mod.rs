@@ -837,7 +837,7 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
         .collect();
     names.sort();
     for p in names {
-        let md = fs::symlink_metadata(&p).expect("lstat");
+        let md = fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("lstat {}: {e}", p.display()));
         out.push(p.clone());
         if md.is_dir() {
             collect(&p, out);

@@ -67,6 +67,7 @@ pub fn mkfs_options() -> MkfsOptions {
         root_uid: 0,
         root_gid: 0,
         time: Some(Timestamp::new(T0, 0)),
+        generation: Some(twinfs_fs::lineage::GenerationId(1)),
     }
 }
 

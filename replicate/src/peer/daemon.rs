@@ -21,11 +21,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Mutex, OwnedMutexGuard};
 use tokio::task::JoinSet;
 
-use super::replica::{Flow, Replica, ReplicaView};
+use super::replica::{Flow, Judge, Replica, ReplicaView, SwitchoverRequest};
 use super::{PeerError, Result};
 use crate::error::ReplicateError;
 use crate::handshake::{handshake_server, ResumePoint};
-use crate::message::{clip_reason, Message};
+use crate::history::{self, DivergenceReport};
+use crate::message::{clip_reason, wire_lineage, Message};
 use crate::secret::Secret;
 use crate::session::Session;
 
@@ -60,6 +61,27 @@ pub struct PeerConfig {
     pub secret: Secret,
     /// Told of every committed CP (the `--mount` replica view).
     pub view: Option<Arc<dyn ReplicaView>>,
+    /// Makes this machine the primary when the source asks for a
+    /// switchover; without it switchovers are refused.
+    pub takeover: Option<Arc<dyn Takeover>>,
+    /// A listener bound already (to `listen`): connections that arrive
+    /// before the daemon starts wait in its backlog instead of being
+    /// refused (the old primary of a switchover binds before it hands over).
+    pub listener: Option<std::net::TcpListener>,
+}
+
+/// What makes a peer the primary in a switchover (the binary: it unmounts
+/// the replica view, makes the mirror a volume with
+/// [`Replica::promote_in_place`], mounts it read-write and starts mirroring
+/// to `req.return_to`). Runs on the session's worker, which holds the
+/// replica; returns the new primary's first CP and its root hash. The
+/// daemon stops serving afterwards: the directory is a volume now.
+pub trait Takeover: Send + Sync {
+    fn take_over(
+        &self,
+        replica: &mut Replica,
+        req: &SwitchoverRequest,
+    ) -> std::result::Result<(u64, [u8; 32]), String>;
 }
 
 /// Stops a running daemon. Clone it freely; [`ShutdownHandle::flag`] may be
@@ -94,7 +116,12 @@ pub struct PeerDaemon {
 
 struct Shared {
     secret: Secret,
+    takeover: Option<Arc<dyn Takeover>>,
+    /// Stops the daemon once a switchover made the directory a volume.
+    stop: ShutdownHandle,
     replica: Arc<Mutex<Replica>>,
+    /// The replica's side of a history check while a session holds it.
+    judge: Arc<parking_lot::Mutex<Judge>>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -112,9 +139,12 @@ impl PeerDaemon {
             .map_err(|e| PeerError::io("starting the peer's runtime", e))?;
         // Bound with std so that `start` may be called from inside another
         // runtime (tests); the tokio listener is made on the daemon's thread.
-        let listener = std::net::TcpListener::bind(&cfg.listen)
-            .and_then(|l| l.set_nonblocking(true).map(|()| l))
-            .map_err(|e| PeerError::io(format!("listening on {}", cfg.listen), e))?;
+        let listener = match cfg.listener {
+            Some(l) => Ok(l),
+            None => std::net::TcpListener::bind(&cfg.listen),
+        }
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|e| PeerError::io(format!("listening on {}", cfg.listen), e))?;
         let local_addr = listener
             .local_addr()
             .map_err(|e| PeerError::io(format!("listening on {}", cfg.listen), e))?;
@@ -125,6 +155,9 @@ impl PeerDaemon {
         };
         let shared = Arc::new(Shared {
             secret: cfg.secret,
+            takeover: cfg.takeover,
+            stop: shutdown.clone(),
+            judge: Arc::new(parking_lot::Mutex::new(replica.judge())),
             replica: Arc::new(Mutex::new(replica)),
             shutdown: rx,
         });
@@ -235,17 +268,7 @@ async fn accept_loop(
 /// Handshakes with one connection and, if it is accepted, runs its session.
 async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>) {
     let Ok(mut replica) = shared.replica.clone().try_lock_owned() else {
-        let busy = format!(
-            "this peer is busy with another source session (connection from {addr} refused); only one source at a time — if the other session is this source's old connection, retry in a moment"
-        );
-        let no_resume = ResumePoint {
-            applied_cp: None,
-            durable_transfer: 0,
-        };
-        let refused = handshake_server(stream, &shared.secret, no_resume, |_| Err(busy)).await;
-        if let Err(e) = refused {
-            log::warn!("connection from {addr}: {e}");
-        }
+        judge_while_busy(stream, addr, &shared).await;
         return;
     };
     let prepared = tokio::task::block_in_place(|| replica.prepare_session());
@@ -272,6 +295,7 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>) {
     .await;
     match accepted {
         Ok((session, info)) => {
+            *shared.judge.lock() = replica.judge();
             log::info!(
                 "source {addr} connected (volume {}); resuming from CP {} and transfer {}",
                 twinfs_fs::hex(&info.volume_uuid),
@@ -280,9 +304,95 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>) {
                     .map_or("none".to_string(), |a| a.cp.to_string()),
                 resume.durable_transfer
             );
-            run_session(session, replica, shared.shutdown.clone()).await;
+            run_session(session, replica, shared.clone()).await;
         }
         Err(e) => log::warn!("connection from {addr} refused: {e}"),
+    }
+}
+
+/// How long a source that connects while another session is up has to
+/// state its history.
+const BUSY_JUDGE_WAIT: Duration = Duration::from_secs(10);
+
+/// A source that connects while another session holds the replica: its
+/// history is still judged against the replica's CP, so that a split brain
+/// is refused and recorded as such; any other source is told the peer is
+/// busy.
+async fn judge_while_busy(stream: TcpStream, addr: SocketAddr, shared: &Shared) {
+    let busy = format!(
+        "this peer is busy with another source session (connection from {addr} refused); only one source at a time — if the other session is this source's old connection, retry in a moment"
+    );
+    let judge = shared.judge.lock().clone();
+    let accepted = handshake_server(stream, &shared.secret, judge.resume, |uuid| {
+        match judge.bound {
+            Some(b) if b != uuid => Err(format!(
+                "this peer mirrors volume {}, not volume {}; run another peer (another --dir) for that volume",
+                twinfs_fs::hex(&b),
+                twinfs_fs::hex(&uuid)
+            )),
+            Some(_) => Ok(()),
+            // Not bound yet (as far as the snapshot knows): nothing to judge against.
+            None => Err(busy.clone()),
+        }
+    })
+    .await;
+    let mut session = match accepted {
+        Ok((session, _)) => session,
+        Err(e) => {
+            log::warn!("connection from {addr} refused: {e}");
+            return;
+        }
+    };
+    let first = tokio::time::timeout(BUSY_JUDGE_WAIT, session.recv()).await;
+    let Ok(Ok(Message::SourceLineage {
+        generations,
+        cp,
+        root_hash,
+        uncommitted,
+        hold,
+    })) = first
+    else {
+        let _ = session
+            .send(&Message::Error {
+                reason: clip_reason(&busy),
+            })
+            .await;
+        return;
+    };
+    let Ok(source) = super::replica::source_side(&generations, cp, root_hash, uncommitted) else {
+        return;
+    };
+    match history::verdict(judge.own.as_ref(), judge.peer_id, &source, hold.as_ref()) {
+        Some(refusal) => {
+            log::error!(
+                "source {addr} refused (nothing applied): {}",
+                refusal.reason
+            );
+            let report = DivergenceReport::new(&refusal, &source, judge.own.as_ref());
+            shared.judge.lock().pending = Some(report);
+            let _ = session
+                .send(&Message::LineageVerdict {
+                    peer_id: judge.peer_id,
+                    generations: judge
+                        .own
+                        .as_ref()
+                        .map_or_else(Vec::new, |o| wire_lineage(&o.lineage)),
+                    refusal: Some(crate::message::Refusal {
+                        reason: clip_reason(&refusal.reason),
+                        ..refusal
+                    }),
+                })
+                .await;
+            let _ = session.close().await;
+        }
+        None => {
+            let _ = session
+                .send(&Message::Error {
+                    reason: clip_reason(&busy),
+                })
+                .await;
+            log::warn!("connection from {addr} refused: busy with another source");
+        }
     }
 }
 
@@ -300,8 +410,9 @@ enum Inbound {
 async fn run_session(
     session: Session<TcpStream>,
     replica: OwnedMutexGuard<Replica>,
-    mut shutdown: watch::Receiver<bool>,
+    shared: Arc<Shared>,
 ) {
+    let mut shutdown = shared.shutdown.clone();
     let (mut tx, mut rx) = session.split();
     let (in_tx, in_rx) = mpsc::channel::<Inbound>(INBOUND_QUEUE_MESSAGES);
     let (out_tx, mut out_rx) = mpsc::channel::<Message>(OUTBOUND_QUEUE_MESSAGES);
@@ -347,7 +458,7 @@ async fn run_session(
             }
         }
     });
-    let worker = tokio::task::spawn_blocking(move || work(replica, in_rx, out_tx));
+    let worker = tokio::task::spawn_blocking(move || work(replica, &shared, in_rx, out_tx));
     if worker.await.is_err() {
         log::error!("the session worker panicked");
     }
@@ -358,11 +469,13 @@ async fn run_session(
 /// The blocking side of a session: answers messages until the session ends.
 fn work(
     mut replica: OwnedMutexGuard<Replica>,
+    shared: &Shared,
     mut inbox: mpsc::Receiver<Inbound>,
     out: mpsc::Sender<Message>,
 ) {
     replica.set_source_connected(true);
-    let result = work_loop(&mut replica, &mut inbox, &out);
+    let result = work_loop(&mut replica, shared, &mut inbox, &out);
+    refresh_judge(&mut replica, &shared.judge);
     match &result {
         Ok(()) => log::info!("source session ended"),
         Err(e) => {
@@ -381,11 +494,65 @@ fn send(out: &mpsc::Sender<Message>, m: Message) -> Result<()> {
         .map_err(|_| PeerError::Disconnected("the connection to the source broke".into()))
 }
 
+/// Hands a switchover to the takeover; returns whether it happened (the
+/// session is then over and the daemon stops: the directory is a volume).
+fn take_over(
+    replica: &mut Replica,
+    shared: &Shared,
+    req: &SwitchoverRequest,
+    out: &mpsc::Sender<Message>,
+) -> Result<bool> {
+    let outcome = match &shared.takeover {
+        None => Err("this peer has no mount point to serve the volume on (start it with --mount MOUNTPOINT)".to_string()),
+        Some(t) => {
+            log::info!(
+                "switchover: taking over at CP {}, mirroring back to {}",
+                req.cp,
+                req.return_to
+            );
+            t.take_over(replica, req)
+        }
+    };
+    match outcome {
+        Ok((cp, root_hash)) => {
+            send(out, Message::SwitchedOver { cp, root_hash })?;
+            let _ = send(out, Message::Bye);
+            log::info!("switchover: this machine is the primary now (CP {cp})");
+            shared.stop.shutdown();
+            Ok(true)
+        }
+        Err(reason) => {
+            log::warn!("switchover refused: {reason}");
+            send(
+                out,
+                Message::SwitchoverRefused {
+                    reason: clip_reason(&reason),
+                },
+            )?;
+            Ok(false)
+        }
+    }
+}
+
+/// Records a refusal decided while this session held the replica, and
+/// copies the replica's side of the history check for the next one.
+fn refresh_judge(replica: &mut Replica, judge: &parking_lot::Mutex<Judge>) {
+    let pending = judge.lock().pending.take();
+    if let Some(report) = pending {
+        if let Err(e) = replica.record_divergence(report) {
+            log::error!("recording a refused source: {e}");
+        }
+    }
+    *judge.lock() = replica.judge();
+}
+
 fn work_loop(
     replica: &mut Replica,
+    shared: &Shared,
     inbox: &mut mpsc::Receiver<Inbound>,
     out: &mpsc::Sender<Message>,
 ) -> Result<()> {
+    let judge = &shared.judge;
     let mut pending: Option<Inbound> = None;
     let mut status_written = Instant::now();
     loop {
@@ -424,12 +591,26 @@ fn work_loop(
             Inbound::Msg(m) => {
                 let mut replies = Vec::new();
                 let flow = replica.handle(m, &mut replies)?;
+                let applied = replies
+                    .iter()
+                    .any(|r| matches!(r, Message::CpApplied { .. }));
+                if applied || judge.lock().pending.is_some() {
+                    refresh_judge(replica, judge);
+                }
                 for r in replies {
                     send(out, r)?;
                 }
-                if flow == Flow::End {
-                    let _ = send(out, Message::Bye);
-                    return Ok(());
+                match flow {
+                    Flow::Continue => {}
+                    Flow::End => {
+                        let _ = send(out, Message::Bye);
+                        return Ok(());
+                    }
+                    Flow::Switchover(req) => {
+                        if take_over(replica, shared, &req, out)? {
+                            return Ok(());
+                        }
+                    }
                 }
             }
             Inbound::Closed(ReplicateError::ConnectionClosed { .. }) => {

@@ -273,6 +273,26 @@ impl MirrorImage {
         Ok(())
     }
 
+    /// Makes `sb` (a superblock of a CP whose blocks the image holds) the
+    /// committed CP, durably: it goes to its slot and the other slot is
+    /// wiped, so that no later CP of another history is read instead.
+    /// Idempotent: `twinfs failback` and a restart after it call it alike.
+    pub fn roll_back_to(&mut self, sb: &Superblock) -> Result<()> {
+        let slot = sb.slot();
+        self.write_blocks(1 - slot, &[0u8; BLOCK_SIZE])?;
+        self.sync()?;
+        self.write_blocks(slot, &sb.encode()[..])?;
+        self.sync()?;
+        self.reread_superblock();
+        match &self.committed {
+            Some(c) if c.cp == sb.cp && c.root_hash() == sb.root_hash() => Ok(()),
+            _ => Err(PeerError::Dir {
+                dir: self.path.clone(),
+                problem: format!("rolling the mirror back to CP {} did not take", sb.cp.0),
+            }),
+        }
+    }
+
     /// Whether the committed image (its tree, allocation map and snapshots)
     /// uses block `addr`, so that a new block for that address must be staged.
     pub fn in_use(&mut self, addr: u64) -> bool {

@@ -34,9 +34,11 @@
 //! - [`daemon`]: the TCP listener and sessions.
 //! - [`status`]: `status.json` and `twinfs status --dir`.
 //! - [`promote`]: turning the replica into a read-write volume.
+//! - [`failback`]: a former source turned replica, and resolving a divergence.
 
 pub mod apply;
 pub mod daemon;
+pub mod failback;
 pub mod image;
 pub mod journal;
 pub mod logstore;
@@ -49,9 +51,10 @@ use std::path::PathBuf;
 
 use twinfs_fs::FsError;
 
-pub use daemon::{PeerConfig, PeerDaemon, ShutdownHandle};
+pub use daemon::{PeerConfig, PeerDaemon, ShutdownHandle, Takeover};
+pub use failback::{failback, resolve_keep_as, resolve_keep_replica, FailedBack, KeptAside};
 pub use promote::{promote, Promoted};
-pub use replica::{CommitStep, Replica, ReplicaView};
+pub use replica::{CommitStep, Judge, Replica, ReplicaView, SwitchoverRequest};
 pub use status::{peer_status, PeerStatus};
 
 /// File name of the mirror image inside `DIR`.

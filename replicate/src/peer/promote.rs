@@ -9,7 +9,12 @@
 //! fit before its end (the placement of `nvlog::LogRegion`, which replay's
 //! `nvlog::scan` follows). Opening the volume read-write then replays them and
 //! takes a CP. When more transfers are held than the region takes at once,
-//! this repeats: each round's CP frees the region for the next.
+//! this repeats: each round's CP frees the region for the next. The first
+//! open adopts the replica (its superblocks carry the replica flag, which
+//! `twinfs mount` refuses read-write): its CP, taken even with nothing to
+//! replay, clears the flag and begins a new generation of the volume's
+//! lineage, so that the old source, should it come back, is recognised as
+//! a split brain rather than taken for this volume's past.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -53,6 +58,12 @@ pub fn promote(dir: &Path) -> Result<Promoted> {
         });
     }
     let _lock = DirLock::acquire(dir)?;
+    promote_locked(dir)
+}
+
+/// [`promote`] for a caller that holds the directory's lock already (the
+/// daemon, taking over in a switchover).
+pub(crate) fn promote_locked(dir: &Path) -> Result<Promoted> {
     let mut state = PeerState::load(dir)?;
     let image_path = dir.join(IMAGE_FILE);
     if state.promoted {
@@ -92,7 +103,9 @@ pub fn promote(dir: &Path) -> Result<Promoted> {
     let stopped = loop {
         let sb = read_latest(&*dev, &image_path)?;
         let (written, why) = write_round(&*dev, &sb, &log)?;
-        if written == 0 {
+        // The first open also makes the replica a volume (a CP of its own,
+        // in a new generation), even with nothing to replay.
+        if written == 0 && !sb.replica {
             break why;
         }
         let vol = Volume::open(
@@ -101,6 +114,7 @@ pub fn promote(dir: &Path) -> Result<Promoted> {
                 read_only: false,
                 cp_interval: None,
                 background: false,
+                adopt_replica: true,
                 ..Default::default()
             },
         )
@@ -126,6 +140,9 @@ pub fn promote(dir: &Path) -> Result<Promoted> {
             after.log.next_transfer.0,
             after.cp.0
         );
+        if written == 0 {
+            break why;
+        }
         if done < written {
             break Some(format!(
                 "transfer {} did not replay (see the log above)",

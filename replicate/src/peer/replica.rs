@@ -51,7 +51,11 @@ use super::state::{ensure_dir, DirLock, PeerState};
 use super::status::{self, PeerStatus};
 use super::{PeerError, Result, IMAGE_FILE, JOURNAL_FILE, LOG_DIR};
 use crate::handshake::{AppliedCp, ResumePoint};
-use crate::message::{clip_reason, CpBlock, Message, MAX_MISSING_ADDRS};
+use crate::history::{self, lineage_json, DivergenceReport, Side};
+use crate::message::{
+    clip_reason, lineage_from_wire, wire_lineage, CpBlock, HoldRecord, Message, WireGeneration,
+    MAX_MISSING_ADDRS,
+};
 
 /// How many times a CP may come back with blocks still missing before the
 /// peer gives up on it and asks for a resync (`CpRejected`).
@@ -85,6 +89,23 @@ impl<F: Fn(u64, [u8; 32]) + Send + Sync> ReplicaView for F {
     }
 }
 
+/// The replica's side of a history check, copied out so that a source that
+/// connects while another session holds the replica can still be judged
+/// (and a split brain refused as such rather than as "busy").
+#[derive(Clone, Debug, Default)]
+pub struct Judge {
+    /// The resume point the replica would offer.
+    pub resume: ResumePoint,
+    /// The CP it holds, with its history.
+    pub own: Option<Side>,
+    /// The directory's ID.
+    pub peer_id: u64,
+    /// The volume it is bound to.
+    pub bound: Option<[u8; 16]>,
+    /// A refusal decided outside the session, for the session to record.
+    pub pending: Option<DivergenceReport>,
+}
+
 /// Steps of a CP commit after which a test can make the commit stop, as a
 /// kill at that moment would ([`Replica::set_crash_after`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,12 +121,28 @@ pub enum CommitStep {
 }
 
 /// Whether the session goes on after a message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Flow {
     /// Keep receiving.
     Continue,
+    /// The source asks this peer to take over as the primary (its checks
+    /// passed: the source's final CP is the applied CP, nothing is held
+    /// past it); the daemon hands it to its [`super::daemon::Takeover`].
+    Switchover(SwitchoverRequest),
     /// The source said goodbye (or reported an error): end the session cleanly.
     End,
+}
+
+/// What a source asks in a switchover.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SwitchoverRequest {
+    /// The source's final CP, applied here.
+    pub cp: u64,
+    /// `HOST:PORT` of the old source's peer daemon, to mirror to.
+    pub return_to: String,
+    /// Mode and CP encoding to mirror with (`sync`/`strict`/`async`, `full`/`refs`/`best`).
+    pub mode: String,
+    pub cp_sync: String,
 }
 
 /// The CP being received.
@@ -152,6 +189,9 @@ pub struct Replica {
     crash_after: Option<CommitStep>,
     needs_recovery: bool,
     source_connected: bool,
+    /// The session's source stated a history this replica's CP lies on
+    /// (`SourceLineage`); nothing else is taken before.
+    source_accepted: bool,
     last_error: Option<String>,
 }
 
@@ -172,8 +212,16 @@ impl Replica {
                 ),
             });
         }
+        if state.volume_uuid.is_some() && state.ensure_peer_id() {
+            state.store(dir)?;
+        }
         let mut image = MirrorImage::open(&dir.join(IMAGE_FILE))?;
         let recovered = journal::recover(&dir.join(JOURNAL_FILE), &mut image)?;
+        if let Some(bytes) = state.rollback.clone() {
+            finish_rollback(dir, &mut image, &bytes)?;
+            state.rollback = None;
+            state.store(dir)?;
+        }
         if let Some(sb) = image.committed() {
             match state.volume_uuid {
                 Some(u) if u != sb.uuid => {
@@ -194,6 +242,7 @@ impl Replica {
                         twinfs_fs::hex(&sb.uuid)
                     );
                     state.volume_uuid = Some(sb.uuid);
+                    state.ensure_peer_id();
                     state.store(dir)?;
                 }
             }
@@ -216,6 +265,7 @@ impl Replica {
             crash_after: None,
             needs_recovery: false,
             source_connected: false,
+            source_accepted: false,
             last_error: None,
         };
         if let Recovery::Redone(cp) = recovered {
@@ -294,6 +344,7 @@ impl Replica {
             None => {
                 let mut state = self.state.clone();
                 state.volume_uuid = Some(uuid);
+                state.ensure_peer_id();
                 state.store(&self.dir).map_err(|e| {
                     format!("the peer cannot record the volume it mirrors: {e}")
                 })?;
@@ -327,6 +378,7 @@ impl Replica {
     /// any CP left open by the previous session.
     pub fn set_source_connected(&mut self, connected: bool) {
         self.source_connected = connected;
+        self.source_accepted = false;
         if !connected {
             self.abandon_cp("the session ended");
             self.last_begun = 0;
@@ -379,7 +431,28 @@ impl Replica {
     /// daemon groups transfers with [`Replica::receive_transfer`] and
     /// [`Replica::sync_transfers`] instead). Replies are pushed to `replies`.
     pub fn handle(&mut self, msg: Message, replies: &mut Vec<Message>) -> Result<Flow> {
+        let first = matches!(
+            msg,
+            Message::SourceLineage { .. }
+                | Message::Ping { .. }
+                | Message::Pong { .. }
+                | Message::Bye
+                | Message::Error { .. }
+        );
+        if !first {
+            self.require_accepted(msg.kind())?;
+        }
         match msg {
+            Message::SourceLineage {
+                generations,
+                cp,
+                root_hash,
+                uncommitted,
+                hold,
+            } => {
+                let source = source_side(&generations, cp, root_hash, uncommitted)?;
+                return self.source_lineage(source, hold, replies);
+            }
             Message::Transfer { id, batch } => {
                 self.receive_transfer(id, &batch)?;
                 replies.push(self.sync_transfers()?);
@@ -398,6 +471,27 @@ impl Replica {
                 root_hash,
             } => self.cp_end(cp, &superblock, root_hash, replies)?,
             Message::VerifyRequest { cp, deep } => replies.push(self.verify(cp, deep)),
+            Message::Switchover {
+                cp,
+                root_hash,
+                return_to,
+                mode,
+                cp_sync,
+            } => {
+                if let Err(reason) = self.check_switchover(cp, root_hash) {
+                    log::warn!("refusing a switchover: {reason}");
+                    replies.push(Message::SwitchoverRefused {
+                        reason: clip_reason(&reason),
+                    });
+                    return Ok(Flow::Continue);
+                }
+                return Ok(Flow::Switchover(SwitchoverRequest {
+                    cp,
+                    return_to,
+                    mode,
+                    cp_sync,
+                }));
+            }
             Message::Ping { nonce } => replies.push(Message::Pong { nonce }),
             Message::Pong { .. } => {}
             Message::Bye => return Ok(Flow::End),
@@ -416,12 +510,144 @@ impl Replica {
         Ok(Flow::Continue)
     }
 
+    // ---- the source's history ----------------------------------------------
+
+    fn require_accepted(&self, what: &str) -> Result<()> {
+        if self.source_accepted {
+            Ok(())
+        } else {
+            Err(PeerError::Protocol(format!(
+                "{what} before the source stated its history (SourceLineage comes first)"
+            )))
+        }
+    }
+
+    /// The directory's random ID.
+    pub fn peer_id(&self) -> u64 {
+        self.state.peer_id
+    }
+
+    /// The CP this replica holds, with its history.
+    fn own_side(&self) -> Option<Side> {
+        self.image.committed().map(|sb| Side {
+            lineage: sb.lineage.clone(),
+            cp: sb.cp.0,
+            root_hash: sb.root_hash().0,
+            uncommitted: false,
+        })
+    }
+
+    /// Accepts the session's source if the CP this replica holds lies on its
+    /// history; otherwise refuses it, records why (status, state file) and
+    /// ends the session without applying anything.
+    fn source_lineage(
+        &mut self,
+        source: Side,
+        hold: Option<HoldRecord>,
+        replies: &mut Vec<Message>,
+    ) -> Result<Flow> {
+        let own = self.own_side();
+        let refusal = history::verdict(own.as_ref(), self.state.peer_id, &source, hold.as_ref());
+        replies.push(Message::LineageVerdict {
+            peer_id: self.state.peer_id,
+            generations: own
+                .as_ref()
+                .map_or_else(Vec::new, |o| wire_lineage(&o.lineage)),
+            refusal: refusal.clone().map(|mut r| {
+                r.reason = clip_reason(&r.reason);
+                r
+            }),
+        });
+        let Some(refusal) = refusal else {
+            self.source_accepted = true;
+            return Ok(Flow::Continue);
+        };
+        self.record_divergence(DivergenceReport::new(&refusal, &source, own.as_ref()))?;
+        Ok(Flow::End)
+    }
+
+    /// What a refused source is judged against while a session holds this
+    /// replica (the daemon keeps a copy, see [`Judge`]).
+    pub fn judge(&self) -> Judge {
+        Judge {
+            resume: self.resume_point(),
+            own: self.own_side(),
+            peer_id: self.state.peer_id,
+            bound: self.state.volume_uuid,
+            pending: None,
+        }
+    }
+
+    /// Records a refused source (state file, status, log at error level).
+    pub fn record_divergence(&mut self, report: DivergenceReport) -> Result<()> {
+        log::error!(
+            "{}: refusing the source (nothing applied): {}",
+            self.dir.display(),
+            report.reason
+        );
+        let mut state = self.state.clone();
+        self.last_error = Some(report.reason.clone());
+        state.divergence = Some(report);
+        state.store(&self.dir)?;
+        self.state = state;
+        self.write_status();
+        Ok(())
+    }
+
+    /// Whether this replica can take over from a source whose final CP is
+    /// `cp`: it must be the applied CP, with nothing held past it.
+    fn check_switchover(&self, cp: u64, root_hash: [u8; 32]) -> std::result::Result<(), String> {
+        let Some(sb) = self.image.committed() else {
+            return Err("this peer has applied no CP".into());
+        };
+        if sb.cp.0 != cp || sb.root_hash().0 != root_hash {
+            return Err(format!(
+                "the source's final CP {cp} is not the applied CP {} here",
+                sb.cp.0
+            ));
+        }
+        let covered = sb.log.next_transfer.0.saturating_sub(1);
+        if self.log.highest() > covered {
+            return Err(format!(
+                "transfers up to {} are held past the final CP (which covers {covered})",
+                self.log.highest()
+            ));
+        }
+        if !matches!(self.cp, CpPhase::Idle) {
+            return Err("a CP is being received".into());
+        }
+        Ok(())
+    }
+
+    /// Makes the mirror a volume (see [`super::promote`]), holding the
+    /// directory's lock all along: a switchover's takeover. The directory
+    /// serves no source afterwards.
+    pub fn promote_in_place(&mut self) -> Result<super::Promoted> {
+        let p = super::promote::promote_locked(&self.dir)?;
+        self.state.promoted = true;
+        Ok(p)
+    }
+
+    /// Forgets the recorded divergence (`twinfs resolve --keep-replica`).
+    pub fn dismiss_divergence(&mut self) -> Result<bool> {
+        if self.state.divergence.is_none() {
+            return Ok(false);
+        }
+        let mut state = self.state.clone();
+        state.divergence = None;
+        state.store(&self.dir)?;
+        self.state = state;
+        self.write_status();
+        Ok(true)
+    }
+
     // ---- transfers ---------------------------------------------------------
 
     /// Verifies transfer `id` and appends it to the log store (not yet
     /// durable). A batch that fails its checksum or belongs to another volume
     /// is a protocol error.
     pub fn receive_transfer(&mut self, id: u64, batch_bytes: &[u8]) -> Result<()> {
+        self.require_accepted("Transfer")?;
         let bound = self
             .state
             .volume_uuid
@@ -723,6 +949,13 @@ impl Replica {
             ));
         }
         if let Some(cur) = self.image.committed() {
+            let rel = twinfs_fs::lineage::compare(&cur.lineage, cur.cp, &sb.lineage, sb.cp);
+            if rel != twinfs_fs::lineage::Relation::Behind {
+                return Err(format!(
+                    "CP {cp}'s history ({}) does not extend the applied CP {} ({}): {rel:?}",
+                    sb.lineage, cur.cp.0, cur.lineage
+                ));
+            }
             if (cur.total_blocks, cur.log_blocks) != (sb.total_blocks, sb.log_blocks) {
                 return Err(format!(
                     "CP {cp} has a geometry of {} blocks with a {}-block log, the mirror {} and {}",
@@ -757,6 +990,7 @@ impl Replica {
     fn commit(&mut self, o: &OpenCp, mut sb: Superblock) -> Result<()> {
         let cp = sb.cp;
         sb.peer_hold = None;
+        sb.replica = true;
         let bytes = sb.encode();
         let slot = sb.slot();
         self.image.ensure_blocks(sb.total_blocks)?;
@@ -840,7 +1074,7 @@ impl Replica {
     /// The status `twinfs status --dir` shows.
     pub fn status(&self) -> PeerStatus {
         let sb = self.image.committed();
-        PeerStatus {
+        let mut status = PeerStatus {
             applied_cp: sb.map(|s| s.cp.0),
             root_hash: sb.map(|s| s.root_hash().to_hex()),
             log_bytes_held: self.log.bytes_held(),
@@ -851,7 +1085,13 @@ impl Replica {
             last_error: self.last_error.clone(),
             daemon_running: true,
             promoted: false,
-        }
+            state: String::new(),
+            peer_id: format!("{:016x}", self.state.peer_id),
+            lineage: lineage_json(sb.map(|s| &s.lineage)),
+            divergence: self.state.divergence.clone(),
+        };
+        status.state = status.headline();
+        status
     }
 
     /// Writes `status.json` (best effort: a failure is logged, not fatal).
@@ -860,6 +1100,44 @@ impl Replica {
             log::warn!("cannot write the status file: {e}");
         }
     }
+}
+
+/// The source's side as `SourceLineage` states it, checked.
+pub fn source_side(
+    generations: &[WireGeneration],
+    cp: u64,
+    root_hash: [u8; 32],
+    uncommitted: bool,
+) -> Result<Side> {
+    let lineage = lineage_from_wire(generations)
+        .map_err(|e| PeerError::Protocol(format!("SourceLineage: {e}")))?
+        .ok_or_else(|| PeerError::Protocol("SourceLineage without a lineage".into()))?;
+    Ok(Side {
+        lineage,
+        cp,
+        root_hash,
+        uncommitted,
+    })
+}
+
+/// Finishes the roll-back `twinfs failback` recorded in the state file: the
+/// mirror's committed CP becomes the superblock `bytes`.
+fn finish_rollback(dir: &Path, image: &mut MirrorImage, bytes: &[u8]) -> Result<()> {
+    let bad = |problem: String| PeerError::Dir {
+        dir: dir.to_path_buf(),
+        problem,
+    };
+    let block: &twinfs_fs::Block = bytes
+        .try_into()
+        .map_err(|_| bad("the recorded roll-back is not a superblock".into()))?;
+    let sb = Superblock::decode(block, 0)
+        .map_err(|e| bad(format!("the recorded roll-back does not decode: {e}")))?;
+    log::info!(
+        "{}: rolling the mirror back to CP {} (failback)",
+        dir.display(),
+        sb.cp.0
+    );
+    image.roll_back_to(&sb)
 }
 
 /// The log store and the mirror as the sources of rebuilt blocks.

@@ -3,10 +3,14 @@
 //! The state file holds what the peer must remember that its image and log
 //! store cannot tell: the volume it is bound to (recorded before anything of
 //! that volume is stored, so that a second volume can never mix into the
-//! directory) and whether the directory was promoted. It is JSON:
+//! directory), whether the directory was promoted, the directory's own
+//! random ID (which lets a source recognise a directory restored from an
+//! older copy), the last source it refused for a diverged history, and a
+//! roll-back that `twinfs failback` began. It is JSON:
 //!
 //! ```json
-//! {"format": 1, "volume_uuid": "00112233445566778899aabbccddeeff", "promoted": false}
+//! {"format": 1, "volume_uuid": "00112233445566778899aabbccddeeff", "promoted": false,
+//!  "peer_id": "0123456789abcdef", "divergence": null, "rollback": null}
 //! ```
 //!
 //! It is replaced atomically: written to `state.tmp`, fsync'ed, renamed over
@@ -20,11 +24,12 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{parse_hex, PeerError, Result, LOCK_FILE, STATE_FILE};
+use crate::history::DivergenceReport;
 
 /// Version of the state file's format.
 pub const STATE_FORMAT: u32 = 1;
 
-/// Largest state file read (it is a few dozen bytes; anything larger is not ours).
+/// Largest state file read (a few KiB at most; anything larger is not ours).
 const MAX_STATE_BYTES: u64 = 64 * 1024;
 
 /// What `DIR/state` records.
@@ -35,6 +40,15 @@ pub struct PeerState {
     /// `twinfs promote` turned the mirror into a read-write volume: the daemon
     /// must not apply anything more to it.
     pub promoted: bool,
+    /// The directory's random ID (0 until first stored).
+    pub peer_id: u64,
+    /// The last source refused for a history that does not extend this
+    /// replica's; kept until `twinfs resolve` clears it.
+    pub divergence: Option<DivergenceReport>,
+    /// The superblock `twinfs failback` rolls the mirror back to; set until
+    /// the roll-back is durable (the daemon finishes it if failback was
+    /// interrupted).
+    pub rollback: Option<Vec<u8>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -42,6 +56,12 @@ struct StateJson {
     format: u32,
     volume_uuid: Option<String>,
     promoted: bool,
+    #[serde(default)]
+    peer_id: Option<String>,
+    #[serde(default)]
+    divergence: Option<DivergenceReport>,
+    #[serde(default)]
+    rollback: Option<String>,
 }
 
 impl PeerState {
@@ -79,10 +99,38 @@ impl PeerState {
                     .ok_or_else(|| bad(format!("volume_uuid {h:?} is not 32 hex digits")))?,
             ),
         };
+        let peer_id = match json.peer_id {
+            None => 0,
+            Some(h) => u64::from_be_bytes(
+                parse_hex::<8>(&h)
+                    .ok_or_else(|| bad(format!("peer_id {h:?} is not 16 hex digits")))?,
+            ),
+        };
+        let rollback = match json.rollback {
+            None => None,
+            Some(h) => Some(
+                parse_hex::<{ twinfs_fs::BLOCK_SIZE }>(&h)
+                    .ok_or_else(|| bad("rollback is not a hex superblock".into()))?
+                    .to_vec(),
+            ),
+        };
         Ok(PeerState {
             volume_uuid,
             promoted: json.promoted,
+            peer_id,
+            divergence: json.divergence,
+            rollback,
         })
+    }
+
+    /// Gives the directory its random ID if it has none yet (stored by the
+    /// caller's next [`PeerState::store`]); returns whether it did.
+    pub fn ensure_peer_id(&mut self) -> bool {
+        if self.peer_id != 0 {
+            return false;
+        }
+        self.peer_id = twinfs_fs::lineage::random_generation_id().0;
+        true
     }
 
     /// Replaces `DIR/state` atomically and durably.
@@ -91,6 +139,9 @@ impl PeerState {
             format: STATE_FORMAT,
             volume_uuid: self.volume_uuid.map(|u| twinfs_fs::hex(&u)),
             promoted: self.promoted,
+            peer_id: (self.peer_id != 0).then(|| format!("{:016x}", self.peer_id)),
+            divergence: self.divergence.clone(),
+            rollback: self.rollback.as_deref().map(twinfs_fs::hex),
         };
         let mut bytes = serde_json::to_vec_pretty(&json).expect("the state always serializes");
         bytes.push(b'\n');

@@ -16,7 +16,11 @@
 //!   "source_connected": true,
 //!   "last_error": null,               // or what ended the last session
 //!   "daemon_running": true,
-//!   "promoted": false
+//!   "promoted": false,
+//!   "state": "connected",             // see PeerStatus::state
+//!   "peer_id": "0123456789abcdef",    // the directory's random ID
+//!   "lineage": [{"generation": "…", "first_cp": 0}],   // of the applied CP
+//!   "divergence": null                // or the last source refused (history::DivergenceReport)
 //! }
 //! ```
 //!
@@ -33,6 +37,7 @@ use twinfs_fs::superblock;
 use super::logstore;
 use super::state::{write_atomic, DirLock, PeerState};
 use super::{PeerError, Result, IMAGE_FILE, LOG_DIR, STATUS_FILE};
+use crate::history::{lineage_json, DivergenceReport, GenerationJson};
 
 /// Largest status file read.
 const MAX_STATUS_BYTES: u64 = 64 * 1024;
@@ -60,9 +65,34 @@ pub struct PeerStatus {
     pub daemon_running: bool,
     /// The directory was promoted into a read-write volume.
     pub promoted: bool,
+    /// The headline: `split-brain`, `source-behind` or `peer-behind` while a
+    /// refused source is on record; else `promoted`, `connected` (a source
+    /// session is up) or `waiting`.
+    #[serde(default)]
+    pub state: String,
+    /// The directory's random ID, hex.
+    #[serde(default)]
+    pub peer_id: String,
+    /// The lineage of the applied CP, oldest generation first.
+    #[serde(default)]
+    pub lineage: Vec<GenerationJson>,
+    /// The last source refused for a history that does not extend this
+    /// replica's, until `twinfs resolve` clears it.
+    #[serde(default)]
+    pub divergence: Option<DivergenceReport>,
 }
 
 impl PeerStatus {
+    /// The headline state for the other fields (see [`PeerStatus::state`]).
+    pub fn headline(&self) -> String {
+        match &self.divergence {
+            Some(d) => d.kind.clone(),
+            None if self.promoted => "promoted".into(),
+            None if self.source_connected => "connected".into(),
+            None => "waiting".into(),
+        }
+    }
+
     /// The status as one line of JSON.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("the status always serializes")
@@ -105,6 +135,7 @@ pub fn peer_status(dir: &Path) -> Result<PeerStatus> {
     let mut s = offline_status(dir)?;
     s.daemon_running = DirLock::is_held(dir);
     s.last_error = reported.and_then(|r| r.last_error);
+    s.state = s.headline();
     Ok(s)
 }
 
@@ -124,7 +155,7 @@ fn offline_status(dir: &Path) -> Result<PeerStatus> {
     let covered = sb
         .as_ref()
         .map_or(0, |s| s.log.next_transfer.0.saturating_sub(1));
-    Ok(PeerStatus {
+    let mut status = PeerStatus {
         applied_cp: sb.as_ref().map(|s| s.cp.0),
         root_hash: sb.as_ref().map(|s| s.root_hash().to_hex()),
         log_bytes_held: count.bytes,
@@ -135,5 +166,11 @@ fn offline_status(dir: &Path) -> Result<PeerStatus> {
         last_error: None,
         daemon_running: false,
         promoted: state.promoted,
-    })
+        state: String::new(),
+        peer_id: format!("{:016x}", state.peer_id),
+        lineage: lineage_json(sb.as_ref().map(|s| &s.lineage)),
+        divergence: state.divergence,
+    };
+    status.state = status.headline();
+    Ok(status)
 }

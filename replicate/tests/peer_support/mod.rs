@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use twinfs_fs::cp::{BlockKind, CpBlock as FsCpBlock, CpSink};
 use twinfs_fs::descriptor::{Base as FsBase, BlockSource, Patch as FsPatch};
 use twinfs_fs::device::{BlockDevice, MemDevice};
+use twinfs_fs::lineage::GenerationId;
 use twinfs_fs::nvlog::batch::{OpenBatch, SealedBatch};
 use twinfs_fs::nvlog::record::{Record, Write};
 use twinfs_fs::superblock::Superblock;
@@ -140,15 +141,19 @@ impl Source {
             &MkfsOptions {
                 uuid: Some(UUID),
                 time: Some(Timestamp::new(1_700_000_000, 0)),
+                generation: Some(GenerationId(1)),
                 ..Default::default()
             },
         )
         .expect("mkfs");
+        // Fixed generations: every Source of a test is the same history,
+        // so a fresh one can stand in for another at the same CP.
         let vol = Volume::open(
             dev.clone(),
             VolumeConfig {
                 background: false,
                 cp_interval: None,
+                generation: Some(GenerationId(2)),
                 ..Default::default()
             },
         )
@@ -207,7 +212,20 @@ impl Source {
             .expect("deep hash")
     }
 
-    /// The resync of the committed image from nothing: every block, in full.
+    /// `SourceLineage` for the committed CP: the first message of a session.
+    pub fn hello(&self) -> Message {
+        let sb = self.vol.committed();
+        Message::SourceLineage {
+            generations: twinfs_replicate::message::wire_lineage(&self.vol.lineage()),
+            cp: sb.cp.0,
+            root_hash: sb.root_hash().0,
+            uncommitted: false,
+            hold: None,
+        }
+    }
+
+    /// A session's start (`SourceLineage`) and the resync of the committed
+    /// image from nothing: every block, in full.
     pub fn resync_from_nothing(&self) -> Vec<Message> {
         let sb = self.vol.committed();
         let mut blocks = Vec::new();
@@ -222,10 +240,13 @@ impl Source {
             Ok(())
         })
         .expect("walk");
-        resync_messages(&sb, None, blocks)
+        let mut out = vec![self.hello()];
+        out.extend(resync_messages(&sb, None, blocks));
+        out
     }
 
-    /// A resync of the committed image from CP `base`: the blocks born since, in full.
+    /// A session's start and a resync of the committed image from CP
+    /// `base`: the blocks born since, in full.
     pub fn resync_from(&self, base: u64) -> Vec<Message> {
         let sb = self.vol.committed();
         let mut blocks = Vec::new();
@@ -240,7 +261,9 @@ impl Source {
             Ok(())
         })
         .expect("walk");
-        resync_messages(&sb, Some(base), blocks)
+        let mut out = vec![self.hello()];
+        out.extend(resync_messages(&sb, Some(base), blocks));
+        out
     }
 }
 
@@ -263,6 +286,18 @@ fn resync_messages(sb: &Superblock, base: Option<u64>, blocks: Vec<CpBlock>) -> 
         root_hash: sb.root_hash().0,
     });
     out
+}
+
+/// `SourceLineage` of a source with a history of one generation at CP 0:
+/// starts a session with a peer that holds no CP yet.
+pub fn new_source_hello() -> Message {
+    Message::SourceLineage {
+        generations: vec![twinfs_replicate::message::WireGeneration { id: 1, first_cp: 0 }],
+        cp: 0,
+        root_hash: [0; 32],
+        uncommitted: false,
+        hold: None,
+    }
 }
 
 /// How a test encodes a CP's blocks.

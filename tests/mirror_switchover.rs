@@ -1,0 +1,185 @@
+//! `twinfs switchover`: a planned role swap with zero data loss, twice in a
+//! row with a writer running and fsyncing. The writer follows the primary
+//! (a write the old primary refuses is retried on the other machine);
+//! every file whose fsync succeeded is on the final primary, byte for byte,
+//! and the final replica holds the same tree and root hash.
+
+mod mirror_common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mirror_common::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+/// statfs(2) f_type of a FUSE mount.
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+
+/// Whether `dir` lies on a FUSE file system (a twinfs mount, not the empty
+/// directory under it while a mount is replaced).
+fn on_fuse(dir: &Path) -> bool {
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: statfs with a valid path and a zeroed buffer.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == FUSE_SUPER_MAGIC }
+}
+
+/// Writes `data` to `dir/name` and fsyncs it, on a twinfs mount only.
+fn write_fsynced(dir: &Path, name: &str, data: &[u8]) -> std::io::Result<()> {
+    if !on_fuse(dir) {
+        return Err(std::io::Error::other("not a twinfs mount right now"));
+    }
+    let mut f = fs::File::create(dir.join(name))?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    if !on_fuse(dir) {
+        return Err(std::io::Error::other("the mount went away meanwhile"));
+    }
+    Ok(())
+}
+
+/// Writes numbered files on whichever of `sides` takes them, fsyncing each;
+/// records every file whose fsync succeeded.
+fn writer(
+    sides: [PathBuf; 2],
+    stop: Arc<AtomicBool>,
+    done: Arc<Mutex<BTreeMap<String, Vec<u8>>>>,
+) -> u64 {
+    let mut side = 0;
+    let mut refused = 0u64;
+    let mut i = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        let name = format!("f{i:05}");
+        let data = pattern(1000 + (i as usize * 37) % 20_000, i);
+        match write_fsynced(&sides[side].join("w"), &name, &data) {
+            Ok(()) => {
+                done.lock().unwrap().insert(name, data);
+                i += 1;
+            }
+            Err(_) => {
+                refused += 1;
+                side = 1 - side;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+    refused
+}
+
+#[test]
+fn two_switchovers_with_a_writer_running_lose_no_fsynced_file() {
+    let _serial = serial();
+    let root_tmp = scratch();
+    let root = root_tmp.path().to_path_buf();
+    let secret = secret_file(
+        &root.join("secret"),
+        b"twinfs switchover test secret, long\n",
+    );
+    let image = root.join("a.img");
+    mkfs(&image, "512M");
+    let (ma, mb) = (root.join("ma"), root.join("mb"));
+    fs::create_dir_all(&mb).unwrap();
+    let (port_a, port_b) = (free_port(), free_port());
+    let mut b = Peer::start(
+        &root.join("pb"),
+        port_b,
+        &secret,
+        Some(&mb),
+        &root.join("b.log"),
+    );
+    let mut a = Source::mirrored(
+        &image,
+        &ma,
+        &b.addr(),
+        &secret,
+        &["--mode", "sync"],
+        &root.join("a.log"),
+    );
+    a.wait_streaming(WAIT);
+    make_tree(&a.path("tree"), 7, TreeShape::SMALL);
+    fs::create_dir(a.path("w")).unwrap();
+    a.checkpoint();
+    b.wait_view();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(Mutex::new(BTreeMap::new()));
+    let w = {
+        let (sides, stop, done) = ([ma.clone(), mb.clone()], stop.clone(), done.clone());
+        std::thread::spawn(move || writer(sides, stop, done))
+    };
+    std::thread::sleep(Duration::from_millis(800));
+
+    // A hands over to B.
+    let t0 = Instant::now();
+    let out = twinfs_ok(&[
+        "switchover",
+        s(&ma),
+        "--listen",
+        &format!("127.0.0.1:{port_a}"),
+        "--dir",
+        s(&root.join("pa")),
+    ]);
+    assert!(out.contains("the peer is the primary"), "{out}");
+    wait_for("B to take writes", WAIT, || {
+        write_fsynced(&mb.join("w"), "probe-b", b"b").is_ok()
+    });
+    eprintln!(
+        "switchover 1: B took writes {:?} after the command started",
+        t0.elapsed()
+    );
+    assert_eq!(status_of(&ma)["role"], "replica", "{:#}", status_of(&ma));
+    assert_eq!(status_of(&mb)["role"], "primary");
+    let n1 = done.lock().unwrap().len();
+    std::thread::sleep(Duration::from_millis(800));
+
+    // And back: B hands over to A (B's image lives in its peer directory).
+    let out = twinfs_ok(&[
+        "switchover",
+        s(&mb),
+        "--listen",
+        &format!("127.0.0.1:{port_b}"),
+    ]);
+    assert!(out.contains("the peer is the primary"), "{out}");
+    wait_for("A to take writes", WAIT, || {
+        write_fsynced(&ma.join("w"), "probe-a", b"a").is_ok()
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    stop.store(true, Ordering::SeqCst);
+    let refused = w.join().expect("the writer does not panic");
+    let written = done.lock().unwrap().clone();
+    assert!(
+        written.len() > n1 && n1 > 0,
+        "the writer went on through both switchovers: {n1} then {}",
+        written.len()
+    );
+    assert!(refused > 0, "the writer met a read-only side at least once");
+
+    // Every fsynced file is on the final primary, and its replica agrees.
+    a.assert_running("after two switchovers");
+    b.assert_running("after two switchovers");
+    for (name, data) in &written {
+        let got = fs::read(ma.join("w").join(name))
+            .unwrap_or_else(|e| panic!("fsynced file {name} is missing on the primary: {e}"));
+        assert_eq!(&got, data, "{name}");
+    }
+    let st = status_of(&ma);
+    assert_eq!(st["role"], "primary", "{st:#}");
+    let out = twinfs_ok(&["verify", s(&ma), "--deep"]);
+    assert!(out.contains("equal"), "{out}");
+    wait_same_tree(&ma, &mb, Compare::EXACT, WAIT);
+    // The lineage shows the two handovers: each new primary began a generation.
+    let gens = st["lineage"].as_array().unwrap().len();
+    assert!(gens >= 3, "{st:#}");
+    drop(a);
+    drop(b);
+    assert!(!image.exists(), "the image moved into its peer directory");
+    for img in ["pa/mirror.img", "pb/mirror.img"] {
+        let fsck = twinfs(&["fsck", s(&root.join(img))]);
+        assert_eq!(fsck.code, 0, "{img}: {}{}", fsck.stdout, fsck.stderr);
+    }
+}
