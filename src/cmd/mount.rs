@@ -7,10 +7,10 @@ use twinfs_fs::fuse;
 use twinfs_fs::{Volume, VolumeConfig};
 use twinfs_replicate::encode::CpSync;
 use twinfs_replicate::source::{Mirror, MirrorConfig, Mode, DEFAULT_SYNC_TIMEOUT};
-use twinfs_replicate::Secret;
+use twinfs_replicate::Compression;
 
 use crate::cli::{self, FuseOption, MountArgs, MountConfig};
-use crate::cmd::{read_secret, require_dir, require_image};
+use crate::cmd::{load_credentials, require_dir, require_image};
 use crate::control;
 use crate::daemon::{self, Ready};
 use crate::error::CmdError;
@@ -142,9 +142,13 @@ fn serve(config: &MountConfig, what: &str, ready: &mut Ready) -> Result<(), CmdE
             None
         }
         Some(p) => {
-            let secret = Secret::from_file(&p.secret).map_err(|e| {
-                CmdError::failed(what, e, "give a --secret file of 16 bytes or more")
-            })?;
+            let credentials =
+                load_credentials(what, &p.secret, p.key.as_deref(), p.trusted_keys.as_deref())?;
+            let compress = match p.compress {
+                cli::Compress::Auto => Compression::Auto,
+                cli::Compress::Always => Compression::Always,
+                cli::Compress::Never => Compression::Never,
+            };
             let cp_sync = match config.cp_sync {
                 cli::CpSync::Full => CpSync::Full,
                 cli::CpSync::Refs => CpSync::Refs,
@@ -154,7 +158,8 @@ fn serve(config: &MountConfig, what: &str, ready: &mut Ready) -> Result<(), CmdE
                 vol.clone(),
                 MirrorConfig {
                     peer: format!("{}:{}", p.addr.host, p.addr.port),
-                    secret,
+                    credentials,
+                    compress,
                     mode,
                     cp_sync,
                     sync_timeout: DEFAULT_SYNC_TIMEOUT,
@@ -260,8 +265,8 @@ fn fuse_word(o: &FuseOption) -> String {
     }
 }
 
-/// Resolves the options and checks that the image, the mount point and the
-/// secret exist; returns the configuration and, with a peer, the secret.
+/// Resolves the options and checks that the image and the mount point exist
+/// and, with a peer, that the secret and keys are usable; returns the configuration.
 pub fn check(args: &MountArgs) -> Result<MountConfig, CmdError> {
     let config = args
         .config()
@@ -273,7 +278,12 @@ pub fn check(args: &MountArgs) -> Result<MountConfig, CmdError> {
         "create the mount point directory first",
     )?;
     if let Some(peer) = &config.peer {
-        read_secret("mount", &peer.secret)?;
+        load_credentials(
+            "mount",
+            &peer.secret,
+            peer.key.as_deref(),
+            peer.trusted_keys.as_deref(),
+        )?;
     }
     Ok(config)
 }

@@ -1,4 +1,5 @@
-//! `twinfs peer --dir DIR --listen ADDR --secret FILE [--mount MOUNTPOINT]`
+//! `twinfs peer --dir DIR --listen ADDR --secret FILE [--key FILE] [--trusted-keys FILE]
+//! [--max-volume SIZE] [--log-quota SIZE] [--mount MOUNTPOINT]`
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -6,11 +7,11 @@ use std::sync::{Arc, Mutex};
 use twinfs_fs::device::{BlockDevice, FileDevice};
 use twinfs_fs::fuse;
 use twinfs_fs::{Volume, VolumeConfig};
+use twinfs_replicate::peer::limits::{PeerLimits, DEFAULT_LOG_QUOTA_BYTES, MIN_LOG_QUOTA_BYTES};
 use twinfs_replicate::peer::{PeerConfig, PeerDaemon, ReplicaView};
-use twinfs_replicate::Secret;
 
 use crate::cli::PeerArgs;
-use crate::cmd::require_dir;
+use crate::cmd::{load_credentials, require_dir};
 use crate::daemon;
 use crate::error::CmdError;
 
@@ -22,14 +23,24 @@ pub fn run(args: PeerArgs) -> Result<(), CmdError> {
         require_dir("peer --mount", mp, "create the mount point directory first")?;
     }
     let what = format!("peer --dir {}", args.dir.display());
-    let secret = Secret::from_file(&args.secret).map_err(|e| {
-        CmdError::failed(
-            &what,
-            e,
-            "give a --secret file of 16 bytes or more, the source's",
-        )
-    })?;
-    std::fs::create_dir_all(&args.dir).map_err(|e| CmdError::failed(&what, e, "check the path"))?;
+    let credentials = load_credentials(
+        &what,
+        &args.secret,
+        args.key.as_deref(),
+        args.trusted_keys.as_deref(),
+    )?;
+    let log_quota_bytes = args.log_quota.map_or(DEFAULT_LOG_QUOTA_BYTES, |s| s.bytes);
+    if log_quota_bytes < MIN_LOG_QUOTA_BYTES {
+        return Err(CmdError::Usage(format!(
+            "peer: --log-quota {log_quota_bytes} bytes is too small: give at least 128M"
+        )));
+    }
+    let limits = PeerLimits {
+        max_volume_bytes: args.max_volume.map(|s| s.bytes),
+        log_quota_bytes,
+    };
+    twinfs_replicate::peer::state::ensure_dir(&args.dir)
+        .map_err(|e| CmdError::failed(&what, e, "check the path"))?;
     let view = match &args.mount {
         Some(mp) => Some(Arc::new(ReplicaMount {
             image: args.dir.join("mirror.img"),
@@ -50,7 +61,8 @@ pub fn run(args: PeerArgs) -> Result<(), CmdError> {
     let daemon = PeerDaemon::start(PeerConfig {
         dir: args.dir.clone(),
         listen: format!("{}:{}", args.listen.host, args.listen.port),
-        secret,
+        credentials,
+        limits,
         view: view.clone().map(|v| v as Arc<dyn ReplicaView>),
     })
     .map_err(|e| {

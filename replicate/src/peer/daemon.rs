@@ -1,9 +1,19 @@
 //! The peer daemon: a TCP listener that serves one source session at a time.
 //!
-//! Each connection runs the handshake (the source must prove the shared
-//! secret; the first volume served binds the directory, any other is
-//! refused naming both UUIDs); a connection that arrives while a session is
-//! active is refused with a reason. A session is three tasks: a reader that
+//! Each connection runs the handshake (the source must prove a trusted static
+//! key and the shared secret). Until then it holds nothing of the directory:
+//! at most [`MAX_UNAUTHENTICATED`] connections (and [`MAX_UNAUTHENTICATED_PER_IP`]
+//! from one address) may be in the handshake at once, each with a buffer of a
+//! few KiB; when a new one arrives over either bound, the oldest in the
+//! handshake (of that address, or overall) is dropped to make room, and one
+//! whose first frame does not arrive within `FIRST_FRAME_TIMEOUT_MS` is
+//! dropped too. A flood of idle or slow connections therefore delays a real
+//! source — whose handshake takes a few round trips — by no more than it
+//! takes to connect, and costs bounded memory. Only an authenticated source
+//! takes the directory's session lock; the first volume served binds the
+//! directory, any other is refused naming both UUIDs, and one that arrives
+//! while a session is active is refused with a reason. A session is three
+//! tasks: a reader that
 //! receives messages into a bounded queue, a blocking worker that owns the
 //! [`Replica`] and answers them (grouping the transfers that have arrived into
 //! one fdatasync and one cumulative `TransferAck`), and a writer that sends
@@ -11,7 +21,8 @@
 //! to the source when it can still hear it); the daemon keeps listening and
 //! the source reconnects and resumes from the resume point.
 
-use std::net::SocketAddr;
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,14 +30,15 @@ use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Mutex, OwnedMutexGuard};
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 
+use super::limits::PeerLimits;
 use super::replica::{Flow, Replica, ReplicaView};
 use super::{PeerError, Result};
 use crate::error::ReplicateError;
-use crate::handshake::{handshake_server, ResumePoint};
+use crate::handshake::{authenticate_source, Authenticated};
+use crate::keys::Credentials;
 use crate::message::{clip_reason, Message};
-use crate::secret::Secret;
 use crate::session::Session;
 
 /// Messages received but not yet handled (each at most one frame, so at most
@@ -50,14 +62,22 @@ pub const STATUS_INTERVAL_MS: u64 = 2_000;
 /// verify) for a dead one.
 pub const KEEPALIVE_INTERVAL_MS: u64 = 4_000;
 
+/// Connections in the handshake at once; a new one over the bound drops the oldest.
+pub const MAX_UNAUTHENTICATED: usize = 128;
+/// Connections from one address in the handshake at once; a new one over the
+/// bound drops that address's oldest.
+pub const MAX_UNAUTHENTICATED_PER_IP: usize = 32;
+
 /// How a peer daemon runs.
 pub struct PeerConfig {
     /// The peer directory (`--dir`).
     pub dir: PathBuf,
     /// Address to listen on (`--listen`, e.g. `0.0.0.0:7070`; port 0 picks one).
     pub listen: String,
-    /// The shared secret (`--secret FILE`).
-    pub secret: Secret,
+    /// This peer's key, the sources' keys it trusts, and the shared secret.
+    pub credentials: Credentials,
+    /// What an authenticated source may use (`--max-volume`, `--log-quota`).
+    pub limits: PeerLimits,
     /// Told of every committed CP (the `--mount` replica view).
     pub view: Option<Arc<dyn ReplicaView>>,
 }
@@ -93,9 +113,55 @@ pub struct PeerDaemon {
 }
 
 struct Shared {
-    secret: Secret,
+    credentials: Credentials,
     replica: Arc<Mutex<Replica>>,
     shutdown: watch::Receiver<bool>,
+}
+
+/// The connections in the handshake, oldest first.
+#[derive(Default)]
+struct Unauthenticated {
+    entries: VecDeque<(u64, IpAddr, AbortHandle)>,
+    next_id: u64,
+}
+
+impl Unauthenticated {
+    /// Makes room for one more connection from `ip`: drops that address's
+    /// oldest when it has its share, else the oldest overall when full.
+    fn make_room(&mut self, ip: IpAddr) {
+        let same = self.entries.iter().filter(|(_, a, _)| *a == ip).count();
+        let victim = if same >= MAX_UNAUTHENTICATED_PER_IP {
+            self.entries.iter().position(|(_, a, _)| *a == ip)
+        } else if self.entries.len() >= MAX_UNAUTHENTICATED {
+            Some(0)
+        } else {
+            None
+        };
+        if let Some(i) = victim {
+            if let Some((_, addr, task)) = self.entries.remove(i) {
+                log::debug!("dropping the oldest connection in the handshake (from {addr}) to make room");
+                task.abort();
+            }
+        }
+    }
+
+    fn remove(&mut self, id: u64) {
+        self.entries.retain(|(i, _, _)| *i != id);
+    }
+}
+
+/// A connection's place among the unauthenticated; leaves it when dropped.
+struct HandshakeSlot {
+    table: Arc<std::sync::Mutex<Unauthenticated>>,
+    id: u64,
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        if let Ok(mut t) = self.table.lock() {
+            t.remove(self.id);
+        }
+    }
 }
 
 impl PeerDaemon {
@@ -103,7 +169,8 @@ impl PeerDaemon {
     /// serving in the background. Errors here (a locked or promoted
     /// directory, an address in use) are the daemon's start-up errors.
     pub fn start(cfg: PeerConfig) -> Result<PeerDaemon> {
-        let replica = Replica::open(&cfg.dir, cfg.view)?;
+        let mut replica = Replica::open(&cfg.dir, cfg.view)?;
+        replica.set_limits(cfg.limits);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("twinfs-peer")
@@ -124,7 +191,7 @@ impl PeerDaemon {
             tx: Arc::new(tx),
         };
         let shared = Arc::new(Shared {
-            secret: cfg.secret,
+            credentials: cfg.credentials,
             replica: Arc::new(Mutex::new(replica)),
             shutdown: rx,
         });
@@ -185,6 +252,7 @@ async fn accept_loop(
     handle: ShutdownHandle,
 ) -> Result<()> {
     let mut sessions = JoinSet::new();
+    let table = Arc::new(std::sync::Mutex::new(Unauthenticated::default()));
     let mut poll = tokio::time::interval(Duration::from_millis(SHUTDOWN_POLL_MS));
     let mut stop = shared.shutdown.clone();
     loop {
@@ -192,7 +260,15 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((stream, addr)) => {
                     stream.set_nodelay(true).ok();
-                    sessions.spawn(serve(stream, addr, shared.clone()));
+                    // Held while spawning, so that the task leaves the table
+                    // (its slot's drop) only after it was entered there.
+                    let mut t = table.lock().unwrap_or_else(|p| p.into_inner());
+                    t.make_room(addr.ip());
+                    let id = t.next_id;
+                    t.next_id += 1;
+                    let slot = HandshakeSlot { table: table.clone(), id };
+                    let task = sessions.spawn(serve(stream, addr, shared.clone(), slot));
+                    t.entries.push_back((id, addr.ip(), task));
                 }
                 Err(e) => {
                     log::warn!("accepting a connection failed: {e}");
@@ -232,57 +308,86 @@ async fn accept_loop(
     }
 }
 
-/// Handshakes with one connection and, if it is accepted, runs its session.
-async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>) {
-    let Ok(mut replica) = shared.replica.clone().try_lock_owned() else {
-        let busy = format!(
-            "this peer is busy with another source session (connection from {addr} refused); only one source at a time — if the other session is this source's old connection, retry in a moment"
-        );
-        let no_resume = ResumePoint {
-            applied_cp: None,
-            durable_transfer: 0,
-        };
-        let refused = handshake_server(stream, &shared.secret, no_resume, |_| Err(busy)).await;
-        if let Err(e) = refused {
-            log::warn!("connection from {addr}: {e}");
+/// Authenticates one connection and, if it is admitted, runs its session.
+async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, slot: HandshakeSlot) {
+    let authenticated = authenticate_source(stream, &shared.credentials).await;
+    // Authenticated or not, the connection is no longer in the handshake (and
+    // may no longer be dropped to make room).
+    drop(slot);
+    let source = match authenticated {
+        Ok(s) => s,
+        Err(e) => {
+            log_refusal(addr, &e);
+            return;
         }
+    };
+    let Ok(mut replica) = shared.replica.clone().try_lock_owned() else {
+        let busy = ReplicateError::Refused {
+            reason: format!(
+                "this peer is busy with another source session (connection from {addr} refused); only one source at a time — if the other session is this source's old connection, retry in a moment"
+            ),
+        };
+        let e = source.refuse(busy).await;
+        log::warn!("connection from {addr}: {e}");
         return;
     };
-    let prepared = tokio::task::block_in_place(|| replica.prepare_session());
-    let (resume, unusable) = match prepared {
-        Ok(r) => (r, None),
-        Err(e) => {
+    match admit(&source, &mut replica) {
+        Ok(resume) => match source.welcome(resume).await {
+            Ok((session, info)) => {
+                log::info!(
+                    "source {addr} connected (volume {}, key {}, {}); resuming from CP {} and transfer {}",
+                    twinfs_fs::hex(&info.volume_uuid),
+                    info.remote_key,
+                    info.suite.protocol_name(),
+                    resume
+                        .applied_cp
+                        .map_or("none".to_string(), |a| a.cp.to_string()),
+                    resume.durable_transfer
+                );
+                run_session(session, replica, shared.shutdown.clone()).await;
+            }
+            Err(e) => log::warn!("connection from {addr} failed before its session: {e}"),
+        },
+        Err(err) => {
+            let e = source.refuse(err).await;
+            log::warn!("connection from {addr} refused: {e}");
+        }
+    }
+}
+
+/// The admission of an authenticated source: the directory must be usable
+/// and the announced volume within the binding policy and the limits.
+fn admit(
+    source: &Authenticated<TcpStream>,
+    replica: &mut Replica,
+) -> std::result::Result<crate::handshake::ResumePoint, ReplicateError> {
+    let announce = source.announce();
+    tokio::task::block_in_place(|| {
+        let resume = replica.prepare_session().map_err(|e| {
             log::error!("the peer directory cannot serve: {e}");
-            let no_resume = ResumePoint {
-                applied_cp: None,
-                durable_transfer: 0,
-            };
-            (
-                no_resume,
-                Some(format!(
-                    "the peer's storage failed ({e}); see the peer's log"
-                )),
-            )
-        }
-    };
-    let accepted = handshake_server(stream, &shared.secret, resume, |uuid| match unusable {
-        Some(reason) => Err(reason),
-        None => tokio::task::block_in_place(|| replica.accept_uuid(uuid)),
+            ReplicateError::Refused {
+                reason: format!("the peer's storage failed ({e}); see the peer's log"),
+            }
+        })?;
+        replica
+            .accept_volume(announce.volume_uuid, announce.volume_blocks)
+            .map_err(|reason| ReplicateError::VolumeRefused {
+                uuid: twinfs_fs::hex(&announce.volume_uuid),
+                reason: clip_reason(&reason),
+            })?;
+        Ok(resume)
     })
-    .await;
-    match accepted {
-        Ok((session, info)) => {
-            log::info!(
-                "source {addr} connected (volume {}); resuming from CP {} and transfer {}",
-                twinfs_fs::hex(&info.volume_uuid),
-                resume
-                    .applied_cp
-                    .map_or("none".to_string(), |a| a.cp.to_string()),
-                resume.durable_transfer
-            );
-            run_session(session, replica, shared.shutdown.clone()).await;
-        }
-        Err(e) => log::warn!("connection from {addr} refused: {e}"),
+}
+
+/// Logs a connection that did not authenticate: a failed proof or another
+/// version as a warning, what a flood or a port scan produces (silence,
+/// garbage, a closed connection) only at debug level.
+fn log_refusal(addr: SocketAddr, e: &ReplicateError) {
+    match e {
+        ReplicateError::AuthFailed(_)
+        | ReplicateError::VersionMismatch { .. }
+        | ReplicateError::Refused { .. } => log::warn!("connection from {addr} refused: {e}"),
+        _ => log::debug!("connection from {addr} dropped in the handshake: {e}"),
     }
 }
 

@@ -26,7 +26,7 @@ use twinfs_fs::superblock::Superblock;
 use twinfs_fs::{CpNumber, BLOCK_SIZE};
 
 use super::image::MirrorImage;
-use super::state::fsync_dir;
+use super::state::{fsync_dir, private_file};
 use super::{PeerError, Result};
 
 /// Magic of the commit record.
@@ -76,12 +76,14 @@ impl Journal {
     fn file(&mut self) -> Result<&File> {
         if self.file.is_none() {
             let existed = self.path.exists();
-            let f = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&self.path)
+            let f = private_file(
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true),
+            )
+            .open(&self.path)
                 .map_err(|e| PeerError::io(format!("creating {}", self.path.display()), e))?;
             self.created |= !existed;
             self.file = Some(f);

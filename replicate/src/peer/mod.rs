@@ -39,6 +39,7 @@ pub mod apply;
 pub mod daemon;
 pub mod image;
 pub mod journal;
+pub mod limits;
 pub mod logstore;
 pub mod promote;
 pub mod replica;
@@ -50,6 +51,7 @@ use std::path::PathBuf;
 use twinfs_fs::FsError;
 
 pub use daemon::{PeerConfig, PeerDaemon, ShutdownHandle};
+pub use limits::PeerLimits;
 pub use promote::{promote, Promoted};
 pub use replica::{CommitStep, Replica, ReplicaView};
 pub use status::{peer_status, PeerStatus};
@@ -90,6 +92,9 @@ pub enum PeerError {
     /// The source sent something this peer cannot accept; the session ends.
     #[error("the source sent an invalid stream: {0}")]
     Protocol(String),
+    /// The source went past a limit of this peer (`limits`); the session ends.
+    #[error("the source exceeds a limit of this peer: {0}")]
+    OverLimit(String),
     /// The source went away (closed the connection, fell silent); it reconnects and resumes.
     #[error("the source went away: {0}; it will reconnect and resume")]
     Disconnected(String),
