@@ -303,6 +303,9 @@ tw_up() { # dir variant(nopeer|async|sync) size
     mkdir -p "$tw_d/mnt"
     head -c 32 /dev/urandom >"$tw_d/secret"
     chmod 600 "$tw_d/secret"
+    # One key pair for both sides, trusted by both (the defaults next to the secret).
+    "$TW" keygen "$tw_d/key" >/dev/null 2>&1
+    cp "$tw_d/key.pub" "$tw_d/trusted-keys"
     "$TW" mkfs "$tw_d/img" --size "$3" >/dev/null || return 1
     tw_peer_pid=""
     if [[ $tw_variant != nopeer ]]; then
