@@ -134,7 +134,10 @@ fn every_subcommand_and_flag_is_in_the_man_page() {
         }
     }
     // DESIGN.md's ten, and keygen of the secure channel.
-    assert_eq!(subcommands, 11, "DESIGN.md names ten subcommands, and keygen");
+    assert_eq!(
+        subcommands, 11,
+        "DESIGN.md names ten subcommands, and keygen"
+    );
     assert!(
         missing.is_empty(),
         "man/twinfs.8 does not document:\n  {}",

@@ -475,11 +475,12 @@ where
         }
         Ok(Ok(Some(body))) => body.to_vec(),
     };
-    let hello: HandshakeMsg = codec::decode(&hello_body).map_err(|fault| ReplicateError::Frame {
-        direction: Direction::SourceToPeer,
-        frame: 0,
-        fault,
-    })?;
+    let hello: HandshakeMsg =
+        codec::decode(&hello_body).map_err(|fault| ReplicateError::Frame {
+            direction: Direction::SourceToPeer,
+            frame: 0,
+            fault,
+        })?;
     match hello {
         HandshakeMsg::Hello { magic, .. } if magic != PROTOCOL_MAGIC => {
             let err = ReplicateError::UnexpectedMessage {

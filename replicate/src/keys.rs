@@ -103,12 +103,15 @@ impl StaticKey {
     /// A new random key pair.
     pub fn generate() -> Result<StaticKey> {
         let params = crate::noise::noise_params(crate::noise::Suite::AesGcm);
-        let pair = snow::Builder::new(params)
-            .generate_keypair()
-            .map_err(|e| ReplicateError::Key {
-                path: PathBuf::new(),
-                problem: format!("generating a key pair failed ({e}); check the system's random source"),
-            })?;
+        let pair =
+            snow::Builder::new(params)
+                .generate_keypair()
+                .map_err(|e| ReplicateError::Key {
+                    path: PathBuf::new(),
+                    problem: format!(
+                        "generating a key pair failed ({e}); check the system's random source"
+                    ),
+                })?;
         let mut private = [0u8; KEY_BYTES];
         private.copy_from_slice(&pair.private);
         let mut public = [0u8; KEY_BYTES];

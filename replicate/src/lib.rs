@@ -29,6 +29,6 @@ pub use handshake::{
 };
 pub use keys::{Credentials, KeyPaths, PublicKey, StaticKey, TrustedKeys};
 pub use message::{Base, CpBlock, DeltaRange, Encoding, Message, Patch};
-pub use secret::Secret;
 pub use noise::Suite;
+pub use secret::Secret;
 pub use session::{Compression, RecvHalf, SendHalf, Session};

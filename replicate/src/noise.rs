@@ -69,7 +69,8 @@ fn cpu_has_aes() -> bool {
 
 #[cfg(target_arch = "aarch64")]
 fn cpu_has_aes() -> bool {
-    std::arch::is_aarch64_feature_detected!("aes") && std::arch::is_aarch64_feature_detected!("pmull")
+    std::arch::is_aarch64_feature_detected!("aes")
+        && std::arch::is_aarch64_feature_detected!("pmull")
 }
 
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]

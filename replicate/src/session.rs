@@ -463,8 +463,8 @@ mod tests {
 
     use super::*;
     use crate::handshake::{handshake_client, handshake_server, ResumePoint};
-    use crate::message::{CpBlock, Encoding, BLOCK_BYTES, MAX_BLOCKS_PER_CP_FRAME};
     use crate::keys::Credentials;
+    use crate::message::{CpBlock, Encoding, BLOCK_BYTES, MAX_BLOCKS_PER_CP_FRAME};
     use crate::secret::Secret;
     use tokio::io::DuplexStream;
 

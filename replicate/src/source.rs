@@ -29,8 +29,8 @@ use twinfs_fs::{Block, BlockPtr, CpNumber, FsError, RootHash, TransferId, BLOCK_
 use crate::encode::{self, CpSync, EncKind, PrevReader};
 use crate::error::{ReplicateError, Result};
 use crate::handshake::{handshake_client, HandshakeInfo};
-use crate::message::{self, CpBlock, Encoding, Message, MAX_BLOCKS_PER_CP_FRAME};
 use crate::keys::Credentials;
+use crate::message::{self, CpBlock, Encoding, Message, MAX_BLOCKS_PER_CP_FRAME};
 use crate::session::{Compression, RecvHalf, SendHalf};
 
 /// When fsync waits for the peer.

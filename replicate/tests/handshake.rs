@@ -176,11 +176,7 @@ async fn handshake_works_over_loopback_tcp_for_a_new_peer() {
 async fn run(
     source: Credentials,
     peer: Credentials,
-) -> (
-    Result<(), ReplicateError>,
-    Result<(), ReplicateError>,
-    bool,
-) {
+) -> (Result<(), ReplicateError>, Result<(), ReplicateError>, bool) {
     let (a, b) = tokio::io::duplex(64 * 1024);
     let policy_ran = Arc::new(AtomicBool::new(false));
     let flag = policy_ran.clone();
@@ -219,7 +215,10 @@ async fn a_wrong_secret_is_refused_on_both_sides_before_the_binding_policy_runs(
         }
         other => panic!("expected Refused, got {other}"),
     }
-    assert!(!policy_ran, "the binding policy ran for an unauthenticated source");
+    assert!(
+        !policy_ran,
+        "the binding policy ran for an unauthenticated source"
+    );
 }
 
 #[tokio::test]
@@ -411,17 +410,20 @@ async fn through_a_tampering_relay(
 
 #[tokio::test]
 async fn a_relay_that_swaps_the_cipher_suite_breaks_the_handshake() {
-    let (client, server) = through_a_tampering_relay(1, |body| {
-        match codec::decode::<HandshakeMsg>(&body).unwrap() {
-            HandshakeMsg::NoiseInit { message, .. } => codec::encode(&HandshakeMsg::NoiseInit {
-                protocol: Suite::ChaChaPoly.protocol_name().into(),
-                message,
-            })
-            .unwrap(),
-            other => panic!("frame 1 is {other:?}"),
-        }
-    })
-    .await;
+    let (client, server) =
+        through_a_tampering_relay(1, |body| {
+            match codec::decode::<HandshakeMsg>(&body).unwrap() {
+                HandshakeMsg::NoiseInit { message, .. } => {
+                    codec::encode(&HandshakeMsg::NoiseInit {
+                        protocol: Suite::ChaChaPoly.protocol_name().into(),
+                        message,
+                    })
+                    .unwrap()
+                }
+                other => panic!("frame 1 is {other:?}"),
+            }
+        })
+        .await;
     // The first message's tag covers the protocol name: the peer notices.
     match server.expect_err("no session with a suite the source did not choose") {
         ReplicateError::AuthFailed(why) => assert!(why.contains("downgrade"), "{why}"),
@@ -447,8 +449,14 @@ async fn a_relay_that_rewrites_the_hello_breaks_the_handshake() {
         .unwrap()
     })
     .await;
-    assert!(matches!(server, Err(ReplicateError::AuthFailed(_))), "{server:?}");
-    assert!(matches!(client, Err(ReplicateError::Refused { .. })), "{client:?}");
+    assert!(
+        matches!(server, Err(ReplicateError::AuthFailed(_))),
+        "{server:?}"
+    );
+    assert!(
+        matches!(client, Err(ReplicateError::Refused { .. })),
+        "{client:?}"
+    );
 }
 
 #[tokio::test]
@@ -507,7 +515,8 @@ async fn a_peer_of_another_version_refusing_the_hello_is_reported_with_its_reaso
         })
     ));
     let old = "the peer speaks protocol version 3, not 4; install the same twinfs release on both machines";
-    raw.send(&HandshakeMsg::Refused { reason: old.into() }).await;
+    raw.send(&HandshakeMsg::Refused { reason: old.into() })
+        .await;
     match client.await.unwrap() {
         Err(ReplicateError::Refused { reason }) => assert_eq!(reason, old),
         other => panic!("expected Refused, got {other:?}"),
@@ -549,7 +558,10 @@ async fn an_unknown_noise_protocol_is_refused_naming_the_ones_spoken() {
     })
     .await;
     let reason = refused_reason(raw.recv().await);
-    assert!(reason.contains("Noise_XXpsk3_25519_AESGCM_SHA256"), "{reason}");
+    assert!(
+        reason.contains("Noise_XXpsk3_25519_AESGCM_SHA256"),
+        "{reason}"
+    );
     assert!(server.await.unwrap().is_err());
 }
 

@@ -33,12 +33,18 @@ fn a_written_key_pair_reads_back_with_private_and_public_modes() {
     assert!(line.starts_with(PUBLIC_KEY_LABEL) && line.trim_end().ends_with("peer.lan"));
     assert_eq!(PublicKey::parse_line(&line).unwrap(), key.public());
     // The .pub file is itself a valid trusted-keys file.
-    assert_eq!(TrustedKeys::from_file(&public).unwrap().keys(), &[key.public()]);
+    assert_eq!(
+        TrustedKeys::from_file(&public).unwrap().keys(),
+        &[key.public()]
+    );
     // Never overwritten by accident; --force replaces both.
     assert!(problem(key.write_files(&path, "", false)).contains("--force"));
     let other = StaticKey::generate().unwrap();
     other.write_files(&path, "", true).unwrap();
-    assert_eq!(StaticKey::from_file(&path).unwrap().public(), other.public());
+    assert_eq!(
+        StaticKey::from_file(&path).unwrap().public(),
+        other.public()
+    );
 }
 
 #[test]

@@ -50,7 +50,8 @@ const FAULT_DEADLINE: Duration = Duration::from_secs(30);
 fn credentials() -> &'static (Credentials, Credentials) {
     static PAIR: std::sync::OnceLock<(Credentials, Credentials)> = std::sync::OnceLock::new();
     PAIR.get_or_init(|| {
-        let secret = Secret::from_bytes(b"mirror fault tests: 93b1f0c7e2a4d856").expect("random enough");
+        let secret =
+            Secret::from_bytes(b"mirror fault tests: 93b1f0c7e2a4d856").expect("random enough");
         Credentials::pair(&secret).expect("keys")
     })
 }

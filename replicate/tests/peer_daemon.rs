@@ -343,7 +343,8 @@ async fn a_source_without_the_secret_gets_nothing() {
     let stream = TcpStream::connect(d.local_addr()).await.unwrap();
     let wrong = twinfs_replicate::Secret::from_bytes(b"not the peer's secret: 51e0a9c3").unwrap();
     let creds = source_credentials();
-    let wrong = twinfs_replicate::Credentials::new(creds.key().clone(), creds.trusted().clone(), wrong);
+    let wrong =
+        twinfs_replicate::Credentials::new(creds.key().clone(), creds.trusted().clone(), wrong);
     let err = handshake_client(stream, &wrong, UUID, TEST_VOLUME_BLOCKS)
         .await
         .err()

@@ -11,7 +11,7 @@ use twinfs_replicate::handshake::{
 };
 use twinfs_replicate::keys::KEY_BYTES;
 use twinfs_replicate::message::*;
-use twinfs_replicate::noise::{PSK_POSITION, NOISE_AESGCM};
+use twinfs_replicate::noise::{NOISE_AESGCM, PSK_POSITION};
 use twinfs_replicate::peer::daemon::{MAX_UNAUTHENTICATED, MAX_UNAUTHENTICATED_PER_IP};
 use twinfs_replicate::seal::{
     sealed_len, CHUNK_INDEX_BITS, CHUNK_PLAINTEXT_BYTES, MAX_SEQ, NOISE_MAX_MESSAGE_BYTES,
@@ -96,11 +96,17 @@ fn code_constants() -> BTreeMap<String, u64> {
         c("VOLUME_UUID_BYTES", VOLUME_UUID_BYTES as u64),
         c("KEY_BYTES", KEY_BYTES as u64),
         c("PSK_POSITION", PSK_POSITION.into()),
-        c("MAX_NOISE_HANDSHAKE_BYTES", MAX_NOISE_HANDSHAKE_BYTES as u64),
+        c(
+            "MAX_NOISE_HANDSHAKE_BYTES",
+            MAX_NOISE_HANDSHAKE_BYTES as u64,
+        ),
         c("FIRST_FRAME_TIMEOUT_MS", FIRST_FRAME_TIMEOUT_MS),
         c("HANDSHAKE_TIMEOUT_MS", HANDSHAKE_TIMEOUT_MS),
         c("MAX_UNAUTHENTICATED", MAX_UNAUTHENTICATED as u64),
-        c("MAX_UNAUTHENTICATED_PER_IP", MAX_UNAUTHENTICATED_PER_IP as u64),
+        c(
+            "MAX_UNAUTHENTICATED_PER_IP",
+            MAX_UNAUTHENTICATED_PER_IP as u64,
+        ),
         c("MIN_SECRET_BYTES", MIN_SECRET_BYTES as u64),
         c("MIN_SECRET_BITS", MIN_SECRET_BITS.into()),
         c("MAX_SECRET_BYTES", MAX_SECRET_BYTES as u64),

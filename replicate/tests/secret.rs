@@ -3,7 +3,9 @@
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 
-use twinfs_replicate::secret::{estimated_bits, MAX_SECRET_BYTES, MIN_SECRET_BITS, MIN_SECRET_BYTES};
+use twinfs_replicate::secret::{
+    estimated_bits, MAX_SECRET_BYTES, MIN_SECRET_BITS, MIN_SECRET_BYTES,
+};
 use twinfs_replicate::{Credentials, ReplicateError, Secret};
 
 fn file_with(bytes: &[u8]) -> tempfile::NamedTempFile {
@@ -41,7 +43,9 @@ fn a_file_shorter_than_the_minimum_is_refused_with_both_sizes() {
 
 #[test]
 fn a_huge_file_is_refused_as_not_a_secret() {
-    let big: Vec<u8> = (0..MAX_SECRET_BYTES + 1).map(|i| (i * 7919 % 251) as u8).collect();
+    let big: Vec<u8> = (0..MAX_SECRET_BYTES + 1)
+        .map(|i| (i * 7919 % 251) as u8)
+        .collect();
     let f = file_with(&big);
     assert!(problem(Secret::from_file(f.path())).contains("check the path"));
 }
@@ -124,7 +128,9 @@ async fn the_same_file_bytes_authenticate_and_one_changed_byte_does_not() {
         Secret::from_file(c.path()).unwrap(),
     );
     let (source, peer) = Credentials::pair(&sa).unwrap();
-    let with = |c: &Credentials, s: &Secret| Credentials::new(c.key().clone(), c.trusted().clone(), s.clone());
+    let with = |c: &Credentials, s: &Secret| {
+        Credentials::new(c.key().clone(), c.trusted().clone(), s.clone())
+    };
     let uuid = [1; 16];
     let resume = twinfs_replicate::ResumePoint {
         applied_cp: None,

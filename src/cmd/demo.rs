@@ -266,11 +266,18 @@ fn write_secret(p: &Path) -> Result<(), CmdError> {
     let dir = p.parent().unwrap_or(Path::new("."));
     let key = twinfs_replicate::StaticKey::generate().map_err(|e| fail("make a key pair", e))?;
     let public = key
-        .write_files(&dir.join(twinfs_replicate::keys::DEFAULT_KEY_FILE), "demo", true)
+        .write_files(
+            &dir.join(twinfs_replicate::keys::DEFAULT_KEY_FILE),
+            "demo",
+            true,
+        )
         .map_err(|e| fail("write the key pair", e))?;
-    std::fs::copy(public, dir.join(twinfs_replicate::keys::DEFAULT_TRUSTED_FILE))
-        .map(|_| ())
-        .map_err(|e| fail("write the trusted keys", e))
+    std::fs::copy(
+        public,
+        dir.join(twinfs_replicate::keys::DEFAULT_TRUSTED_FILE),
+    )
+    .map(|_| ())
+    .map_err(|e| fail("write the trusted keys", e))
 }
 
 fn free_port() -> Result<u16, CmdError> {

@@ -142,7 +142,9 @@ pub fn secret_file(path: &Path, secret: &[u8]) -> PathBuf {
     let key = dir.join(twinfs_replicate::keys::DEFAULT_KEY_FILE);
     if !key.exists() {
         let pair = twinfs_replicate::StaticKey::generate().expect("a key pair");
-        let public = pair.write_files(&key, "test", false).expect("write the key pair");
+        let public = pair
+            .write_files(&key, "test", false)
+            .expect("write the key pair");
         let trusted = dir.join(twinfs_replicate::keys::DEFAULT_TRUSTED_FILE);
         fs::copy(public, trusted).expect("write trusted-keys");
     }

@@ -4,12 +4,13 @@
 //! key and the shared secret). Until then it holds nothing of the directory:
 //! at most [`MAX_UNAUTHENTICATED`] connections (and [`MAX_UNAUTHENTICATED_PER_IP`]
 //! from one address) may be in the handshake at once, each with a buffer of a
-//! few KiB; when a new one arrives over either bound, the oldest in the
-//! handshake (of that address, or overall) is dropped to make room, and one
-//! whose first frame does not arrive within `FIRST_FRAME_TIMEOUT_MS` is
-//! dropped too. A flood of idle or slow connections therefore delays a real
-//! source — whose handshake takes a few round trips — by no more than it
-//! takes to connect, and costs bounded memory. Only an authenticated source
+//! few KiB; when a new one arrives over either bound, one in the handshake (of
+//! that address, or overall) is dropped to make room: the oldest of those that
+//! have not yet sent their first two frames (a real source sends both at once,
+//! right after connecting), else the oldest. One whose first frame does not
+//! arrive within `FIRST_FRAME_TIMEOUT_MS` is dropped too. A flood of idle or
+//! slow connections therefore costs bounded memory and does not keep a real
+//! source out. Only an authenticated source
 //! takes the directory's session lock; the first volume served binds the
 //! directory, any other is refused naming both UUIDs, and one that arrives
 //! while a session is active is refused with a reason. A session is three
@@ -24,9 +25,13 @@
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Mutex, OwnedMutexGuard};
@@ -67,6 +72,11 @@ pub const MAX_UNAUTHENTICATED: usize = 128;
 /// Connections from one address in the handshake at once; a new one over the
 /// bound drops that address's oldest.
 pub const MAX_UNAUTHENTICATED_PER_IP: usize = 32;
+
+/// Bytes after which a connection in the handshake counts as a source that
+/// has spoken (more than a `Hello` frame; the source's first two frames take
+/// about 175).
+pub const SPOKEN_BYTES: u64 = 128;
 
 /// How a peer daemon runs.
 pub struct PeerConfig {
@@ -118,35 +128,100 @@ struct Shared {
     shutdown: watch::Receiver<bool>,
 }
 
+/// A connection in the handshake.
+struct Pending {
+    id: u64,
+    ip: IpAddr,
+    task: AbortHandle,
+    /// Bytes it has sent so far.
+    received: Arc<AtomicU64>,
+}
+
 /// The connections in the handshake, oldest first.
 #[derive(Default)]
 struct Unauthenticated {
-    entries: VecDeque<(u64, IpAddr, AbortHandle)>,
+    entries: VecDeque<Pending>,
     next_id: u64,
 }
 
 impl Unauthenticated {
-    /// Makes room for one more connection from `ip`: drops that address's
-    /// oldest when it has its share, else the oldest overall when full.
+    /// Makes room for one more connection from `ip`: when that address has
+    /// its share, drops one of its connections, else when the table is full,
+    /// one of all; of those, the oldest that has not spoken, else the oldest.
     fn make_room(&mut self, ip: IpAddr) {
-        let same = self.entries.iter().filter(|(_, a, _)| *a == ip).count();
-        let victim = if same >= MAX_UNAUTHENTICATED_PER_IP {
-            self.entries.iter().position(|(_, a, _)| *a == ip)
-        } else if self.entries.len() >= MAX_UNAUTHENTICATED {
-            Some(0)
-        } else {
-            None
-        };
-        if let Some(i) = victim {
-            if let Some((_, addr, task)) = self.entries.remove(i) {
-                log::debug!("dropping the oldest connection in the handshake (from {addr}) to make room");
-                task.abort();
-            }
+        let same = self.entries.iter().filter(|p| p.ip == ip).count();
+        let among = |p: &Pending| same < MAX_UNAUTHENTICATED_PER_IP || p.ip == ip;
+        if same < MAX_UNAUTHENTICATED_PER_IP && self.entries.len() < MAX_UNAUTHENTICATED {
+            return;
+        }
+        let silent = self
+            .entries
+            .iter()
+            .position(|p| among(p) && p.received.load(Ordering::Relaxed) < SPOKEN_BYTES);
+        let victim = silent.or_else(|| self.entries.iter().position(among));
+        if let Some(p) = victim.and_then(|i| self.entries.remove(i)) {
+            log::debug!(
+                "dropping a connection in the handshake (from {}, {} bytes received) to make room",
+                p.ip,
+                p.received.load(Ordering::Relaxed)
+            );
+            p.task.abort();
         }
     }
 
     fn remove(&mut self, id: u64) {
-        self.entries.retain(|(i, _, _)| *i != id);
+        self.entries.retain(|p| p.id != id);
+    }
+}
+
+/// A stream that counts the bytes read from it (how far a connection in the
+/// handshake got).
+struct Counted<S> {
+    inner: S,
+    received: Arc<AtomicU64>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        self.received.fetch_add(n as u64, Ordering::Relaxed);
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }
 
@@ -267,8 +342,10 @@ async fn accept_loop(
                     let id = t.next_id;
                     t.next_id += 1;
                     let slot = HandshakeSlot { table: table.clone(), id };
+                    let received = Arc::new(AtomicU64::new(0));
+                    let stream = Counted { inner: stream, received: received.clone() };
                     let task = sessions.spawn(serve(stream, addr, shared.clone(), slot));
-                    t.entries.push_back((id, addr.ip(), task));
+                    t.entries.push_back(Pending { id, ip: addr.ip(), task, received });
                 }
                 Err(e) => {
                     log::warn!("accepting a connection failed: {e}");
@@ -309,7 +386,12 @@ async fn accept_loop(
 }
 
 /// Authenticates one connection and, if it is admitted, runs its session.
-async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, slot: HandshakeSlot) {
+async fn serve(
+    stream: Counted<TcpStream>,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    slot: HandshakeSlot,
+) {
     let authenticated = authenticate_source(stream, &shared.credentials).await;
     // Authenticated or not, the connection is no longer in the handshake (and
     // may no longer be dropped to make room).
@@ -358,7 +440,7 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, slot: H
 /// The admission of an authenticated source: the directory must be usable
 /// and the announced volume within the binding policy and the limits.
 fn admit(
-    source: &Authenticated<TcpStream>,
+    source: &Authenticated<Counted<TcpStream>>,
     replica: &mut Replica,
 ) -> std::result::Result<crate::handshake::ResumePoint, ReplicateError> {
     let announce = source.announce();
@@ -403,7 +485,7 @@ enum Inbound {
 }
 
 async fn run_session(
-    session: Session<TcpStream>,
+    session: Session<Counted<TcpStream>>,
     replica: OwnedMutexGuard<Replica>,
     mut shutdown: watch::Receiver<bool>,
 ) {

@@ -322,7 +322,11 @@ impl Replica {
     /// The binding policy with the size limit: the volume the source
     /// announced (UUID and size in blocks) must fit the limits, then
     /// [`Replica::accept_uuid`] decides. Its size bounds the CPs that follow.
-    pub fn accept_volume(&mut self, uuid: [u8; 16], blocks: u64) -> std::result::Result<(), String> {
+    pub fn accept_volume(
+        &mut self,
+        uuid: [u8; 16],
+        blocks: u64,
+    ) -> std::result::Result<(), String> {
         let committed = self.image.committed().map(|sb| sb.total_blocks);
         self.limits.check_volume(&self.dir, committed, blocks)?;
         self.accept_uuid(uuid)?;
