@@ -425,7 +425,7 @@ fn ct_eq(a: &[u8; KEY_BYTES], b: &[u8; KEY_BYTES]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn wipe_string(s: &mut String) {
+fn wipe_string(s: &mut str) {
     // SAFETY: zero bytes are valid UTF-8.
     wipe(unsafe { s.as_bytes_mut() });
 }

@@ -625,6 +625,66 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn compression_follows_the_policy_and_the_backlog() {
+        // Small enough for the in-memory pipe to hold a whole frame.
+        let batch = vec![0x3C; 16 * 1024];
+        let (mut source, mut peer) = pair().await;
+        let mut wire = Vec::new();
+        for (id, policy, backlog) in [
+            (1, Compression::Never, usize::MAX),
+            (2, Compression::Auto, 0),
+            (3, Compression::Auto, AUTO_COMPRESS_BACKLOG_BYTES),
+            (4, Compression::Always, 0),
+        ] {
+            source.sender_mut().set_compression(policy);
+            source.sender_mut().note_backlog(backlog);
+            wire.push(source.send_transfer(id, &batch).await.expect("send"));
+            let got = peer.recv().await.expect("recv");
+            assert_eq!(
+                got,
+                Message::Transfer {
+                    id,
+                    batch: batch.clone()
+                }
+            );
+        }
+        let big = batch.len();
+        assert!(wire[0] > big && wire[1] > big, "not compressed: {wire:?}");
+        assert!(
+            wire[2] < big / 8 && wire[3] < big / 8,
+            "compressed: {wire:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn keys_are_replaced_on_the_byte_and_the_time_budget() {
+        let (source, peer) = pair().await;
+        let (mut tx, _source_rx) = source.split();
+        let (_peer_tx, mut rx) = peer.split();
+        tx.set_rekey_budget(10_000, std::time::Duration::from_secs(3600));
+        for id in 1..=40u64 {
+            let batch = vec![id as u8; 1000];
+            tx.send_transfer(id, &batch).await.expect("send");
+            assert_eq!(
+                rx.recv().await.expect("recv"),
+                Message::Transfer { id, batch }
+            );
+        }
+        // About one key per ten 1 KB transfers, each announced by a marker frame.
+        assert!((3..=4).contains(&tx.rekeys()), "{}", tx.rekeys());
+        assert_eq!(tx.rekeys(), rx.rekeys());
+        assert_eq!(tx.frames_sent(), FIRST_SESSION_FRAME + 40 + tx.rekeys());
+        assert_eq!(rx.frames_received(), tx.frames_sent());
+        tx.set_rekey_budget(u64::MAX, std::time::Duration::ZERO);
+        for nonce in 0..5 {
+            tx.send(&Message::Ping { nonce }).await.expect("send");
+            assert_eq!(rx.recv().await.expect("recv"), Message::Ping { nonce });
+        }
+        assert_eq!(rx.rekeys(), tx.rekeys());
+        assert!(tx.rekeys() >= 8);
+    }
+
+    #[tokio::test]
     async fn recv_is_cancel_safe() {
         let (mut source, mut peer) = pair().await;
         // A recv cancelled while nothing has arrived loses nothing.

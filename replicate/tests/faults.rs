@@ -297,6 +297,30 @@ async fn a_frame_from_another_session_does_not_open() {
 }
 
 #[tokio::test]
+async fn a_frame_sealed_before_a_rekey_does_not_open_after_it() {
+    // Transfers 1 and 2, a rekey marker, then transfer 3, which the relay
+    // replaces with the recording of transfer 1: under the same key that
+    // would be an authentic replay (OutOfSequence); under the next key it
+    // does not authenticate at all.
+    let tap = FaultPlan::new().record();
+    let (source, mut peer) = connect(tap.clone(), FaultPlan::new()).await;
+    let (mut tx, _rx) = source.split();
+    for id in 1..=2 {
+        tx.send(&transfer(id)).await.unwrap();
+        assert_eq!(peer.recv().await.unwrap(), transfer(id));
+    }
+    let old = tap.recorded()[FIRST_S2P as usize].clone();
+    tap.inject_at(FIRST_S2P + 3, Fault::Replace(old));
+    tx.set_rekey_budget(0, Duration::from_secs(3600));
+    tx.send(&transfer(3)).await.unwrap();
+    assert_eq!(tx.rekeys(), 1);
+    assert_eq!(
+        frame_error(peer.recv().await.err()),
+        (Direction::SourceToPeer, FIRST_S2P + 3, FrameFault::BadTag)
+    );
+}
+
+#[tokio::test]
 async fn a_recorded_handshake_cannot_be_replayed() {
     let tap = FaultPlan::new().record();
     let _ = connect(tap.clone(), FaultPlan::new()).await;
