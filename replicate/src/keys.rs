@@ -361,7 +361,7 @@ fn read_key_file(path: &Path, forbidden_mode: u32, fix: &str) -> Result<String> 
     let file = std::fs::File::open(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             problem(
-                "it does not exist; make a key pair with `twinfs keygen FILE` on each machine and list each machine's FILE.pub in the other's trusted keys file (see twinfs(8), KEYS)".into(),
+                "it does not exist; make a key pair with `twinfs keygen FILE` on each machine and list each machine's FILE.pub in the other's trusted keys file".into(),
             )
         } else {
             problem(format!("cannot open it ({e})"))

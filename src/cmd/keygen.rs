@@ -15,7 +15,7 @@ pub fn run(args: KeygenArgs) -> Result<(), CmdError> {
     let comment = args.comment.unwrap_or_else(host_name);
     let public = key
         .write_files(&args.file, &comment, args.force)
-        .map_err(|e| CmdError::failed(&what, e, "choose a writable path"))?;
+        .map_err(|e| CmdError::failed(&what, e, "see KEYS in twinfs(8)"))?;
     debug_assert_eq!(public, public_key_path(&args.file));
     println!("{}", key.public().to_line(&comment));
     eprintln!(

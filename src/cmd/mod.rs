@@ -79,7 +79,7 @@ pub(crate) fn load_credentials(
         CmdError::failed(
             command,
             e,
-            "see twinfs(8), KEYS: `twinfs keygen` makes a key pair, each side lists the other's KEY.pub in its trusted keys",
+            "KEYS in twinfs(8) shows how to set up the key files and the secret",
         )
     })
 }
