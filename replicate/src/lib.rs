@@ -14,6 +14,7 @@ pub mod handshake;
 mod kdf;
 pub mod message;
 pub mod peer;
+pub mod relay;
 pub mod seal;
 pub mod secret;
 pub mod session;

@@ -16,6 +16,7 @@ pub mod mkfs;
 pub mod mount;
 pub mod peer;
 pub mod promote;
+pub mod relay;
 pub mod snapshot;
 pub mod status;
 pub mod verify;
@@ -33,6 +34,7 @@ pub fn run(command: Command) -> Result<(), CmdError> {
         Command::Promote(args) => promote::run(args),
         Command::Fsck(args) => fsck::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Relay(args) => relay::run(args),
     }
 }
 
