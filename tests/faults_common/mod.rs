@@ -150,3 +150,132 @@ impl Drop for Relay {
         self.stop();
     }
 }
+
+pub mod ledger;
+
+/// A directory opened in a mount: every operation goes through its
+/// descriptor, so nothing a writer does after the daemon died can land in
+/// the directory under the mount point (those fail with ENOTCONN instead).
+pub struct DirFd {
+    file: fs::File,
+}
+
+fn cname(name: &str) -> std::ffi::CString {
+    std::ffi::CString::new(name).expect("no NUL in a name")
+}
+
+fn check(rc: libc::c_int) -> std::io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+impl DirFd {
+    pub fn open(path: &Path) -> std::io::Result<DirFd> {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("path");
+        // SAFETY: valid C string; the result is checked.
+        let fd = check(unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_DIRECTORY | libc::O_RDONLY | libc::O_CLOEXEC,
+            )
+        })?;
+        // SAFETY: fd was just opened and is owned here.
+        Ok(DirFd {
+            file: unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) },
+        })
+    }
+
+    fn raw(&self) -> i32 {
+        std::os::fd::AsRawFd::as_raw_fd(&self.file)
+    }
+
+    /// Creates (or truncates) `name` for writing; `append` opens it O_APPEND
+    /// without truncating.
+    pub fn create(&self, name: &str, append: bool) -> std::io::Result<fs::File> {
+        let flags = libc::O_CREAT
+            | libc::O_WRONLY
+            | libc::O_CLOEXEC
+            | if append {
+                libc::O_APPEND
+            } else {
+                libc::O_TRUNC
+            };
+        // SAFETY: valid dir fd and C string; the result is checked.
+        let fd = check(unsafe { libc::openat(self.raw(), cname(name).as_ptr(), flags, 0o644) })?;
+        // SAFETY: fd was just opened and is owned here.
+        Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
+    }
+
+    pub fn mkdir(&self, name: &str) -> std::io::Result<()> {
+        // SAFETY: valid dir fd and C string.
+        check(unsafe { libc::mkdirat(self.raw(), cname(name).as_ptr(), 0o755) }).map(|_| ())
+    }
+
+    pub fn rename(&self, from: &str, to: &str) -> std::io::Result<()> {
+        // SAFETY: valid dir fd and C strings.
+        check(unsafe {
+            libc::renameat(
+                self.raw(),
+                cname(from).as_ptr(),
+                self.raw(),
+                cname(to).as_ptr(),
+            )
+        })
+        .map(|_| ())
+    }
+
+    pub fn unlink(&self, name: &str) -> std::io::Result<()> {
+        // SAFETY: valid dir fd and C string.
+        check(unsafe { libc::unlinkat(self.raw(), cname(name).as_ptr(), 0) }).map(|_| ())
+    }
+
+    pub fn fsync(&self) -> std::io::Result<()> {
+        self.file.sync_all()
+    }
+}
+
+/// A small deterministic random generator (SplitMix64): a campaign's seed
+/// reproduces its choices.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `lo..hi` (`lo` if empty).
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        if hi <= lo {
+            lo
+        } else {
+            lo + self.next_u64() % (hi - lo)
+        }
+    }
+
+    /// True with probability `p`.
+    pub fn chance(&mut self, p: f64) -> bool {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p
+    }
+
+    pub fn millis(&mut self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(self.range(lo, hi))
+    }
+
+    /// A generator for a sub-task, independent of how much this one is used later.
+    pub fn fork(&mut self) -> Rng {
+        Rng(self.next_u64())
+    }
+}
