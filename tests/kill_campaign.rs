@@ -417,7 +417,11 @@ fn walk_view(root: &Path, rel: &Path, paused: &AtomicBool, found: &mut Vec<Strin
             .unwrap_or("")
             .to_string()
     };
-    if name_of(&dir) == "chain" {
+    // Only a trial's own chain (`tN/chain`): one being removed has gaps.
+    let trial_chain = rel
+        .parent()
+        .is_some_and(|p| p.to_string_lossy().starts_with('t'));
+    if name_of(&dir) == "chain" && trial_chain {
         let mut numbers: Vec<u64> = entries
             .iter()
             .filter_map(|e| e.file_name().to_str()?.strip_prefix("c-")?.parse().ok())
@@ -1147,11 +1151,17 @@ struct TrialReport {
 
 fn trial(rig: &mut Rig, n: u64, rng: &mut Rng, tally: &mut Tally) -> Result<TrialReport, String> {
     let log_mark = rig.source_log_len();
-    // Room: the oldest trial's directory goes, durably.
+    // Room: the oldest trial's directory goes, durably. It is renamed
+    // first, so that no CP shows a `chain` directory half removed (rm -r
+    // removes in directory order, which would leave gaps in the run).
     while rig.live.len() >= LIVE_TRIALS {
         let old = rig.live.pop_front().expect("a live trial");
-        let p = rig.mnt.join(format!("t{old}"));
-        fs::remove_dir_all(&p).map_err(|e| format!("rm -r {}: {e}", p.display()))?;
+        let (from, to) = (
+            rig.mnt.join(format!("t{old}")),
+            rig.mnt.join(format!("x-t{old}")),
+        );
+        fs::rename(&from, &to).map_err(|e| format!("rename {}: {e}", from.display()))?;
+        fs::remove_dir_all(&to).map_err(|e| format!("rm -r {}: {e}", to.display()))?;
         DirFd::open(&rig.mnt)
             .and_then(|d| d.fsync())
             .map_err(|e| format!("fsync of the mount after rm -r: {e}"))?;

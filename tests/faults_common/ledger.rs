@@ -391,6 +391,11 @@ mod tests {
         assert_eq!(c.problems.len(), 1, "{c:?}");
         std::fs::write(root.join("kept"), content(9, 1000)).expect("write");
         let c = l.check(root, false);
-        assert!(c.problems.iter().any(|p| p.contains("kept: 1000 bytes of seed 9")), "{c:?}");
+        assert!(
+            c.problems
+                .iter()
+                .any(|p| p.contains("kept: 1000 bytes of seed 9")),
+            "{c:?}"
+        );
     }
 }
