@@ -1361,6 +1361,11 @@ async fn receive_loop(s: Arc<Shared>, mut rx: Rx, to_sender: mpsc::UnboundedSend
                     tokio::task::block_in_place(|| s.vol.peer_acked(&sb));
                     let mut l = s.link.lock();
                     l.applied = Some((sb.cp, sb.root_hash()));
+                    // The peer holds every transfer the applied CP contains,
+                    // after a resync some only there: an fsync of those
+                    // changes has nothing more to wait for.
+                    let covered = TransferId(sb.log.next_transfer.0.saturating_sub(1));
+                    l.acked_transfer = l.acked_transfer.max(covered);
                     l.sent.retain(|&c, _| c > cp);
                     if l.resync.as_ref().is_some_and(|r| r.target_cp <= sb.cp) {
                         l.resync = None;

@@ -279,3 +279,153 @@ impl Rng {
         Rng(self.next_u64())
     }
 }
+
+// ---- a failing and slow disk: the preloaded fault shim ------------------------
+
+/// Classes of calls a [`Rule`] matches (`faultshim.c`'s `enum op`).
+pub const READ: u32 = 1;
+pub const WRITE: u32 = 2;
+pub const SYNC: u32 = 4;
+pub const TRUNCATE: u32 = 8;
+
+/// What a rule does to a matching call.
+#[derive(Clone, Copy, Debug)]
+pub enum Action {
+    /// Fails with this errno, doing nothing.
+    Error(i32),
+    /// Writes half of what was asked (and says so).
+    Short,
+    /// Waits this long, then does the call.
+    Stall(Duration),
+    /// Does the read, then flips one bit of what it returns.
+    Corrupt,
+}
+
+/// One fault rule: calls of the classes in `ops` on a file whose path
+/// contains `path`; after `skip` of them, `count` faults (< 0: no end).
+#[derive(Clone, Debug)]
+pub struct Rule {
+    pub ops: u32,
+    pub path: String,
+    pub action: Action,
+    pub skip: u64,
+    pub count: i64,
+}
+
+const SHIM_MAGIC: u32 = 0x5457_4653;
+const SHIM_RULES: usize = 8;
+const SHIM_PATH_BYTES: usize = 64;
+/// `struct rule`: four u32/i32, five u64/i64, the path.
+const RULE_BYTES: usize = 16 + 40 + SHIM_PATH_BYTES;
+const RULES_AT: usize = 8;
+const CTL_BYTES: usize = RULES_AT + SHIM_RULES * RULE_BYTES;
+const HITS_AT: usize = 40;
+const FIRED_AT: usize = 48;
+
+/// The fault shim, built for this test, and its control file.
+pub struct FaultShim {
+    pub so: PathBuf,
+    pub ctl: PathBuf,
+    file: fs::File,
+}
+
+impl FaultShim {
+    /// Compiles `faultshim.c` into `dir` and makes an empty control file.
+    pub fn build(dir: &Path) -> FaultShim {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/faults_common/faultshim.c");
+        let so = dir.join("faultshim.so");
+        let out = Command::new("cc")
+            .args(["-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-o"])
+            .arg(&so)
+            .arg(&src)
+            .arg("-ldl")
+            .output()
+            .expect("running cc (the fault shim is C, built by the test)");
+        assert!(
+            out.status.success(),
+            "building the fault shim: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ctl = dir.join("faultshim.ctl");
+        let mut init = vec![0u8; CTL_BYTES];
+        init[..4].copy_from_slice(&SHIM_MAGIC.to_le_bytes());
+        fs::write(&ctl, &init).expect("control file");
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&ctl)
+            .expect("open the control file");
+        FaultShim { so, ctl, file }
+    }
+
+    /// The environment that loads the shim into a daemon.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("LD_PRELOAD".into(), self.so.display().to_string()),
+            ("TWINFS_FAULT_CTL".into(), self.ctl.display().to_string()),
+        ]
+    }
+
+    fn put(&self, at: usize, bytes: &[u8]) {
+        std::os::unix::fs::FileExt::write_all_at(&self.file, bytes, at as u64)
+            .expect("writing the fault control file");
+    }
+
+    fn get_u64(&self, at: usize) -> u64 {
+        let mut b = [0u8; 8];
+        std::os::unix::fs::FileExt::read_exact_at(&self.file, &mut b, at as u64)
+            .expect("reading the fault control file");
+        u64::from_le_bytes(b)
+    }
+
+    /// Arms rule `i` (its counters start from zero).
+    pub fn set(&self, i: usize, rule: &Rule) {
+        assert!(i < SHIM_RULES && rule.path.len() <= SHIM_PATH_BYTES);
+        let at = RULES_AT + i * RULE_BYTES;
+        self.put(at, &0u32.to_le_bytes());
+        let (action, err, stall_ms) = match rule.action {
+            Action::Error(e) => (1i32, e, 0u64),
+            Action::Short => (2, 0, 0),
+            Action::Stall(d) => (3, 0, d.as_millis() as u64),
+            Action::Corrupt => (4, 0, 0),
+        };
+        let mut r = Vec::with_capacity(RULE_BYTES);
+        r.extend_from_slice(&0u32.to_le_bytes());
+        r.extend_from_slice(&rule.ops.to_le_bytes());
+        r.extend_from_slice(&action.to_le_bytes());
+        r.extend_from_slice(&err.to_le_bytes());
+        r.extend_from_slice(&rule.skip.to_le_bytes());
+        r.extend_from_slice(&rule.count.to_le_bytes());
+        r.extend_from_slice(&stall_ms.to_le_bytes());
+        r.extend_from_slice(&0u64.to_le_bytes());
+        r.extend_from_slice(&0u64.to_le_bytes());
+        let mut path = [0u8; SHIM_PATH_BYTES];
+        path[..rule.path.len()].copy_from_slice(rule.path.as_bytes());
+        r.extend_from_slice(&path);
+        assert_eq!(r.len(), RULE_BYTES);
+        self.put(at, &r);
+        self.put(at, &1u32.to_le_bytes());
+        let n = self.get_u64(0) >> 32;
+        if (n as usize) <= i {
+            self.put(4, &(i as u32 + 1).to_le_bytes());
+        }
+    }
+
+    /// Disarms every rule.
+    pub fn clear(&self) {
+        self.put(4, &0u32.to_le_bytes());
+        for i in 0..SHIM_RULES {
+            self.put(RULES_AT + i * RULE_BYTES, &0u32.to_le_bytes());
+        }
+    }
+
+    /// Matching calls rule `i` has seen.
+    pub fn hits(&self, i: usize) -> u64 {
+        self.get_u64(RULES_AT + i * RULE_BYTES + HITS_AT)
+    }
+
+    /// Faults rule `i` has given.
+    pub fn fired(&self, i: usize) -> u64 {
+        self.get_u64(RULES_AT + i * RULE_BYTES + FIRED_AT)
+    }
+}

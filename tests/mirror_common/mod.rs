@@ -227,12 +227,26 @@ pub struct Peer {
     pub mount: Option<PathBuf>,
     pub log: PathBuf,
     pub port: u16,
+    /// Extra environment of the process (e.g. a fault-injecting LD_PRELOAD).
+    pub env: Vec<(String, String)>,
 }
 
 impl Peer {
     /// Starts `twinfs -v peer --dir DIR --listen 127.0.0.1:PORT --secret S
     /// [--mount M]` (port 0: any) and waits until it listens.
     pub fn start(dir: &Path, port: u16, secret: &Path, mount: Option<&Path>, log: &Path) -> Peer {
+        Peer::start_with_env(dir, port, secret, mount, log, &[])
+    }
+
+    /// [`Peer::start`] with extra environment variables, kept for restarts.
+    pub fn start_with_env(
+        dir: &Path,
+        port: u16,
+        secret: &Path,
+        mount: Option<&Path>,
+        log: &Path,
+        env: &[(String, String)],
+    ) -> Peer {
         let mut p = Peer {
             child: None,
             dir: dir.to_path_buf(),
@@ -240,6 +254,7 @@ impl Peer {
             mount: mount.map(Path::to_path_buf),
             log: log.to_path_buf(),
             port,
+            env: env.to_vec(),
         };
         p.spawn();
         p
@@ -256,6 +271,7 @@ impl Peer {
             cmd.args(["--mount", s(m)]);
         }
         let child = cmd
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log_file(&self.log))
             .stderr(log_file(&self.log))
@@ -374,6 +390,7 @@ pub struct Source {
     pub mnt: PathBuf,
     pub log: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Source {
@@ -381,6 +398,17 @@ impl Source {
     /// `args` (e.g. `--peer`, `--secret`, `--mode`), waiting until the mount
     /// serves and its control socket answers.
     pub fn start(image: &Path, mnt: &Path, args: &[&str], log: &Path) -> Source {
+        Source::start_with_env(image, mnt, args, log, &[])
+    }
+
+    /// [`Source::start`] with extra environment variables for the daemon.
+    pub fn start_with_env(
+        image: &Path,
+        mnt: &Path,
+        args: &[&str],
+        log: &Path,
+        env: &[(String, String)],
+    ) -> Source {
         fs::create_dir_all(mnt).expect("mount point");
         let mut src = Source {
             child: None,
@@ -388,6 +416,7 @@ impl Source {
             mnt: mnt.to_path_buf(),
             log: log.to_path_buf(),
             args: args.iter().map(|a| a.to_string()).collect(),
+            env: env.to_vec(),
         };
         src.spawn();
         src
@@ -419,6 +448,7 @@ impl Source {
         let child = Command::new(bin())
             .args(["-v", "mount", s(&self.image), s(&self.mnt), "-f"])
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log_file(&self.log))
             .stderr(log_file(&self.log))
