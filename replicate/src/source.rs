@@ -96,6 +96,10 @@ const FILL_GAP_BYTES: usize = 16 << 20;
 /// Longest pause between reconnection attempts: short, because a resync
 /// cannot start before it ends, and a refused connect costs next to nothing.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// First pause before reconnecting.
+const MIN_BACKOFF: Duration = Duration::from_millis(200);
+/// A session that lasted this long starts the pauses over from the shortest.
+const STABLE_SESSION: Duration = Duration::from_secs(10);
 
 /// Count and bytes of one kind of thing sent.
 #[derive(Default)]
@@ -728,7 +732,7 @@ fn base_covers(vol: &Volume, base: CpNumber) -> TransferId {
 }
 
 async fn connection_loop(s: Arc<Shared>) {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = MIN_BACKOFF;
     let mut last_logged: Option<String> = None;
     while !s.shutdown.load(Ordering::SeqCst) {
         s.set_phase(Phase::Connecting);
@@ -742,8 +746,15 @@ async fn connection_loop(s: Arc<Shared>) {
                 info.version
             );
             last_logged = None;
-            backoff = Duration::from_millis(200);
-            run_session(&s, session, info).await
+            let started = Instant::now();
+            let ended = run_session(&s, session, info).await;
+            // The pause starts over only after a session that lasted: a
+            // peer that fails every session at once (its disk full, say)
+            // would otherwise take a resync every 200 ms.
+            if started.elapsed() >= STABLE_SESSION {
+                backoff = MIN_BACKOFF;
+            }
+            ended
         }
         .await;
         {
