@@ -429,3 +429,90 @@ impl FaultShim {
         self.get_u64(RULES_AT + i * RULE_BYTES + FIRED_AT)
     }
 }
+
+// ---- a small file system of its own: a loop-mounted ext4 ----------------------
+
+/// A small ext4 image mounted on a loop device, for a full disk that fills
+/// quickly. Dropping it unmounts it (lazily if busy).
+pub struct LoopFs {
+    pub image: PathBuf,
+    pub mnt: PathBuf,
+    mounted: bool,
+}
+
+impl LoopFs {
+    /// `mkfs.ext4` of `size_mib` MiB in `image`, mounted on `mnt`.
+    pub fn new(image: &Path, mnt: &Path, size_mib: u64) -> LoopFs {
+        let f = fs::File::create(image).expect("loop image");
+        f.set_len(size_mib << 20).expect("size the loop image");
+        drop(f);
+        crate::mirror_common::run("mkfs.ext4", &["-q", "-F", "-m", "0", s(image)]);
+        fs::create_dir_all(mnt).expect("loop mount point");
+        crate::mirror_common::run("mount", &["-o", "loop", s(image), s(mnt)]);
+        LoopFs {
+            image: image.to_path_buf(),
+            mnt: mnt.to_path_buf(),
+            mounted: true,
+        }
+    }
+
+    /// Bytes free for files (`statvfs` f_bavail).
+    pub fn available(&self) -> u64 {
+        let st = nix_statvfs(&self.mnt);
+        st.0 * st.1
+    }
+
+    /// Fills the file system with a ballast file until `leave` bytes are
+    /// free (within a few blocks); returns its path.
+    pub fn fill_leaving(&self, leave: u64) -> PathBuf {
+        let ballast = self.mnt.join("ballast");
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&ballast)
+            .expect("ballast");
+        let chunk = vec![0x5au8; 1 << 20];
+        while self.available() > leave + (1 << 20) {
+            f.write_all(&chunk).expect("writing ballast");
+            f.sync_all().expect("fsync ballast");
+        }
+        let rest = self.available().saturating_sub(leave) as usize;
+        if rest > 0 {
+            f.write_all(&chunk[..rest.min(chunk.len())])
+                .expect("writing ballast");
+            f.sync_all().expect("fsync ballast");
+        }
+        ballast
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 path")
+}
+
+/// (block size, blocks available) of the file system holding `path`.
+fn nix_statvfs(path: &Path) -> (u64, u64) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("path");
+    // SAFETY: buf is zeroed and filled by the call; c is a valid C string.
+    unsafe {
+        let mut buf: libc::statvfs = std::mem::zeroed();
+        assert_eq!(libc::statvfs(c.as_ptr(), &mut buf), 0, "statvfs");
+        (buf.f_frsize as u64, buf.f_bavail as u64)
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        if self.mounted {
+            let ok = Command::new("umount")
+                .arg(&self.mnt)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+            }
+            self.mounted = false;
+        }
+    }
+}
