@@ -10,6 +10,8 @@
 # the trial log to target/campaign/SEED/log. A failure stops the campaign,
 # prints the trial, its fault and the seed, and keeps the scratch directory
 # with every daemon's log. Needs root and /dev/fuse (as the CI tests do).
+# It takes a lock of its own, not the one the mirror tests share, so other
+# test runs on the machine are not held up for hours.
 #
 #   TWINFS_CAMPAIGN_MODES   e.g. "sync,strict" (default all three)
 #   TWINFS_CAMPAIGN_BLOCK   trials per mode before the next (default 20)
@@ -30,5 +32,6 @@ TWINFS_CAMPAIGN_BLOCK="${TWINFS_CAMPAIGN_BLOCK:-20}" \
 TWINFS_CAMPAIGN_TRIALS="${TWINFS_CAMPAIGN_TRIALS:-1000000}" \
 TWINFS_CAMPAIGN_MIN_TRIALS=1 \
 TWINFS_CAMPAIGN_REPORT="$PWD/$out/report.json" \
+TWINFS_TEST_LOCK="$PWD/$out/lock" \
     nice -n 15 cargo test --release --locked --test kill_campaign -- \
     --exact kill_campaign_loses_no_fsynced_byte --nocapture 2>&1 | tee "$out/log"

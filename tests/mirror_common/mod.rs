@@ -105,15 +105,21 @@ pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
 
 /// Holds an exclusive lock on a file in /tmp for the life of a test, so the
 /// mirror tests of every test binary (cargo test, nextest) run one at a time.
+/// `TWINFS_TEST_LOCK` names another lock file: a soak run by hand
+/// (tests/campaign.sh) takes its own, not to hold up other test runs for hours.
 pub struct Serial(fs::File);
 
 pub fn serial() -> Serial {
     let _ = env_logger::builder().is_test(true).try_init();
+    let path = std::env::var_os("TWINFS_TEST_LOCK").map_or_else(
+        || PathBuf::from("/tmp/twinfs-mirror-tests.lock"),
+        PathBuf::from,
+    );
     let f = fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open("/tmp/twinfs-mirror-tests.lock")
+        .open(&path)
         .expect("lock file");
     // SAFETY: flock on a descriptor we own.
     let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) };
