@@ -768,6 +768,12 @@ fn a_full_peer_disk_refuses_what_it_cannot_store_and_recovers() {
                         .contains("degraded"),
                     "sync mode says it carries on without the peer: {st:#}"
                 );
+                assert!(
+                    st["peer"]["last_error"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("No space left on device")),
+                    "the source's status names the peer's full disk: {st:#}"
+                );
             }
             _ => {
                 let err = err.expect("strict fsync with the peer's disk full");
