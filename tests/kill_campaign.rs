@@ -756,24 +756,55 @@ fn chain_writer(dir: DirFd, f: Flags, mut rng: Rng) -> Outcome {
 fn rsync_tree(outside: PathBuf, trial_dir: PathBuf, f: Flags, durable: Arc<AtomicBool>) -> Outcome {
     // The child's working directory is the trial's directory in the mount:
     // if the mount goes away, its relative paths fail instead of writing
-    // into the directory under the mount point.
-    let out = Command::new("rsync")
-        .args(["-aHAX", &format!("{}/", outside.display()), "tree/"])
+    // into the directory under the mount point. Its three processes can
+    // hang on each other once the file system is gone under them: it is
+    // killed 10 s after the source was, and gives up after 60 s of silence.
+    let log = trial_dir
+        .parent()
+        .and_then(Path::parent)
+        .expect("the trial directory is in the mount, in the rig's root")
+        .join("rsync.log");
+    let log_file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .expect("rsync log");
+    let child = Command::new("rsync")
+        .args([
+            "-aHAX",
+            "--timeout=60",
+            &format!("{}/", outside.display()),
+            "tree/",
+        ])
         .current_dir(&trial_dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output();
-    let out = match out {
-        Ok(o) => o,
+        .stderr(log_file)
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
         Err(e) => return f.fail(format!("rsync: {e}")),
     };
-    if !out.status.success() {
+    let mut source_gone_at: Option<Instant> = None;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st,
+            Ok(None) => {}
+            Err(e) => return f.fail(format!("rsync: {e}")),
+        }
+        if f.errors_expected.load(Ordering::SeqCst) {
+            let since = *source_gone_at.get_or_insert_with(Instant::now);
+            if since.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    if !status.success() {
         return f.fail(format!(
-            "rsync into {}: {}: {}",
+            "rsync into {}: {status} (its messages in {})",
             trial_dir.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
+            log.display()
         ));
     }
     let dir = match DirFd::open(&trial_dir) {
