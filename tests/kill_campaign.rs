@@ -42,7 +42,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use faults_common::ledger::{content, recognise, Ledger};
+use faults_common::ledger::{content, recognise, Ledger, Seen};
 use faults_common::{DirFd, Relay, Rng};
 use mirror_common::*;
 
@@ -1522,5 +1522,72 @@ fn kill_campaign_loses_no_fsynced_byte() {
     assert!(
         tally.durable_files_source > 0 && tally.fsyncs > 0,
         "{report:#}"
+    );
+}
+
+// ---- the checker itself ----------------------------------------------------------
+
+#[test]
+fn the_ledger_recognises_a_prefix_and_not_garbage() {
+    let c = content(42, 10_000);
+    assert_eq!(
+        recognise(&c[..5000]),
+        Ok(Seen::Prefix {
+            seed: 42,
+            full_len: 10_000
+        })
+    );
+    assert_eq!(recognise(&c[..10]), Ok(Seen::Stub));
+    assert_eq!(recognise(b""), Ok(Seen::Stub));
+    let mut bad = c.clone();
+    bad[7000] ^= 1;
+    assert!(recognise(&bad).is_err());
+    let mut zeros = c.clone();
+    zeros[4096..8192].fill(0);
+    assert!(recognise(&zeros).is_err());
+    assert!(recognise(&[0u8; 100]).is_err());
+}
+
+/// The checker itself: a lost, shortened, resurrected or foreign file
+/// is reported, with the durable bytes it lost; what was never made
+/// durable may be missing.
+#[test]
+fn the_ledger_check_reports_every_kind_of_loss() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let mut l = Ledger::default();
+    let p = |n: &str| PathBuf::from(n);
+    for (name, seed) in [("kept", 1), ("lost", 2), ("short", 3), ("maybe", 4)] {
+        l.writing(&p(name), seed, 1000, 1000);
+        std::fs::write(root.join(name), content(seed, 1000)).expect("write");
+    }
+    for name in ["kept", "lost", "short"] {
+        l.fsynced(&p(name), 1000);
+    }
+    l.writing(&p("gone"), 5, 100, 100);
+    l.fsynced(&p("gone"), 100);
+    l.unlink_durable(&p("gone"));
+    std::fs::write(root.join("gone"), content(5, 100)).expect("write");
+    std::fs::remove_file(root.join("lost")).expect("rm");
+    std::fs::remove_file(root.join("maybe")).expect("rm");
+    std::fs::write(root.join("short"), &content(3, 1000)[..600]).expect("write");
+    let c = l.check(root, true);
+    assert_eq!(c.bytes_lost, 1000 + 400, "{c:?}");
+    assert_eq!(c.durable_files, 3, "{c:?}");
+    let text = c.problems.join("\n");
+    assert!(text.contains("lost: missing"), "{text}");
+    assert!(text.contains("short: 600 bytes"), "{text}");
+    assert!(text.contains("gone: exists"), "{text}");
+    assert!(!text.contains("kept") && !text.contains("maybe"), "{text}");
+    // Without the durability promise only wrong contents count.
+    let c = l.check(root, false);
+    assert_eq!(c.problems.len(), 1, "{c:?}");
+    std::fs::write(root.join("kept"), content(9, 1000)).expect("write");
+    let c = l.check(root, false);
+    assert!(
+        c.problems
+            .iter()
+            .any(|p| p.contains("kept: 1000 bytes of seed 9")),
+        "{c:?}"
     );
 }
