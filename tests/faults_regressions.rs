@@ -230,3 +230,68 @@ fn readers_of_the_replica_view_never_fail_while_a_full_resync_overwrites_it() {
     assert!(reads.load(Ordering::Relaxed) > 0);
     let _ = &mut peer;
 }
+
+/// Found by the kill campaign (seed 4245, at the tree comparison after a
+/// trial): right after the replica view switched to a CP in which `cfg` had
+/// been replaced by a rename, reading `view/.../cfg` failed with ENOENT,
+/// though both CPs hold a `cfg`. The kernel still had the name cached (for
+/// the view's 1 s entry TTL) with the old file's inode number, which the new
+/// CP does not have; the view answered ENOENT for that inode where ESTALE
+/// makes the kernel look the name up again.
+#[test]
+fn a_file_replaced_by_rename_reads_in_the_replica_view_right_after_the_switch() {
+    let _serial = serial();
+    let mut p = Pair::start("256M", true, &[]);
+    p.peer.wait_view();
+    let replica = p.replica.clone();
+    for round in 0..6u64 {
+        let old = pattern(5000 + round as usize, round);
+        fs::write(p.src.path("cfg"), &old).unwrap();
+        p.src.checkpoint();
+        wait_same_content(&replica.join("cfg"), &old);
+        // The kernel now caches the name `cfg` with the old inode.
+        let new = pattern(7000 + round as usize, 100 + round);
+        fs::write(p.src.path("cfg.tmp"), &new).unwrap();
+        fs::rename(p.src.path("cfg.tmp"), p.src.path("cfg")).unwrap();
+        let cp = p.src.checkpoint();
+        // Read as soon as the view shows the new CP (within the entry TTL).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while dir_status(&p.dir)["applied_cp"].as_u64() < Some(cp) {
+            assert!(Instant::now() < deadline, "the peer did not apply CP {cp}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match fs::read(replica.join("cfg")) {
+                Ok(got) if got == new => break,
+                // Until the view has switched it may show the old file.
+                Ok(got) if got == old => {}
+                Ok(got) => panic!(
+                    "round {round}: the view shows {} bytes of neither version",
+                    got.len()
+                ),
+                Err(e) => {
+                    panic!("round {round}: reading cfg in the view right after the switch: {e}")
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: the view kept the old cfg"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+/// Waits until `path` (in a replica view) holds `want`.
+fn wait_same_content(path: &std::path::Path, want: &[u8]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fs::read(path).ok().as_deref() != Some(want) {
+        assert!(
+            Instant::now() < deadline,
+            "{} never showed the new content",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
