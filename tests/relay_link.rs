@@ -18,6 +18,8 @@ struct Joined {
     relay: Relay,
     client: TcpStream,
     server: TcpStream,
+    /// Where the relay connects to (kept open for later connections).
+    listener: TcpListener,
     _dir: tempfile::TempDir,
 }
 
@@ -38,6 +40,7 @@ fn joined(extra: &[&str]) -> Joined {
         relay,
         client,
         server,
+        listener,
         _dir: dir,
     }
 }
@@ -151,8 +154,13 @@ fn a_partition_holds_bytes_one_way_or_both_until_it_heals() {
     assert_eq!(read_exactly(&mut j.server, 1), b"a");
     assert_eq!(read_exactly(&mut j.client, 1), b"b");
     assert_eq!(j.relay.stats()["partitions"], 2);
+    // Healed, the held connection is joined to the target.
+    let (mut late_server, _) = j.listener.accept().expect("the held connection arrives");
     late.write_all(b"late").expect("write");
-    drop(late);
+    late_server
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    assert_eq!(read_exactly(&mut late_server, 4), b"late");
 }
 
 #[test]
