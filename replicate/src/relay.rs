@@ -12,7 +12,8 @@
 //! the application:
 //!
 //! - **latency and jitter**: the delay line. A round trip costs twice the
-//!   one-way delay.
+//!   one-way delay (and up to a millisecond or so more each way: the timer
+//!   has a 1 ms grain; without delay the relay adds no timer at all).
 //! - **bandwidth**: a token bucket per direction, shared by the connections.
 //! - **packet loss**: TCP retransmits a lost segment after a timeout, so a
 //!   loss is a *stall* of the direction for [`STALL`] (Linux's minimum RTO),
@@ -666,7 +667,11 @@ where
     let writer = async {
         let mut state = shared.state.subscribe();
         while let Some(chunk) = rx.recv().await {
-            tokio::time::sleep_until(chunk.due).await;
+            // The timer has a 1 ms grain: a chunk already due goes at once
+            // (with no delay the relay adds no latency of its own).
+            if chunk.due > Instant::now() {
+                tokio::time::sleep_until(chunk.due).await;
+            }
             // A blocked direction holds its bytes until healed.
             while state.borrow_and_update().blocked(way) {
                 if state.changed().await.is_err() {
