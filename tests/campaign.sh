@@ -9,7 +9,9 @@
 # bytes checked, bytes lost) is written to target/campaign/SEED/report.json,
 # the trial log to target/campaign/SEED/log. A failure stops the campaign,
 # prints the trial, its fault and the seed, and keeps the scratch directory
-# with every daemon's log. Needs root and /dev/fuse (as the CI tests do).
+# with every daemon's log. `touch target/campaign/SEED/stop` ends it early,
+# cleanly (after the trial under way and its block's checks).
+# Needs root and /dev/fuse (as the CI tests do).
 # It takes a lock of its own, not the one the mirror tests share, so other
 # test runs on the machine are not held up for hours.
 #
@@ -33,5 +35,6 @@ TWINFS_CAMPAIGN_TRIALS="${TWINFS_CAMPAIGN_TRIALS:-1000000}" \
 TWINFS_CAMPAIGN_MIN_TRIALS=1 \
 TWINFS_CAMPAIGN_REPORT="$PWD/$out/report.json" \
 TWINFS_TEST_LOCK="$PWD/$out/lock" \
+TWINFS_CAMPAIGN_STOP="$PWD/$out/stop" \
     nice -n 15 cargo test --release --locked --test kill_campaign -- \
     --exact kill_campaign_loses_no_fsynced_byte --nocapture 2>&1 | tee "$out/log"
