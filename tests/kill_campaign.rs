@@ -1413,7 +1413,7 @@ fn finish_trial(
     // source hears the CP was applied): the trial's own directory, and
     // every tenth trial the whole tree (equal root hashes, above, already
     // say the images are equal byte for byte).
-    let sub = if n % 10 == 0 {
+    let sub = if n.is_multiple_of(10) {
         PathBuf::new()
     } else {
         PathBuf::from(format!("t{n}"))
