@@ -610,6 +610,12 @@ fn close_primary(p: Primary) -> Result<(), String> {
 // ---- the replica view and the takeover ------------------------------------
 
 impl ReplicaView for Node {
+    fn before_overwrite(&self, _cp: u64) {
+        if let Role::Replica(Replica_ { view: Some(v), .. }) = &self.state.lock().role {
+            v.vol.begin_overwrite();
+        }
+    }
+
     fn after_commit(&self, cp: u64, _root_hash: [u8; 32]) {
         let (dir, has_view) = match &self.state.lock().role {
             Role::Replica(r) => (r.dir.clone(), r.view.is_some()),

@@ -350,6 +350,12 @@ struct Inner {
     /// No CPs: the volume only reads (opened read-only, or demoted), and
     /// may follow another writer's CPs with [`Volume::reload`].
     read_only: AtomicBool,
+    /// Counts the times the image shown by a read-only volume moved: each
+    /// [`Volume::reload`] and each [`Volume::begin_overwrite`].
+    image_moves: AtomicU64,
+    /// Blocks of the shown image are being overwritten, until the next
+    /// [`Volume::reload`].
+    overwriting: AtomicBool,
     stats: VolumeStats,
 }
 
@@ -573,6 +579,8 @@ impl Volume {
             closed: AtomicBool::new(false),
             writable: AtomicBool::new(!cfg.read_only),
             read_only: AtomicBool::new(cfg.read_only),
+            image_moves: AtomicU64::new(0),
+            overwriting: AtomicBool::new(false),
             stats: VolumeStats::default(),
             cfg,
         });
@@ -709,7 +717,38 @@ impl Volume {
         st.snapshots = snapshots;
         st.lineage = sb.lineage.clone();
         st.image = sb;
+        self.inner.image_moves.fetch_add(1, Ordering::SeqCst);
+        self.inner.overwriting.store(false, Ordering::SeqCst);
         Ok(st.image.cp)
+    }
+
+    /// The writer of this read-only volume's device is about to overwrite
+    /// blocks of the image it shows (a replica's staged blocks); the next
+    /// [`Volume::reload`] shows the image they belong to. Reads that fail
+    /// their hash check meanwhile are worth retrying after it.
+    pub fn begin_overwrite(&self) {
+        self.inner.overwriting.store(true, Ordering::SeqCst);
+        self.inner.image_moves.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// How many times the shown image moved (see [`Volume::begin_overwrite`]
+    /// and [`Volume::reload`]): a read that failed while this changed may
+    /// have read a block of the next image, and is worth retrying.
+    pub fn image_moves(&self) -> u64 {
+        self.inner.image_moves.load(Ordering::SeqCst)
+    }
+
+    /// Waits (up to `limit`) until no overwrite of the shown image is under
+    /// way; returns whether none is.
+    pub fn wait_not_overwriting(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while self.inner.overwriting.load(Ordering::SeqCst) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
     }
 
     /// Installs the mirroring layer's hooks.
