@@ -27,6 +27,10 @@ pub fn run(argv: Vec<OsString>) -> u8 {
         Ok(helper::Helper::NotHelper) => argv,
         Ok(helper::Helper::Run(translated)) => translated,
         Ok(helper::Helper::Fake) => return 0,
+        Ok(helper::Helper::Print(text)) => {
+            print!("{text}");
+            return 0;
+        }
         Err(msg) => {
             eprintln!("twinfs: mount helper: {msg}");
             return EXIT_USAGE;

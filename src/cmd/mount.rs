@@ -152,7 +152,7 @@ fn serve(config: &MountConfig, what: &str, ready: &mut Ready) -> Result<(), CmdE
         },
     });
     let started = Node::start_primary(settings, &config.image, read_only, mirror_to)
-        .map_err(|e| CmdError::failed(what, e, "see the message for what to fix"))?;
+        .map_err(|e| CmdError::said(what, e))?;
     *node
         .lock()
         .map_err(|_| CmdError::failed(what, "lock poisoned", "report a bug"))? =
@@ -243,6 +243,9 @@ pub fn check(args: &MountArgs) -> Result<MountConfig, CmdError> {
         &config.mountpoint,
         "create the mount point directory first",
     )?;
+    if !config.nonempty {
+        refuse_nonempty(&config.mountpoint)?;
+    }
     if let Some(peer) = &config.peer {
         load_credentials(
             "mount",
@@ -252,6 +255,29 @@ pub fn check(args: &MountArgs) -> Result<MountConfig, CmdError> {
         )?;
     }
     Ok(config)
+}
+
+/// Fails when `mountpoint` holds anything: the mount would hide it (and a
+/// mount point that already holds files is more often a wrong path than a
+/// wish). `-o nonempty` mounts anyway.
+fn refuse_nonempty(mountpoint: &std::path::Path) -> Result<(), CmdError> {
+    let Ok(mut entries) = std::fs::read_dir(mountpoint) else {
+        return Ok(()); // unreadable: the mount itself says why
+    };
+    if entries.next().is_none() {
+        return Ok(());
+    }
+    let count = 1 + entries.count();
+    let held = if count == 1 {
+        "1 entry".to_string()
+    } else {
+        format!("{count} entries")
+    };
+    Err(CmdError::failed(
+        format!("mount {}", mountpoint.display()),
+        format!("the mount point is not empty: mounting would hide the {held} it holds"),
+        "give an empty directory, or add -o nonempty to mount over them",
+    ))
 }
 
 #[cfg(test)]

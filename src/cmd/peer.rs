@@ -25,6 +25,13 @@ pub fn run(args: PeerArgs) -> Result<(), CmdError> {
         require_dir("peer --mount", mp, "create the mount point directory first")?;
     }
     let what = format!("peer --dir {}", args.dir.display());
+    if args.dir.exists() && !args.dir.is_dir() {
+        return Err(CmdError::failed(
+            &what,
+            "it exists and is not a directory",
+            "give a directory for the replica (it is created if missing)",
+        ));
+    }
     let credentials = load_credentials(
         &what,
         &args.secret,

@@ -108,14 +108,8 @@ pub fn run(args: StatusArgs) -> Result<(), CmdError> {
     let text = match args.target() {
         StatusTarget::Mount(mp) => {
             require_dir("status", &mp, "give the mount point of a twinfs volume")?;
-            let v =
-                crate::control::request(&mp, &crate::control::Request::Status).map_err(|e| {
-                    CmdError::failed(
-                        format!("status {}", mp.display()),
-                        e,
-                        "mount it with `twinfs mount`",
-                    )
-                })?;
+            let v = crate::control::request(&mp, &crate::control::Request::Status)
+                .map_err(|e| e.into_cmd(format!("status {}", mp.display()), "try again"))?;
             let mut v = v;
             if let Some(o) = v.as_object_mut() {
                 o.remove("ok");
@@ -140,12 +134,12 @@ pub fn run(args: StatusArgs) -> Result<(), CmdError> {
         }
         StatusTarget::Dir(dir) => {
             require_dir("status --dir", &dir, "give the --dir of a twinfs peer")?;
-            let st = twinfs_replicate::peer::peer_status(&dir).map_err(|e| {
-                CmdError::failed(
-                    format!("status --dir {}", dir.display()),
-                    e,
-                    "check that DIR is a twinfs peer directory",
-                )
+            let what = format!("status --dir {}", dir.display());
+            let st = twinfs_replicate::peer::peer_status(&dir).map_err(|e| match e {
+                twinfs_replicate::peer::PeerError::Dir { problem, .. } => {
+                    CmdError::said(what, problem)
+                }
+                e => CmdError::said(what, e),
             })?;
             render(&st, args.json)?
         }
