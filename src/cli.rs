@@ -254,6 +254,12 @@ pub struct StatusArgs {
     /// Print one JSON object instead of text
     #[arg(long)]
     pub json: bool,
+
+    /// Print the status again every SECS seconds until interrupted
+    /// (with --json: one object per line) [default SECS: 2]
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2",
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub watch: Option<u64>,
 }
 
 /// What `twinfs status` reports on.

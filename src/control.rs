@@ -20,7 +20,10 @@ use serde::{Deserialize, Serialize};
 use twinfs_fs::Volume;
 use twinfs_replicate::source::{Mirror, Mode, Phase};
 
-use crate::cmd::status::{ByteCounters, EncodingCounter, MountStatus, PeerStatus, ResyncStatus};
+use crate::cmd::status::{
+    headline, ByteCounters, Capacity, EncodingCounter, MountStatus, PeerStatus, ResyncStatus,
+    STATUS_SCHEMA_VERSION,
+};
 
 /// Longest request line accepted.
 const MAX_REQUEST_BYTES: u64 = 64 * 1024;
@@ -410,6 +413,13 @@ pub fn mount_status(t: &Target) -> MountStatus {
             ..Default::default()
         },
         lineage: twinfs_replicate::history::lineage_json(Some(&t.vol.lineage())),
+        schema_version: STATUS_SCHEMA_VERSION,
+        state: String::new(),
+        action: String::new(),
+        mode_in_force: "local".into(),
+        cp_age_secs: age_secs(v.cp_time.secs),
+        lag_cps: None,
+        capacity: capacity(&t.vol),
     };
     if let Some(m) = &t.mirror {
         let st = m.status();
@@ -450,9 +460,38 @@ pub fn mount_status(t: &Target) -> MountStatus {
             }),
             alarm: st.alarm.clone(),
             last_error: st.last_error.clone(),
-            rtt_ms: st.rtt_ms,
+            rtt_ms: st.rtt_ms.map(|ms| (ms * 1000.0).round() / 1000.0),
             divergence: st.divergence.clone(),
         });
+        s.lag_cps = Some(v.cp.0.saturating_sub(st.acked_cp.map_or(0, |c| c.0)));
+        s.mode_in_force = if st.degraded {
+            "async".into()
+        } else {
+            t.mode.name().to_string()
+        };
     }
+    let (h, action) = headline(&s, v.failed.as_deref(), v.read_only);
+    s.state = h.name().to_string();
+    s.action = action;
     s
+}
+
+/// Seconds from `secs` (since the epoch) to now; 0 for a time in the future.
+fn age_secs(secs: i64) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    now.saturating_sub(secs).max(0) as u64
+}
+
+/// The volume's space as `df` sees it, and its snapshots.
+fn capacity(vol: &Volume) -> Capacity {
+    let f = vol.statfs();
+    let block = u64::from(f.block_size);
+    Capacity {
+        size_bytes: f.blocks * block,
+        used_bytes: f.blocks.saturating_sub(f.blocks_free) * block,
+        free_bytes: f.blocks_free * block,
+        snapshots: vol.snapshot_list().len() as u64,
+    }
 }

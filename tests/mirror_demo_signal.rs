@@ -13,7 +13,7 @@ fn demo_interrupted_by_sigint_unmounts_and_stops_everything() {
     let _serial = serial();
     let dir = scratch();
     let demo = dir.path().join("demo");
-    let mut child = Command::new(bin())
+    let child = Command::new(bin())
         .args(["demo", s(&demo)])
         .stdin(Stdio::null())
         .stdout(Stdio::null())

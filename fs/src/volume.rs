@@ -261,6 +261,8 @@ pub struct VolumeStatus {
     pub peer_hold: Option<CpNumber>,
     pub failed: Option<String>,
     pub read_only: bool,
+    /// When the committed CP was taken.
+    pub cp_time: Timestamp,
 }
 
 struct State {
@@ -760,6 +762,7 @@ impl Volume {
             peer_hold,
             failed: self.inner.failed.lock().clone(),
             read_only: self.inner.read_only(),
+            cp_time: st.image.cp_time,
         }
     }
 
