@@ -198,6 +198,15 @@ pub struct MountArgs {
     /// volume within a few seconds, instead of mounting with a warning
     #[arg(long)]
     pub require_peer: bool,
+
+    /// Also append the log to FILE (in the background the log goes to the
+    /// journal, or syslog, as well)
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+
+    /// Serve Prometheus metrics over HTTP at ADDR (`GET /metrics`)
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen_addr)]
+    pub metrics: Option<HostPort>,
 }
 
 #[derive(Debug, Args)]
@@ -238,6 +247,14 @@ pub struct PeerArgs {
     /// Also serve the latest applied CP read-only on this directory
     #[arg(long, value_name = "MOUNTPOINT")]
     pub mount: Option<PathBuf>,
+
+    /// Also append the log to FILE
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+
+    /// Serve Prometheus metrics over HTTP at ADDR (`GET /metrics`)
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen_addr)]
+    pub metrics: Option<HostPort>,
 }
 
 #[derive(Debug, Args)]
@@ -798,6 +815,8 @@ pub enum TwinfsOpt {
     RequirePeer,
     /// Mount over a directory that is not empty (hiding what it holds).
     NonEmpty,
+    LogFile(PathBuf),
+    Metrics(HostPort),
 }
 
 /// fstab/mount(8) options that mean nothing to the file system itself.
@@ -861,6 +880,8 @@ impl FromStr for MountOpt {
                 None => twinfs(Ok(TwinfsOpt::RequirePeer)),
                 Some(_) => Err(format!("mount option '{key}' takes no value")),
             },
+            "log_file" => twinfs(Ok(TwinfsOpt::LogFile(PathBuf::from(need("FILE")?)))),
+            "metrics" => twinfs(parse_listen_addr(need("ADDR")?).map(TwinfsOpt::Metrics)),
             "nonempty" => match value {
                 None => twinfs(Ok(TwinfsOpt::NonEmpty)),
                 Some(_) => Err(format!("mount option '{key}' takes no value")),
@@ -906,6 +927,10 @@ pub struct MountConfig {
     pub require_peer: bool,
     /// `-o nonempty`: mount over a directory that holds files.
     pub nonempty: bool,
+    /// `--log-file`.
+    pub log_file: Option<PathBuf>,
+    /// `--metrics`.
+    pub metrics: Option<HostPort>,
 }
 
 /// Sets `slot` from a flag or an `-o` option, refusing the same setting twice.
@@ -936,6 +961,8 @@ impl MountArgs {
         let mut memory = self.memory;
         let mut require_peer = self.require_peer;
         let mut nonempty = false;
+        let mut log_file = self.log_file.clone();
+        let mut metrics = self.metrics.clone();
         let mut fuse_options = Vec::new();
         for opt in &self.options {
             match opt {
@@ -954,6 +981,8 @@ impl MountArgs {
                     TwinfsOpt::Memory(v) => set_once(&mut memory, v, "memory")?,
                     TwinfsOpt::RequirePeer => require_peer = true,
                     TwinfsOpt::NonEmpty => nonempty = true,
+                    TwinfsOpt::LogFile(v) => set_once(&mut log_file, v, "log_file")?,
+                    TwinfsOpt::Metrics(v) => set_once(&mut metrics, v, "metrics")?,
                 },
             }
         }
@@ -998,6 +1027,8 @@ impl MountArgs {
             memory_bytes,
             require_peer,
             nonempty,
+            log_file,
+            metrics,
         })
     }
 }

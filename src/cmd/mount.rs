@@ -28,6 +28,15 @@ pub fn run(args: MountArgs) -> Result<(), CmdError> {
         config.image.display(),
         config.mountpoint.display()
     );
+    if let Some(f) = &config.log_file {
+        crate::logging::add_file(f).map_err(|e| {
+            CmdError::failed(
+                format!("mount: log file {}", f.display()),
+                e,
+                "give a writable path for --log-file",
+            )
+        })?;
+    }
     let mut ready = if config.foreground {
         Ready::foreground()
     } else {
@@ -103,6 +112,16 @@ fn serve(config: &MountConfig, what: &str, ready: &mut Ready) -> Result<(), CmdE
             node.stop();
         }
     })?;
+    if let Some(addr) = &config.metrics {
+        crate::metrics::serve(&addr.to_string(), crate::metrics::node_source(node.clone()))
+            .map_err(|e| {
+                CmdError::failed(
+                    format!("{what}: metrics at {addr}"),
+                    e,
+                    "give a free address for --metrics",
+                )
+            })?;
+    }
     let options = fuse_options(config);
     let read_only = options.iter().any(|o| o == "ro");
     let shares = MemoryShares::of(config.memory_bytes);
@@ -157,7 +176,6 @@ fn serve(config: &MountConfig, what: &str, ready: &mut Ready) -> Result<(), CmdE
         .lock()
         .map_err(|_| CmdError::failed(what, "lock poisoned", "report a bug"))? =
         Some(started.clone());
-    let mut warnings = Vec::new();
     if let (Some(m), Some(p)) = (started.mirror(), &config.peer) {
         if let Err(why) = m.wait_first_outcome(PEER_CHECK_WAIT) {
             let msg = format!(
@@ -173,15 +191,14 @@ fn serve(config: &MountConfig, what: &str, ready: &mut Ready) -> Result<(), CmdE
                     "fix the peer (see `twinfs status --dir` there), or mount without --require-peer",
                 ));
             }
-            log::warn!("{msg}; mounted anyway, mirroring retries by itself (see `twinfs status`)");
-            warnings.push(format!(
-                "{msg}; mounted anyway without a working mirror: see `twinfs status {}`",
+            log::warn!(
+                "{msg}; mounted anyway without a working mirror (it retries by itself): see `twinfs status {}`",
                 config.mountpoint.display()
-            ));
+            );
         }
     }
     log::info!("{what}: mounted");
-    ready.ok_with_warnings(&warnings);
+    ready.ok();
     started
         .run()
         .map_err(|e| CmdError::failed(what, e, "run `twinfs fsck` on the image"))?;

@@ -24,6 +24,15 @@ pub fn run(args: PeerArgs) -> Result<(), CmdError> {
     if let Some(mp) = &args.mount {
         require_dir("peer --mount", mp, "create the mount point directory first")?;
     }
+    if let Some(f) = &args.log_file {
+        crate::logging::add_file(f).map_err(|e| {
+            CmdError::failed(
+                format!("peer: log file {}", f.display()),
+                e,
+                "give a writable path for --log-file",
+            )
+        })?;
+    }
     let what = format!("peer --dir {}", args.dir.display());
     if args.dir.exists() && !args.dir.is_dir() {
         return Err(CmdError::failed(
@@ -62,6 +71,7 @@ pub fn run(args: PeerArgs) -> Result<(), CmdError> {
             node.stop();
         }
     })?;
+    serve_metrics(&args, &what, crate::metrics::node_source(node.clone()))?;
     let settings = PrimarySettings {
         mountpoint: std::fs::canonicalize(mp)
             .map_err(|e| CmdError::failed(&what, e, "check the mount point"))?,
@@ -105,6 +115,7 @@ fn run_daemon(
             h.shutdown();
         }
     })?;
+    serve_metrics(args, what, crate::metrics::dir_source(args.dir.clone()))?;
     let daemon = PeerDaemon::start(PeerConfig {
         dir: args.dir.clone(),
         listen: listen.to_string(),
@@ -133,4 +144,25 @@ fn run_daemon(
     daemon
         .run()
         .map_err(|e| CmdError::failed(what, e, "see the log above"))
+}
+
+/// `--metrics ADDR`: serves the peer's metrics (refusing to start when the
+/// address is taken).
+fn serve_metrics(
+    args: &PeerArgs,
+    what: &str,
+    source: crate::metrics::Source,
+) -> Result<(), CmdError> {
+    let Some(addr) = &args.metrics else {
+        return Ok(());
+    };
+    let bound = crate::metrics::serve(&addr.to_string(), source).map_err(|e| {
+        CmdError::failed(
+            format!("{what}: metrics at {addr}"),
+            e,
+            "give a free address for --metrics",
+        )
+    })?;
+    eprintln!("twinfs peer: metrics at http://{bound}/metrics");
+    Ok(())
 }
