@@ -90,6 +90,8 @@ pub enum Command {
     Keygen(KeygenArgs),
     /// Relay TCP connections through an emulated slow, lossy or partitioned link
     Relay(RelayArgs),
+    /// Print a shell completion script for bash, zsh, fish, elvish or powershell
+    Completions(CompletionsArgs),
 }
 
 impl Command {
@@ -111,6 +113,7 @@ impl Command {
             Command::Demo(_) => "demo",
             Command::Keygen(_) => "keygen",
             Command::Relay(_) => "relay",
+            Command::Completions(_) => "completions",
         }
     }
 }
@@ -421,6 +424,13 @@ pub struct DemoArgs {
     /// [default: a new temporary directory]
     #[arg(value_name = "DIR")]
     pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell: bash, zsh, fish, elvish or powershell
+    #[arg(value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]

@@ -211,3 +211,21 @@ pub fn on_termination(on_signal: impl Fn(i32) + Send + 'static) -> Result<(), Cm
         .map_err(|e| CmdError::failed("starting the signal thread", e, "try again"))?;
     Ok(())
 }
+
+/// Tells systemd (a `Type=notify` service) that the service is usable, with
+/// a status line for `systemctl status`. Does nothing outside systemd.
+pub fn notify_ready(status: &str) {
+    if let Err(e) = sd_notify::notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(status),
+    ]) {
+        log::warn!("telling systemd the service is ready: {e}");
+    }
+}
+
+/// Tells systemd the service is stopping (unmounting, final CP).
+pub fn notify_stopping() {
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Stopping]) {
+        log::debug!("telling systemd the service stops: {e}");
+    }
+}

@@ -76,9 +76,16 @@ fn answer(conn: TcpStream, source: &Source) -> std::io::Result<()> {
     let mut reader = BufReader::new((&conn).take(MAX_REQUEST_HEAD_BYTES));
     let mut request_line = String::new();
     reader.read_line(&mut request_line)?;
-    // The rest of the head, up to the blank line.
+    // The rest of the head, up to the blank line: does the scraper take
+    // OpenMetrics (Prometheus does), or the classic text format (curl,
+    // promtool)?
     let mut header = String::new();
+    let mut openmetrics = false;
     while reader.read_line(&mut header)? > 2 {
+        let h = header.to_ascii_lowercase();
+        if h.starts_with("accept:") && h.contains("application/openmetrics-text") {
+            openmetrics = true;
+        }
         header.clear();
     }
     let mut parts = request_line.split_whitespace();
@@ -89,14 +96,20 @@ fn answer(conn: TcpStream, source: &Source) -> std::io::Result<()> {
         ("404 Not Found", "see /metrics\n".to_string())
     } else {
         match source().and_then(|v| exposition(&v)) {
-            Ok(text) => ("200 OK", text),
+            Ok(text) if openmetrics => ("200 OK", text),
+            Ok(text) => ("200 OK", classic_text(&text)),
             Err(e) => ("500 Internal Server Error", format!("{e}\n")),
         }
+    };
+    let content_type = if openmetrics && status.starts_with("200") {
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    } else {
+        "text/plain; version=0.0.4; charset=utf-8"
     };
     let mut w = &conn;
     write!(
         w,
-        "HTTP/1.1 {status}\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )?;
     w.flush()
@@ -113,6 +126,31 @@ pub fn exposition(v: &Value) -> Result<String, String> {
     let mut out = String::new();
     encode(&mut out, &r).map_err(|e| format!("encoding metrics: {e}"))?;
     Ok(out)
+}
+
+/// OpenMetrics text turned into the classic Prometheus text format 0.0.4:
+/// a counter's HELP and TYPE name its `_total` series, and no `# EOF`.
+pub fn classic_text(openmetrics: &str) -> String {
+    let counters: Vec<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(&name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
 }
 
 fn u(v: &Value) -> u64 {
@@ -386,5 +424,15 @@ mod tests {
         ] {
             assert!(text.contains(line), "lacks {line:?}:\n{text}");
         }
+        let classic = classic_text(&text);
+        assert!(
+            classic.contains("# TYPE twinfs_sent_bytes_total counter\n"),
+            "{classic}"
+        );
+        assert!(
+            classic.contains("# HELP twinfs_sent_bytes_total Wire bytes"),
+            "{classic}"
+        );
+        assert!(!classic.contains("# EOF"), "{classic}");
     }
 }

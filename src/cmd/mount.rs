@@ -108,6 +108,7 @@ fn serve(config: &MountConfig, what: &str, ready: &mut Ready) -> Result<(), CmdE
     let n = node.clone();
     daemon::on_termination(move |sig| {
         log::info!("signal {sig}: unmounting");
+        daemon::notify_stopping();
         if let Some(node) = n.lock().ok().and_then(|g| g.clone()) {
             node.stop();
         }
@@ -199,9 +200,11 @@ fn serve(config: &MountConfig, what: &str, ready: &mut Ready) -> Result<(), CmdE
     }
     log::info!("{what}: mounted");
     ready.ok();
+    daemon::notify_ready(&format!("serving {}", config.mountpoint.display()));
     started
         .run()
         .map_err(|e| CmdError::failed(what, e, "run `twinfs fsck` on the image"))?;
+    daemon::notify_stopping();
     log::info!("{what}: unmounted cleanly");
     Ok(())
 }

@@ -67,6 +67,7 @@ pub fn run(args: PeerArgs) -> Result<(), CmdError> {
     let n = node.clone();
     daemon::on_termination(move |sig| {
         log::info!("signal {sig}: stopping");
+        daemon::notify_stopping();
         if let Some(node) = n.lock().ok().and_then(|g| g.clone()) {
             node.stop();
         }
@@ -94,6 +95,7 @@ pub fn run(args: PeerArgs) -> Result<(), CmdError> {
         .lock()
         .map_err(|_| CmdError::failed(&what, "lock poisoned", "report a bug"))? =
         Some(started.clone());
+    daemon::notify_ready(&format!("serving {}", args.dir.display()));
     started
         .run()
         .map_err(|e| CmdError::failed(what, e, "see the log above"))
@@ -111,6 +113,7 @@ fn run_daemon(
     let s = stop_flag.clone();
     daemon::on_termination(move |sig| {
         log::info!("signal {sig}: stopping the peer");
+        daemon::notify_stopping();
         if let Some(h) = s.lock().ok().and_then(|g| g.clone()) {
             h.shutdown();
         }
@@ -141,6 +144,11 @@ fn run_daemon(
         daemon.local_addr(),
         args.dir.display()
     );
+    daemon::notify_ready(&format!(
+        "listening on {} for {}",
+        daemon.local_addr(),
+        args.dir.display()
+    ));
     daemon
         .run()
         .map_err(|e| CmdError::failed(what, e, "see the log above"))
