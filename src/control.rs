@@ -21,8 +21,8 @@ use twinfs_fs::Volume;
 use twinfs_replicate::source::{Mirror, Mode, Phase};
 
 use crate::cmd::status::{
-    headline, ByteCounters, Capacity, EncodingCounter, MountStatus, PeerStatus, ResyncStatus,
-    STATUS_SCHEMA_VERSION,
+    headline, ByteCounters, Capacity, EncodingCounter, FsyncLatency, MountStatus, PeerStatus,
+    ResyncStatus, STATUS_SCHEMA_VERSION,
 };
 
 /// Longest request line accepted.
@@ -420,6 +420,7 @@ pub fn mount_status(t: &Target) -> MountStatus {
         cp_age_secs: age_secs(v.cp_time.secs),
         lag_cps: None,
         capacity: capacity(&t.vol),
+        fsync: FsyncLatency::of(&t.vol.stats().fsync_latency.snapshot()),
     };
     if let Some(m) = &t.mirror {
         let st = m.status();

@@ -330,6 +330,62 @@ fn mount_metrics(r: &mut Registry, v: &Value) {
         "1 while an error of this kind is on record (see `twinfs status`)",
         errors,
     );
+    if let Some(h) = FsyncHistogram::of(&v["fsync"]) {
+        r.register(
+            "fsync_seconds",
+            "Latency of fsync: durable here and, in sync mode, at the peer",
+            h,
+        );
+    }
+}
+
+/// The fsync histogram of a status, as a Prometheus histogram.
+#[derive(Debug)]
+struct FsyncHistogram {
+    sum: f64,
+    count: u64,
+    /// (upper bound, observations in this bucket alone).
+    buckets: Vec<(f64, u64)>,
+}
+
+impl FsyncHistogram {
+    fn of(v: &Value) -> Option<FsyncHistogram> {
+        let mut prev = 0;
+        let buckets = v["buckets"]
+            .as_array()?
+            .iter()
+            .map(|b| {
+                let le = b[0].as_f64().unwrap_or(f64::INFINITY);
+                let cumulative = u(&b[1]);
+                let n = cumulative.saturating_sub(prev);
+                prev = cumulative;
+                (le, n)
+            })
+            .collect();
+        Some(FsyncHistogram {
+            sum: v["sum_secs"].as_f64().unwrap_or(0.0),
+            count: u(&v["count"]),
+            buckets,
+        })
+    }
+}
+
+impl prometheus_client::encoding::EncodeMetric for FsyncHistogram {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            self.sum,
+            self.count,
+            &self.buckets,
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Histogram
+    }
 }
 
 /// States of a peer directory, as `status --dir` names them.
@@ -409,7 +465,8 @@ mod tests {
                       "full": {"blocks": 1, "bytes": 4100}, "refs": {"blocks": 2, "bytes": 40},
                       "recipes": {"blocks": 0, "bytes": 0}, "deltas": {"blocks": 0, "bytes": 0},
                       "misses": {"blocks": 0, "bytes": 0}},
-            "capacity": {"size_bytes": 1024, "used_bytes": 24, "free_bytes": 1000, "snapshots": 1}
+            "capacity": {"size_bytes": 1024, "used_bytes": 24, "free_bytes": 1000, "snapshots": 1},
+            "fsync": {"count": 3, "sum_secs": 0.0025, "buckets": [[0.001, 2], [0.01, 3], [null, 3]]}
         });
         let text = exposition(&v).expect("encodes");
         for line in [
@@ -420,6 +477,9 @@ mod tests {
             "twinfs_cp_blocks_total{encoding=\"refs\"} 2\n",
             "twinfs_peer_rtt_seconds 0.0005\n",
             "twinfs_capacity_bytes{kind=\"free\"} 1000\n",
+            "twinfs_fsync_seconds_bucket{le=\"0.001\"} 2\n",
+            "twinfs_fsync_seconds_bucket{le=\"+Inf\"} 3\n",
+            "twinfs_fsync_seconds_count 3\n",
             "# EOF\n",
         ] {
             assert!(text.contains(line), "lacks {line:?}:\n{text}");

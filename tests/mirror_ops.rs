@@ -143,7 +143,10 @@ fn metrics_of_mount_and_peer_pass_promtool_and_reach_prometheus() {
         &mount_metrics,
     ]);
     let _unmount = Unmount(&mnt);
-    std::fs::write(mnt.join("f"), vec![7u8; 1 << 20]).expect("write");
+    let mut f = std::fs::File::create(mnt.join("f")).expect("create");
+    f.write_all(&vec![7u8; 1 << 20]).expect("write");
+    f.sync_all().expect("fsync");
+    drop(f);
     twinfs_ok(&["checkpoint", s(&mnt)]);
     let st: serde_json::Value =
         serde_json::from_str(&twinfs_ok(&["status", "--json", s(&mnt)])).expect("json");
@@ -174,7 +177,26 @@ fn metrics_of_mount_and_peer_pass_promtool_and_reach_prometheus() {
         Some(log_sent as f64),
         "{text}"
     );
+    let fsyncs = sample(&text, "twinfs_fsync_seconds_count").expect("an fsync histogram");
+    assert!(fsyncs >= 1.0, "the fsync above is counted: {text}");
+    assert_eq!(
+        sample(&text, "twinfs_fsync_seconds_bucket{le=\"+Inf\"}"),
+        Some(fsyncs),
+        "{text}"
+    );
     promtool_check(&text);
+    // The human status of a mirrored mount.
+    let human = twinfs_ok(&["status", s(&mnt)]);
+    assert!(
+        human.starts_with("   state: MIRRORED\n  action: none\n"),
+        "{human}"
+    );
+    assert!(
+        human.contains(&format!(
+            "    peer: {peer_addr} streaming, applied CP {cp} (lag 0 CPs)"
+        )),
+        "{human}"
+    );
     let (status, ptext) = scrape(&peer_metrics);
     assert_eq!(status, "HTTP/1.1 200 OK");
     assert_eq!(

@@ -151,3 +151,42 @@ fn a_foreground_mount_tells_systemd_it_is_ready_and_when_it_stops() {
     assert!(!is_mounted(&mp));
     assert_fsck_clean(&image, "after a stop by SIGTERM");
 }
+
+#[test]
+fn a_default_mount_serves_only_its_owner_and_root() {
+    use std::os::unix::process::CommandExt;
+    let dir = scratch("owner");
+    let root = dir.path();
+    // Let the other user reach the mount point itself.
+    std::fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let image = root.join("vol.img");
+    mkfs(&image, "64M");
+    let mp = root.join("mp");
+    let m = Mount::new(&image, &mp, &[]);
+    std::fs::write(m.path("f"), b"mine").expect("the owner writes");
+    let parent = Command::new("stat")
+        .arg(root)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run stat as nobody");
+    assert!(
+        parent.status.success(),
+        "control: nobody reaches the directory holding the mount point: {}",
+        String::from_utf8_lossy(&parent.stderr)
+    );
+    let other = Command::new("stat")
+        .arg(&m.mp)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run stat as nobody");
+    assert!(!other.status.success(), "nobody reached the mount");
+    assert!(
+        String::from_utf8_lossy(&other.stderr).contains("Permission denied"),
+        "EACCES for another user: {}",
+        String::from_utf8_lossy(&other.stderr)
+    );
+    m.unmount();
+}

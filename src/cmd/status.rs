@@ -48,6 +48,41 @@ pub struct MountStatus {
     pub lag_cps: Option<u64>,
     /// Space of the volume.
     pub capacity: Capacity,
+    /// How long fsyncs took since mount.
+    pub fsync: FsyncLatency,
+}
+
+/// Latency of fsync (each call the FUSE adapter makes: concurrent fsyncs
+/// that share one flush count once), as a histogram.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct FsyncLatency {
+    pub count: u64,
+    pub sum_secs: f64,
+    /// `[le_secs, count]` pairs: fsyncs that took at most `le_secs`
+    /// (cumulative, as Prometheus buckets), the last `le_secs` unbounded
+    /// (JSON null).
+    pub buckets: Vec<(Option<f64>, u64)>,
+}
+
+impl FsyncLatency {
+    pub fn of(h: &twinfs_fs::volume::LatencySnapshot) -> FsyncLatency {
+        let bounds = twinfs_fs::volume::LATENCY_BUCKET_BOUNDS_US;
+        let mut total = 0;
+        let buckets = h
+            .buckets
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                total += n;
+                (bounds.get(i).map(|us| *us as f64 / 1e6), total)
+            })
+            .collect();
+        FsyncLatency {
+            count: total,
+            sum_secs: h.sum_ns as f64 / 1e9,
+            buckets,
+        }
+    }
 }
 
 /// Version of the `status --json` shapes (mount and `--dir`), documented
