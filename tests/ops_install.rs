@@ -190,3 +190,30 @@ fn a_default_mount_serves_only_its_owner_and_root() {
     );
     m.unmount();
 }
+
+#[test]
+fn the_grafana_dashboard_queries_only_series_twinfs_exports() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("man/grafana/twinfs.json");
+    let d: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("read")).expect("JSON");
+    let page = include_str!("../man/twinfs.8").replace("\\-", "-");
+    let mut series = 0;
+    for panel in d["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if let Some(name) = word.strip_prefix("twinfs_") {
+                    // Histogram and counter series names end in a suffix the
+                    // man page's METRICS section does not repeat.
+                    let base = name.trim_end_matches("_bucket");
+                    assert!(
+                        page.contains(&format!("twinfs_{base}")),
+                        "the dashboard queries twinfs_{name}, which METRICS does not list"
+                    );
+                    series += 1;
+                }
+            }
+        }
+    }
+    assert!(series >= 10, "{series} series queried");
+}
