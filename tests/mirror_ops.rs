@@ -71,7 +71,10 @@ struct Killed(Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
-        // SAFETY: signals our own child.
+        if let Ok(Some(_)) = self.0.try_wait() {
+            return; // already reaped: its pid may belong to another process now
+        }
+        // SAFETY: signals our own child, which has not been reaped.
         unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
         for _ in 0..300 {
             if let Ok(Some(_)) = self.0.try_wait() {
@@ -101,12 +104,15 @@ fn metrics_of_mount_and_peer_pass_promtool_and_reach_prometheus() {
     let root = dir.path();
     let secret = secret_file(&root.join("secret"), b"k3Yq9vXz7TpL2mNw4RbH8cJdmetrics");
     let peer_dir = root.join("peer");
+    let view = root.join("view");
+    std::fs::create_dir(&view).expect("mkdir");
     let peer_metrics = format!("127.0.0.1:{}", free_port());
     let peer_log = root.join("peer.log");
-    let _peer = Killed(
+    let mut peer = Killed(
         Command::new(bin())
             .args(["peer", "--dir", s(&peer_dir), "--listen", "127.0.0.1:0"])
             .args(["--secret", s(&secret), "--metrics", &peer_metrics])
+            .args(["--mount", s(&view)])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&peer_log).expect("log"))
@@ -258,6 +264,26 @@ fn metrics_of_mount_and_peer_pass_promtool_and_reach_prometheus() {
         },
     );
     assert_eq!(seen, (Some(cp as f64), Some(cp as f64)));
+
+    // `status` on the peer's read-only view reports its directory.
+    wait_for("the replica view", Duration::from_secs(30), || {
+        view.join("f").exists()
+    });
+    let v: serde_json::Value =
+        serde_json::from_str(&twinfs_ok(&["status", "--json", s(&view)])).expect("json");
+    assert_eq!(v["role"], "replica", "{v}");
+    assert_eq!(v["applied_cp"], cp, "{v}");
+    // A clean stop of the peer logs no warning that is not one.
+    drop(_unmount);
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(peer.0.id() as i32, libc::SIGTERM) };
+    let exit = peer.0.wait().expect("the peer exits");
+    assert_eq!(exit.code(), Some(0));
+    let log = std::fs::read_to_string(&peer_log).expect("peer log");
+    for noise in ["Failed to umount", "all zeros"] {
+        assert!(!log.contains(noise), "{noise:?} in the peer's log:\n{log}");
+    }
+    assert!(!is_mounted(&view));
 }
 
 #[test]
