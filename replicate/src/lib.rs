@@ -23,6 +23,7 @@ pub mod relay;
 pub mod seal;
 pub mod secret;
 pub mod session;
+pub mod sim;
 pub mod source;
 
 pub use error::{Direction, FrameFault, ReplicateError, Result};
