@@ -137,7 +137,7 @@ impl Replicator for Hooks {
             let poll = net.link.fsync_poll(id, mode, expired, timeout);
             if poll != FsyncPoll::Wait {
                 if mode != Mode::Async && poll == FsyncPoll::Done && !net.link.degraded {
-                    let held = net.peer_durable();
+                    let held = net.peer_durable().max(net.peer_high_water);
                     if held < id.0 {
                         let msg = format!(
                             "fsync of transfer {} returned in {} mode, but the peer holds transfers only to {held}",

@@ -88,6 +88,10 @@ pub struct Net {
     pub roots: BTreeSet<[u8; 32]>,
     /// The peer's CP last checked.
     checked_peer: Option<(u64, [u8; 32])>,
+    /// The highest transfer the peer ever held durably: what it acknowledged
+    /// stays acknowledged even when its disk later loses it (the rot this
+    /// simulation injects is such a loss, not a bug of the protocol).
+    pub peer_high_water: u64,
     pub breach: Option<String>,
     pub stats: Stats,
     /// Link faults happen in [`Net::pump`].
@@ -121,6 +125,7 @@ impl Net {
             peer_dir,
             roots: BTreeSet::new(),
             checked_peer: None,
+            peer_high_water: 0,
             breach: None,
             stats: Stats::default(),
             faults: true,
@@ -634,6 +639,9 @@ impl Net {
             }
         };
         peer.set_crash_after(None);
+        self.peer_high_water = self
+            .peer_high_water
+            .max(peer.resume_point().durable_transfer);
         match result {
             Ok((replies, flow)) => {
                 for r in replies {
@@ -669,7 +677,13 @@ impl Net {
         self.stats.peer_kills += 1;
         self.peer = None;
         match Replica::open(&self.peer_dir, None) {
-            Ok(r) => self.peer = Some(r),
+            Ok(r) => {
+                let held = r.resume_point().durable_transfer;
+                self.note(format!(
+                    "peer: killed and started again; it holds transfers to {held}"
+                ));
+                self.peer = Some(r);
+            }
             Err(e) => self.breach(format!("the peer does not start again: {e}")),
         }
         self.checked_peer = None;
