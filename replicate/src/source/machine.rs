@@ -86,7 +86,7 @@ impl Outbound {
     /// Whether an item of `size` bytes must wait for room (the driver waits,
     /// or gives up with [`Outbound::give_up`]).
     pub fn is_full_for(&self, size: usize, limit: usize) -> bool {
-        self.accepting && !self.lost && self.bytes + size > limit && !self.items.is_empty()
+        self.accepting && self.bytes + size > limit && !self.items.is_empty()
     }
 
     /// The producer could not wait for room: the session must resync.
