@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! fuzz-stable [--seconds S] [--runs N] [--seed SEED] [--list] [TARGET...]
+//! fuzz-stable TARGET --input FILE...      # runs TARGET on these inputs only
 //! ```
 //!
 //! `--seconds` (default 5) and `--runs` (default unlimited) bound each
@@ -22,6 +23,7 @@ struct Args {
     runs: u64,
     seed: u64,
     names: Vec<String>,
+    inputs: Vec<String>,
 }
 
 fn usage(problem: &str) -> ExitCode {
@@ -38,6 +40,7 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, String>
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64),
         names: Vec::new(),
+        inputs: Vec::new(),
     };
     while let Some(a) = argv.next() {
         let mut value = |name: &str| argv.next().ok_or(format!("{name} needs a value"));
@@ -57,6 +60,7 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, String>
                     .parse()
                     .map_err(|e| format!("--seed: {e}"))?
             }
+            "--input" => args.inputs.push(value("--input")?),
             "--list" => {
                 for t in TARGETS {
                     println!("{:<18} {}", t.name, t.about);
@@ -85,6 +89,21 @@ fn main() -> ExitCode {
     }
     if chosen.is_empty() {
         chosen = TARGETS.iter().collect();
+    }
+    if !args.inputs.is_empty() {
+        let [t] = chosen[..] else {
+            return usage("--input needs exactly one TARGET");
+        };
+        for input in &args.inputs {
+            let bytes = match std::fs::read(input) {
+                Ok(b) => b,
+                Err(e) => return usage(&format!("{input}: {e}")),
+            };
+            println!("{}: running {input} ({} bytes)", t.name, bytes.len());
+            (t.run)(&bytes);
+        }
+        println!("{} passed, 0 failed", args.inputs.len());
+        return ExitCode::SUCCESS;
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     println!(

@@ -11,12 +11,14 @@ use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use arbitrary::Unstructured;
 use twinfs_fs::btree::{NodeReader, NodeStore};
 use twinfs_fs::{Block, BlockAddr, BlockPtr, CpNumber, FsError, Hash128, Result, BLOCK_SIZE};
 
 /// Address of the input's first block.
 pub const BASE_ADDR: u64 = 100;
+/// Bytes of the header before the blocks: a level or height, which block is
+/// the root, and the root pointer's birth (`u64` little-endian).
+pub const HEADER_BYTES: usize = 10;
 /// Reads allowed per operation.
 pub const READ_BUDGET: u32 = 4096;
 /// The birth of every block written by an operation on the store: newer
@@ -36,27 +38,44 @@ pub struct Blocks {
 }
 
 impl Blocks {
-    /// Up to `max` blocks from the input, each a `u16` length and that many
-    /// bytes, zero-padded to a block: the tail of a node or of an indirect
-    /// block is mostly zeros, which the fuzzer need not spell out.
-    pub fn from_input(u: &mut Unstructured, max: usize) -> Blocks {
+    /// Parses the tree targets' input: a 10-byte header (returned as it is),
+    /// then up to `max` blocks, each a `u16` little-endian length and that
+    /// many bytes, zero-padded to a block (the tail of a node or of an
+    /// indirect block is mostly zeros, which the fuzzer need not spell
+    /// out), then whatever is left for the target.
+    pub fn from_input(data: &[u8], max: usize) -> ([u8; HEADER_BYTES], Blocks, &[u8]) {
+        let mut header = [0u8; HEADER_BYTES];
+        let n = data.len().min(HEADER_BYTES);
+        header[..n].copy_from_slice(&data[..n]);
+        let mut rest = &data[n..];
         let mut store = Blocks {
             next: 1 << 32,
             ..Blocks::default()
         };
         for i in 0..max as u64 {
-            let Ok(len) = u.arbitrary::<u16>() else {
+            let Some((len, tail)) = rest.split_first_chunk::<2>() else {
                 break;
             };
-            let len = (len as usize % (BLOCK_SIZE + 1)).min(u.len());
-            let Ok(bytes) = u.bytes(len) else {
-                break;
-            };
+            let len = (u16::from_le_bytes(*len) as usize % (BLOCK_SIZE + 1)).min(tail.len());
             let mut block = [0u8; BLOCK_SIZE];
-            block[..len].copy_from_slice(bytes);
+            block[..len].copy_from_slice(&tail[..len]);
             store.blocks.insert(BASE_ADDR + i, Arc::new(block));
+            rest = &tail[len..];
         }
-        store
+        (header, store, rest)
+    }
+
+    /// The input [`Blocks::from_input`] parses back into `header` and
+    /// `blocks` (for the seed corpora).
+    pub fn to_input(header: [u8; HEADER_BYTES], blocks: &[&[u8]], rest: &[u8]) -> Vec<u8> {
+        let mut out = header.to_vec();
+        for b in blocks {
+            let used = b.iter().rposition(|&x| x != 0).map_or(0, |i| i + 1);
+            out.extend_from_slice(&(used as u16).to_le_bytes());
+            out.extend_from_slice(&b[..used]);
+        }
+        out.extend_from_slice(rest);
+        out
     }
 
     /// Starts an operation: a fresh read budget.

@@ -78,7 +78,8 @@ pub fn run(data: &[u8]) {
 /// as the control byte asks.
 fn slot(ctl: u8, bytes: &[u8]) -> Box<Block> {
     let mut b = new_block();
-    b[..bytes.len()].copy_from_slice(bytes);
+    let n = bytes.len().min(BLOCK_SIZE);
+    b[..n].copy_from_slice(&bytes[..n]);
     if ctl & 1 != 0 {
         b[0..8].copy_from_slice(MAGIC);
         b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
