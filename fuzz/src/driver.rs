@@ -30,7 +30,7 @@ impl Rng {
     }
 
     /// The next 64 random bits.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -40,7 +40,7 @@ impl Rng {
 
     /// A number in `0..n` (`n` > 0).
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        (self.next_u64() % n as u64) as usize
     }
 }
 
@@ -73,7 +73,7 @@ pub fn mutate(rng: &mut Rng, input: &mut Vec<u8>, other: &[u8]) {
         }
         1 if !input.is_empty() => {
             let i = rng.below(input.len());
-            input[i] = rng.next() as u8;
+            input[i] = rng.next_u64() as u8;
         }
         2 if !input.is_empty() => {
             // An interesting value, little- or big-endian, 1 to 8 bytes wide.
@@ -96,7 +96,7 @@ pub fn mutate(rng: &mut Rng, input: &mut Vec<u8>, other: &[u8]) {
         3 => {
             let i = rng.below(input.len() + 1);
             let n = 1 + rng.below(16);
-            let fill: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+            let fill: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
             input.splice(i..i, fill);
         }
         4 if !input.is_empty() => {
@@ -124,7 +124,7 @@ pub fn mutate(rng: &mut Rng, input: &mut Vec<u8>, other: &[u8]) {
         }
         _ => {
             let n = rng.below(8);
-            input.extend((0..n).map(|_| rng.next() as u8));
+            input.extend((0..n).map(|_| rng.next_u64() as u8));
         }
     }
     input.truncate(MAX_INPUT_BYTES);
