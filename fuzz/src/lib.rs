@@ -67,6 +67,11 @@ pub const TARGETS: &[Target] = &[
         run: targets::session::run,
     },
     Target {
+        name: "cp_apply",
+        about: "the peer's rebuilding of a CP block from its encoding, against a model",
+        run: targets::cp_apply::run,
+    },
+    Target {
         name: "nvlog_batch",
         about: "log batches: raw, and built from records with the checksum fixed up",
         run: targets::nvlog_batch::run,

@@ -58,6 +58,10 @@ fn main() {
     seeds.insert("frame", frames);
     seeds.insert("message", encoded.clone());
     seeds.insert("message_arb", (0u8..16).map(|i| vec![i * 16; 48]).collect());
+    seeds.insert(
+        "cp_apply",
+        (0u8..16).map(|i| vec![i * 16 + 3; 64]).collect(),
+    );
     let text: Vec<u8> = (0..3000)
         .flat_map(|i: u32| format!("line {}\n", i % 50).into_bytes())
         .collect();

@@ -3,6 +3,7 @@
 pub mod blocks;
 pub mod btree;
 pub mod control;
+pub mod cp_apply;
 pub mod filetree;
 pub mod frame;
 pub mod handshake_msg;
