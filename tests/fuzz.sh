@@ -35,6 +35,8 @@ CARGO_FUZZ_VERSION="0.13.2"
 FUZZ_SECONDS="${FUZZ_SECONDS:-5}"
 FUZZ_MODE="${FUZZ_MODE:-auto}"
 MANIFEST=(--manifest-path "$ROOT/fuzz/Cargo.toml")
+# `cargo fuzz` is found there once installed.
+export PATH="$TOOLS/bin:$PATH"
 # The stable build shares the main target directory, so the dependencies the
 # release build already compiled are reused.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
@@ -72,7 +74,6 @@ run_libfuzzer() {
         say "installing cargo-fuzz $CARGO_FUZZ_VERSION into $TOOLS"
         cargo install --locked --quiet --root "$TOOLS" --version "=$CARGO_FUZZ_VERSION" cargo-fuzz
     fi
-    local cargo_fuzz="$TOOLS/bin/cargo-fuzz"
     # cargo-fuzz builds into fuzz/target of its own (other flags, other artifacts).
     (cd fuzz && CARGO_TARGET_DIR="$ROOT/fuzz/target" cargo +nightly fuzz build -s none)
     local bin="$ROOT/fuzz/target/x86_64-unknown-linux-gnu/release"
