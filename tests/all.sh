@@ -91,7 +91,7 @@ step "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnin
 step "cargo build --release" cargo build --release --locked || finish
 step "tests (cargo nextest, release)" run_tests
 step "doc tests" cargo test --workspace --release --locked --doc
-step "fuzz targets (${FUZZ_SECONDS:-5}s each)" bash tests/fuzz.sh
+step "fuzz targets (${FUZZ_SECONDS:-4}s each)" bash tests/fuzz.sh
 
 if ! step "mount smoke test" bash tests/external/mount-smoke.sh; then
     skip "pjdfstest" "the mount smoke test failed"
