@@ -103,6 +103,9 @@ run_libfuzzer() {
 }
 
 mkdir -p fuzz/artifacts
+# The file-based targets keep empty scratch directories for reuse; a process
+# that exits leaves them behind.
+trap 'rm -rf /dev/shm/twinfs-fuzz-* 2>/dev/null' EXIT
 case "$FUZZ_MODE" in
     libfuzzer) run_libfuzzer ;;
     stable) run_stable ;;

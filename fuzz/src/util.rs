@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -26,20 +26,64 @@ pub fn block_on<F: Future>(fut: F) -> F::Output {
     RUNTIME.with(|rt| rt.block_on(fut))
 }
 
-/// A fresh scratch directory, on tmpfs when there is one: the stateful targets
-/// (log store, journal, state file) write and fsync files on every run, and
-/// tmpfs makes that cheap. Removed when dropped.
-pub fn scratch_dir() -> tempfile::TempDir {
+thread_local! {
+    /// Scratch directories made by earlier runs on this thread, empty, for
+    /// reuse: making and removing a directory per run costs the small
+    /// file-based targets a good part of their time.
+    static SCRATCH_POOL: std::cell::RefCell<Vec<tempfile::TempDir>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// An empty scratch directory, on tmpfs when there is one: the stateful
+/// targets (log store, journal, state file) write and fsync files on every
+/// run, and tmpfs makes that cheap. Emptied and kept for the next run when
+/// dropped (removed when the thread ends).
+pub struct Scratch(Option<tempfile::TempDir>);
+
+impl Scratch {
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        self.0.as_ref().expect("held until dropped").path()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let Some(dir) = self.0.take() else {
+            return;
+        };
+        let emptied = std::fs::read_dir(dir.path()).is_ok_and(|entries| {
+            entries.flatten().all(|e| {
+                let p = e.path();
+                if p.is_dir() {
+                    std::fs::remove_dir_all(&p).is_ok()
+                } else {
+                    std::fs::remove_file(&p).is_ok()
+                }
+            })
+        });
+        if emptied {
+            SCRATCH_POOL.with(|pool| pool.borrow_mut().push(dir));
+        }
+    }
+}
+
+/// A scratch directory (see [`Scratch`]).
+pub fn scratch_dir() -> Scratch {
+    if let Some(dir) = SCRATCH_POOL.with(|pool| pool.borrow_mut().pop()) {
+        return Scratch(Some(dir));
+    }
     let shm = PathBuf::from("/dev/shm");
     let base = if shm.is_dir() {
         shm
     } else {
         std::env::temp_dir()
     };
-    tempfile::Builder::new()
+    let dir = tempfile::Builder::new()
         .prefix("twinfs-fuzz-")
         .tempdir_in(base)
-        .expect("a scratch directory can be created")
+        .expect("a scratch directory can be created");
+    Scratch(Some(dir))
 }
 
 /// An `AsyncRead` over a byte slice that returns at most `chunk` bytes per
