@@ -103,9 +103,15 @@ run_libfuzzer() {
 }
 
 mkdir -p fuzz/artifacts
-# The file-based targets keep empty scratch directories for reuse; a process
-# that exits leaves them behind.
-trap 'rm -rf /dev/shm/twinfs-fuzz-* 2>/dev/null' EXIT
+# The file-based targets keep empty scratch directories for reuse, which a
+# process that exits leaves behind: they go in one directory of this run.
+if [ -d /dev/shm ]; then
+    TWINFS_FUZZ_SCRATCH="$(mktemp -d /dev/shm/twinfs-fuzz-run.XXXXXX)"
+else
+    TWINFS_FUZZ_SCRATCH="$(mktemp -d)"
+fi
+export TWINFS_FUZZ_SCRATCH
+trap 'rm -rf "$TWINFS_FUZZ_SCRATCH"' EXIT
 case "$FUZZ_MODE" in
     libfuzzer) run_libfuzzer ;;
     stable) run_stable ;;

@@ -73,11 +73,13 @@ pub fn scratch_dir() -> Scratch {
     if let Some(dir) = SCRATCH_POOL.with(|pool| pool.borrow_mut().pop()) {
         return Scratch(Some(dir));
     }
+    // TWINFS_FUZZ_SCRATCH: where to make them (tests/fuzz.sh gives each run
+    // its own, and removes it with whatever the runs left).
     let shm = PathBuf::from("/dev/shm");
-    let base = if shm.is_dir() {
-        shm
-    } else {
-        std::env::temp_dir()
+    let base = match std::env::var_os("TWINFS_FUZZ_SCRATCH") {
+        Some(dir) => PathBuf::from(dir),
+        None if shm.is_dir() => shm,
+        None => std::env::temp_dir(),
     };
     let dir = tempfile::Builder::new()
         .prefix("twinfs-fuzz-")
