@@ -73,8 +73,8 @@ run_libfuzzer() {
         cargo install --locked --quiet --root "$TOOLS" --version "=$CARGO_FUZZ_VERSION" cargo-fuzz
     fi
     # cargo-fuzz builds with flags of its own, so into a directory of its
-    # own; 16 codegen units build in about half the time of cargo-fuzz's
-    # default of one, for runs a little slower: the right trade for a few
+    # own; 16 codegen units compile in parallel where cargo-fuzz's default
+    # of one does not, for runs a little slower: the right trade for a few
     # seconds per target (a long campaign uses the default, README.md).
     local dir="$ROOT/fuzz/target/ci"
     (cd fuzz && cargo +nightly fuzz build -s none --codegen-units 16 --target-dir "$dir")
