@@ -82,6 +82,11 @@ pub const TARGETS: &[Target] = &[
         run: targets::nvlog_record::run,
     },
     Target {
+        name: "nvlog_scan",
+        about: "replay's scan of the log region: chains of sealed batches, one damaged or stale",
+        run: targets::nvlog_scan::run,
+    },
+    Target {
         name: "superblock",
         about: "superblock slots with the checksum fixed up, and read_latest",
         run: targets::superblock::run,

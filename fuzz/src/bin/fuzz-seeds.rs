@@ -105,6 +105,10 @@ fn main() {
 
     seeds.insert("nvlog_batch", batches());
     seeds.insert("nvlog_record", records());
+    seeds.insert(
+        "nvlog_scan",
+        (0u8..8).map(|i| vec![i * 29 + 5; 400]).collect(),
+    );
     seeds.insert("superblock", superblocks());
     seeds.insert("btree", btrees());
     seeds.insert("filetree", filetrees());

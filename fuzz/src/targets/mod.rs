@@ -14,6 +14,7 @@ pub mod message;
 pub mod message_arb;
 pub mod nvlog_batch;
 pub mod nvlog_record;
+pub mod nvlog_scan;
 pub mod peer_journal;
 pub mod peer_logstore;
 pub mod peer_state;
