@@ -105,7 +105,7 @@ pub fn run(data: &[u8]) {
         scan.stop
     );
     assert!(
-        scan.stop.starts_with("replay ends before transfer"),
+        scan.stop.starts_with("replay ends "),
         "{}",
         scan.stop
     );
