@@ -104,11 +104,7 @@ pub fn run(data: &[u8]) {
         scan.batches.len(),
         scan.stop
     );
-    assert!(
-        scan.stop.starts_with("replay ends "),
-        "{}",
-        scan.stop
-    );
+    assert!(scan.stop.starts_with("replay ends "), "{}", scan.stop);
     let mut expect_prev = anchor;
     for (i, r) in scan.batches.iter().enumerate() {
         let (pos, bytes) = &written[i];
