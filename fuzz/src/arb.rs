@@ -5,9 +5,11 @@
 //! so both sides of every check in `Message::validate` are reached.
 
 use arbitrary::{Result, Unstructured};
+use twinfs_fs::lineage::MAX_GENERATIONS;
 use twinfs_replicate::message::{
-    Move, BLOCK_BYTES, MAX_BLOCKS_PER_CP_FRAME, MAX_DEEP_HASH_BYTES, MAX_MOVES_PER_BLOCK,
-    MAX_PATCHES_PER_BLOCK, MAX_RANGES_PER_BLOCK, MAX_REASON_BYTES, SUPERBLOCK_BYTES,
+    Divergence, HoldRecord, Move, Refusal, WireGeneration, BLOCK_BYTES, MAX_BLOCKS_PER_CP_FRAME,
+    MAX_DEEP_HASH_BYTES, MAX_MOVES_PER_BLOCK, MAX_PATCHES_PER_BLOCK, MAX_RANGES_PER_BLOCK,
+    MAX_REASON_BYTES, SUPERBLOCK_BYTES,
 };
 use twinfs_replicate::{Base, CpBlock, DeltaRange, Encoding, Message, Patch};
 
@@ -177,10 +179,75 @@ pub fn cp_block(u: &mut Unstructured) -> Result<CpBlock> {
     })
 }
 
+/// A lineage as it travels: mostly valid (distinct IDs, first CPs
+/// increasing, the legacy ID 0 only first at CP 0), sometimes empty, too
+/// long, or breaking one of those rules.
+pub fn wire_lineage(u: &mut Unstructured) -> Result<Vec<WireGeneration>> {
+    let n = match u.int_in_range(0u8..=31)? {
+        0 => 0,
+        1 => MAX_GENERATIONS + 1,
+        2 => MAX_GENERATIONS,
+        _ => u.int_in_range(1..=4)?,
+    };
+    let mut gens = Vec::with_capacity(n);
+    let mut cp = 0u64;
+    for i in 0..n {
+        let id = if i == 0 && u.ratio(1u8, 4)? {
+            0
+        } else {
+            (i as u64 + 1).wrapping_mul(0x9E37_79B9) ^ u64::from(u.arbitrary::<u16>()?)
+        };
+        gens.push(WireGeneration { id, first_cp: cp });
+        cp = cp.saturating_add(u.int_in_range(1..=1000)?);
+    }
+    if !gens.is_empty() && u.ratio(1u8, 8)? {
+        // Break a rule: a repeated ID or a first CP out of order.
+        let i = u.choose_index(gens.len())?;
+        let j = u.choose_index(gens.len())?;
+        if u.arbitrary()? {
+            gens[i].id = gens[j].id;
+        } else {
+            gens[i].first_cp = gens[j].first_cp;
+        }
+    }
+    Ok(gens)
+}
+
+fn hold_record(u: &mut Unstructured) -> Result<HoldRecord> {
+    let mut root_hash = [0u8; 32];
+    u.fill_buffer(&mut root_hash)?;
+    Ok(HoldRecord {
+        peer_id: u.arbitrary()?,
+        cp: u.arbitrary()?,
+        root_hash,
+    })
+}
+
+fn refusal(u: &mut Unstructured) -> Result<Refusal> {
+    Ok(Refusal {
+        kind: match u.int_in_range(0u8..=2)? {
+            0 => Divergence::SplitBrain,
+            1 => Divergence::SourceBehind,
+            _ => Divergence::PeerBehind,
+        },
+        common_cp: u.arbitrary()?,
+        reason: reason(u)?,
+    })
+}
+
+/// One of the given words, or anything.
+fn word(u: &mut Unstructured, words: &[&str]) -> Result<String> {
+    Ok(if u.ratio(7u8, 8)? {
+        words[u.choose_index(words.len())?].to_string()
+    } else {
+        u.arbitrary()?
+    })
+}
+
 /// Any message, in either direction, valid or one step past a limit.
 pub fn message(u: &mut Unstructured) -> Result<Message> {
     let mut hash = [0u8; 32];
-    Ok(match u.int_in_range(0u8..=15)? {
+    Ok(match u.int_in_range(0u8..=20)? {
         0 => Message::Transfer {
             id: transfer_id(u)?,
             batch: bytes(u, 8192)?,
@@ -289,6 +356,47 @@ pub fn message(u: &mut Unstructured) -> Result<Message> {
             }
         }
         14 => Message::Error { reason: reason(u)? },
+        16 => {
+            u.fill_buffer(&mut hash)?;
+            Message::SourceLineage {
+                generations: wire_lineage(u)?,
+                cp: u.arbitrary()?,
+                root_hash: hash,
+                uncommitted: u.arbitrary()?,
+                hold: if u.arbitrary()? {
+                    Some(hold_record(u)?)
+                } else {
+                    None
+                },
+            }
+        }
+        17 => Message::LineageVerdict {
+            peer_id: u.arbitrary()?,
+            generations: wire_lineage(u)?,
+            refusal: if u.arbitrary()? {
+                Some(refusal(u)?)
+            } else {
+                None
+            },
+        },
+        18 => {
+            u.fill_buffer(&mut hash)?;
+            Message::Switchover {
+                cp: u.arbitrary()?,
+                root_hash: hash,
+                return_to: reason(u)?,
+                mode: word(u, &["sync", "strict", "async"])?,
+                cp_sync: word(u, &["full", "refs", "best"])?,
+            }
+        }
+        19 => {
+            u.fill_buffer(&mut hash)?;
+            Message::SwitchedOver {
+                cp: u.arbitrary()?,
+                root_hash: hash,
+            }
+        }
+        20 => Message::SwitchoverRefused { reason: reason(u)? },
         _ => Message::Bye,
     })
 }

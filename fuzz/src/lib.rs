@@ -92,6 +92,11 @@ pub const TARGETS: &[Target] = &[
         run: targets::superblock::run,
     },
     Target {
+        name: "lineage",
+        about: "lineages (generation histories): decode, compare, common ancestor, up_to, begin",
+        run: targets::lineage::run,
+    },
+    Target {
         name: "btree",
         about: "metadata B-tree nodes: get, range, walk, check, leaf_items, fsck's decoder, apply",
         run: targets::btree::run,

@@ -19,7 +19,8 @@ use twinfs_fs::items::{
     encode_dir_bucket, encode_xattr_bucket, DirEntry, InodeAttrs, InodeRecord, RetainedImage,
     XattrEntry, XattrValue,
 };
-use twinfs_fs::superblock::{LogPosition, PeerHold, Superblock};
+use twinfs_fs::lineage::{GenerationId, Lineage, GENERATION_BYTES};
+use twinfs_fs::superblock::{HeldImage, LogPosition, PeerHold, Superblock};
 use twinfs_fs::{
     Block, BlockAddr, BlockPtr, CpNumber, FileKind, FsError, Hash128, Ino, RootHash, Timestamp,
     BLOCK_SIZE,
@@ -31,6 +32,7 @@ use twinfs_replicate::frame::encode_frame;
 use twinfs_replicate::handshake::{
     AppliedCp, HandshakeMsg, ResumePoint, Welcome, PROTOCOL_MAGIC, PROTOCOL_VERSION,
 };
+use twinfs_replicate::message::{Divergence, HoldRecord, Refusal, WireGeneration};
 use twinfs_replicate::peer::status::PeerStatus;
 use twinfs_replicate::{Base, CpBlock, DeltaRange, Encoding, Message, Patch};
 
@@ -103,6 +105,7 @@ fn main() {
     seeds.insert("handshake_server", streams);
     seeds.insert("session", (0u8..8).map(|i| vec![i * 31; 200]).collect());
 
+    seeds.insert("lineage", lineages());
     seeds.insert("nvlog_batch", batches());
     seeds.insert("nvlog_record", records());
     seeds.insert(
@@ -139,6 +142,7 @@ fn main() {
         last_error: Some("the source went away".into()),
         daemon_running: true,
         promoted: false,
+        ..PeerStatus::default()
     };
     seeds.insert(
         "peer_status",
@@ -157,6 +161,7 @@ fn main() {
             r#"{"op":"snapshot_list"}"#,
             r#"{"op":"snapshot_delete","name":"cp-7"}"#,
             r#"{"op":"verify","deep":true}"#,
+            r#"{"op":"switchover","listen":"0.0.0.0:7070","dir":"/srv/twinfs"}"#,
         ]
         .iter()
         .map(|s| format!("{s}\n").into_bytes())
@@ -267,6 +272,49 @@ fn messages() -> Vec<Message> {
             reason: "disk full".into(),
         },
         Message::Bye,
+        Message::SourceLineage {
+            generations: vec![
+                WireGeneration { id: 0, first_cp: 0 },
+                WireGeneration {
+                    id: 0x5678,
+                    first_cp: 3,
+                },
+            ],
+            cp: 4,
+            root_hash: [1; 32],
+            uncommitted: false,
+            hold: Some(HoldRecord {
+                peer_id: 77,
+                cp: 3,
+                root_hash: [2; 32],
+            }),
+        },
+        Message::LineageVerdict {
+            peer_id: 77,
+            generations: vec![WireGeneration {
+                id: 0x1234,
+                first_cp: 0,
+            }],
+            refusal: Some(Refusal {
+                kind: Divergence::SplitBrain,
+                common_cp: Some(2),
+                reason: "both sides wrote after CP 2".into(),
+            }),
+        },
+        Message::Switchover {
+            cp: 4,
+            root_hash: [1; 32],
+            return_to: "10.0.0.1:7070".into(),
+            mode: "sync".into(),
+            cp_sync: "best".into(),
+        },
+        Message::SwitchedOver {
+            cp: 4,
+            root_hash: [1; 32],
+        },
+        Message::SwitchoverRefused {
+            reason: "the peer is behind".into(),
+        },
     ]
 }
 
@@ -372,11 +420,23 @@ fn superblocks() -> Vec<Vec<u8>> {
             meta: TreeRoot::default(),
             alloc: TreeRoot::default(),
             root_hash: RootHash([9; 32]),
+            peer_id: 77,
+            image: Some(HeldImage {
+                next_ino: Ino(90),
+                alloc_cursor: 1400,
+                used_blocks: 38,
+                inodes: 3,
+                log: LogPosition::default(),
+                cp_time: Timestamp::new(1_699_999_990, 0),
+            }),
         }),
+        lineage: Lineage::start(GenerationId(0x1234)).begin(GenerationId(0x5678), CpNumber(3)),
+        replica: false,
     };
     let even = sb.encode();
     sb.cp = CpNumber(7);
     sb.peer_hold = None;
+    sb.replica = true;
     let odd = sb.encode();
     let mut both = vec![0x0Cu8];
     both.extend_from_slice(&even[..]);
@@ -563,4 +623,34 @@ fn items() -> Vec<Vec<u8>> {
             .encode(),
         ),
     ]
+}
+
+fn lineages() -> Vec<Vec<u8>> {
+    let one = Lineage::legacy();
+    let two = Lineage::start(GenerationId(0x1234)).begin(GenerationId(0x5678), CpNumber(10));
+    let forked = two
+        .up_to(CpNumber(12))
+        .begin(GenerationId(0x9abc), CpNumber(13));
+    let other = two.begin(GenerationId(0xdef0), CpNumber(15));
+    let enc = |l: &Lineage| {
+        let n = l.generations().len();
+        let mut out = vec![n as u8; 1 + n * GENERATION_BYTES];
+        l.encode_into(&mut out[1..]);
+        out
+    };
+    let mut seeds = Vec::new();
+    for (a, b, ca, cb) in [
+        (&one, &two, 0u64, 11u64),
+        (&two, &forked, 14, 13),
+        (&forked, &other, 13, 16),
+        (&two, &two, 12, 12),
+    ] {
+        let mut s = enc(a);
+        s.extend(enc(b));
+        s.extend(ca.to_le_bytes());
+        s.extend(cb.to_le_bytes());
+        s.extend(0x4242u64.to_le_bytes());
+        seeds.push(s);
+    }
+    seeds
 }

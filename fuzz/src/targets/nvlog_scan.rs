@@ -10,6 +10,7 @@
 use arbitrary::Unstructured;
 use twinfs_fs::btree::TreeRoot;
 use twinfs_fs::device::{BlockDevice, MemDevice};
+use twinfs_fs::lineage::{GenerationId, Lineage};
 use twinfs_fs::nvlog::{self, LogRegion};
 use twinfs_fs::superblock::{LogPosition, Superblock};
 use twinfs_fs::{BlockAddr, CpNumber, Ino, Timestamp, TransferId, BLOCK_SIZE};
@@ -49,6 +50,8 @@ pub fn run(data: &[u8]) {
         },
         cp_time: Timestamp::new(0, 0),
         peer_hold: None,
+        lineage: Lineage::start(GenerationId(7)),
+        replica: false,
     };
     let dev = MemDevice::new(sb.total_blocks);
     let mut region = LogRegion::new(log_blocks, replay_offset);

@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 
 use arbitrary::Unstructured;
 use twinfs_fs::btree::TreeRoot;
+use twinfs_fs::lineage::{GenerationId, Lineage};
 use twinfs_fs::superblock::{LogPosition, Superblock, MAX_VOLUME_BLOCKS};
 use twinfs_fs::{CpNumber, Ino, Timestamp, BLOCK_SIZE};
 use twinfs_replicate::peer::image::MirrorImage;
@@ -154,6 +155,8 @@ fn superblock(u: &mut Unstructured, cp: u64) -> (Vec<u8>, Option<Superblock>) {
         log: LogPosition::default(),
         cp_time: Timestamp::new(0, 0),
         peer_hold: None,
+        lineage: Lineage::start(GenerationId(7)),
+        replica: false,
     };
     let bytes = sb.encode().to_vec();
     (bytes, Some(sb))
