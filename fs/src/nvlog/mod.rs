@@ -269,6 +269,8 @@ mod tests {
             },
             cp_time: Timestamp::new(0, 0),
             peer_hold: None,
+            lineage: crate::lineage::Lineage::start(crate::lineage::GenerationId(1)),
+            replica: false,
         };
         let scan = scan(&dev, &sb);
         assert_eq!(scan.batches.len(), 1);
