@@ -20,7 +20,7 @@
 #                 work directory at start, so a rebuild meanwhile is harmless
 #   BENCH_DIR     where the work directory goes (default /var/tmp; every
 #                 system's data lives on that disk)
-#   PARTS         subset of "compare latency fsync rss resync" (default: all)
+#   PARTS         subset of "compare latency fsync rss resync flood" (default: all)
 #   SYSTEMS       compare: subset of "native bindfs gluster twinfs
 #                 twinfs-async twinfs-sync" (default: all)
 #   WORKLOADS     compare: subset of "cp1g cpa rsync untar git read rm fio"
@@ -34,6 +34,7 @@
 #   RESYNC_SIZES  volume sizes of the resync part (default "2G 20G")
 #   RESYNC_BASE_MB, RESYNC_CHANGE_MB   data before / while the peer is away
 #                 (default 512, 1024)
+#   FLOOD_N       connections of the flood part (default 2000)
 #   KEEP=1        keep the work directory (images, peer directories, logs)
 #
 # Parts:
@@ -64,6 +65,10 @@
 #            restart the peer; time until the peer is streaming and has acked
 #            the source's CP. Compared with a plain copy over a loopback TCP
 #            connection.
+#   flood    FLOOD_N idle connections (a tenth sending a byte a second,
+#            each reopened when the peer drops it) at a twinfs peer: its RSS
+#            before and under the flood, how long a strict-mode source takes
+#            to connect and catch up through it, and 100 strict fsyncs meanwhile.
 #
 # GlusterFS's bricks are on 127.0.0.2: its CLI refuses 127.0.0.1 and
 # "localhost" as brick hosts. glusterd runs in the foreground from a volfile
@@ -79,7 +84,8 @@ export LC_ALL=C
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 work_py="$here/compare_work.py"
-PARTS=${PARTS:-"compare latency fsync rss resync"}
+PARTS=${PARTS:-"compare latency fsync rss resync flood"}
+FLOOD_N=${FLOOD_N:-2000}
 SYSTEMS=${SYSTEMS:-"native bindfs gluster twinfs twinfs-async twinfs-sync"}
 WORKLOADS=${WORKLOADS:-"cp1g cpa rsync untar git read rm fio"}
 FILE_MB=${FILE_MB:-1024}
@@ -303,6 +309,9 @@ tw_up() { # dir variant(nopeer|async|sync) size
     mkdir -p "$tw_d/mnt"
     head -c 32 /dev/urandom >"$tw_d/secret"
     chmod 600 "$tw_d/secret"
+    # One key pair for both sides, trusted by both (the defaults next to the secret).
+    "$TW" keygen "$tw_d/key" >/dev/null 2>&1
+    cp "$tw_d/key.pub" "$tw_d/trusted-keys"
     "$TW" mkfs "$tw_d/img" --size "$3" >/dev/null || return 1
     tw_peer_pid=""
     if [[ $tw_variant != nopeer ]]; then
@@ -993,6 +1002,58 @@ report_rss_part() {
     echo "| twinfs peer | $(fmt "$(calc "$bp / 1024")") | $(fmt "$(calc "$hp / 1024")") |"
 }
 
+# ---- flood part ------------------------------------------------------------------------
+
+flood_result=""
+
+part_flood() {
+    say "[flood] $FLOOD_N connections at a twinfs peer, strict-mode source"
+    tw_d="$W/flood"
+    tw_variant=strict
+    mkdir -p "$tw_d/mnt"
+    head -c 32 /dev/urandom >"$tw_d/secret"
+    chmod 600 "$tw_d/secret"
+    "$TW" keygen "$tw_d/key" >/dev/null 2>&1
+    cp "$tw_d/key.pub" "$tw_d/trusted-keys"
+    "$TW" mkfs "$tw_d/img" --size 2G >/dev/null || return 1
+    tw_port=$(free_port)
+    tw_peer_start || return 1
+    sleep 1
+    local rss0 rss1 stop="$tw_d/stop-flood" fpid
+    rss0=$(awk '/^VmRSS:/ { print $2 }' "/proc/$tw_peer_pid/status")
+    python3 "$work_py" flood "$tw_port" "$FLOOD_N" 120 "$stop" >"$tw_d/flood.json" &
+    fpid=$!
+    pids+=("$fpid")
+    sleep 5
+    local t0=$EPOCHREALTIME connect_s fsync_json
+    "$TW" mount -f "$tw_d/img" "$tw_d/mnt" --peer "127.0.0.1:$tw_port" --secret "$tw_d/secret" \
+        --mode strict >>"$tw_d/mount.log" 2>&1 &
+    tw_mount_pid=$!
+    pids+=("$tw_mount_pid")
+    mounts+=("$tw_d/mnt")
+    wait_until "the twinfs mount" mountpoint -q "$tw_d/mnt" || return 1
+    wait_until "the twinfs peer to catch up" tw_caught_up "$tw_d/mnt" || return 1
+    connect_s=$(since "$t0")
+    fsync_json=$(python3 "$work_py" fsync "$tw_d/mnt/f" 100) || say "[flood] fsync loop failed"
+    rss1=$(awk '/^VmRSS:/ { print $2 }' "/proc/$tw_peer_pid/status")
+    touch "$stop"
+    wait "$fpid" || true
+    flood_result="$rss0 $rss1 $connect_s $(python3 "$work_py" jget opened <"$tw_d/flood.json") $(echo "$fsync_json" | python3 "$work_py" jget p50_ms p99_ms | tr '\n' ' ')"
+    tw_down "flood: twinfs strict"
+}
+
+report_flood() {
+    [[ -n $flood_result ]] || return 0
+    local r0 r1 cs opened p50 p99
+    read -r r0 r1 cs opened p50 p99 <<<"$flood_result"
+    echo
+    echo "## A flood of $FLOOD_N connections at the peer (a tenth sending a byte a second; each reopened when dropped)"
+    echo
+    echo "| peer RSS before, MiB | peer RSS under the flood, MiB | connections opened | strict source connected and caught up after, s | strict fsync p50 / p99, ms |"
+    echo "|---:|---:|---:|---:|---|"
+    echo "| $(fmt "$(calc "$r0 / 1024")") | $(fmt "$(calc "$r1 / 1024")") | $opened | $(fmt "$cs" 2) | $p50 / $p99 |"
+}
+
 # ---- resync part -----------------------------------------------------------------------
 
 declare -A RS=()  # size -> "seconds wire_bytes connect_s verify cp_ckpt_s"
@@ -1114,6 +1175,7 @@ if has "$PARTS" latency; then part_latency || say "latency part failed"; fi
 if has "$PARTS" fsync; then part_fsync; fi
 if has "$PARTS" rss; then part_rss || say "rss part failed"; fi
 if has "$PARTS" resync; then part_resync; fi
+if has "$PARTS" flood; then part_flood || say "flood part failed"; fi
 
 if has "$PARTS" compare; then
     report_compare
@@ -1125,6 +1187,7 @@ if has "$PARTS" latency; then report_latency; fi
 if has "$PARTS" fsync; then report_fsync; fi
 if has "$PARTS" rss; then report_rss_part; fi
 if has "$PARTS" resync; then report_resync; fi
+if has "$PARTS" flood; then report_flood; fi
 if [[ -s $W/log-summary.txt ]]; then
     echo
     echo "## WARN/ERROR lines in the daemons' logs (count, message)"

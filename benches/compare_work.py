@@ -31,6 +31,11 @@
     compare_work.py jget KEY... < JSON
         Prints the fields (dotted paths, e.g. bytes.wire_total) of the JSON
         object on stdin, one per line ("null" for a missing one).
+    compare_work.py flood PORT COUNT SECONDS STOPFILE
+        Keeps COUNT idle TCP connections to 127.0.0.1:PORT open (a tenth of
+        them send one byte a second), reopening each one the other side
+        closes, for SECONDS or until STOPFILE exists. Prints a JSON summary
+        with "opened" (connections made).
     compare_work.py sswire PORT...
         Sum of bytes_sent over all TCP sockets (from `ss -tinH`) whose local
         or remote port is one of PORT: every byte between a client and these
@@ -275,6 +280,51 @@ def sswire(ports):
     print(total)
 
 
+def flood(port, count, seconds, stopfile):
+    deadline = time.monotonic() + seconds
+    opened = 0
+
+    def open_one():
+        nonlocal opened
+        try:
+            s = socket.create_connection(("127.0.0.1", port), timeout=1)
+            s.setblocking(False)
+            opened += 1
+            return s
+        except OSError:
+            return None
+
+    conns = [open_one() for _ in range(count)]
+    last_dribble = time.monotonic()
+    while time.monotonic() < deadline and not os.path.exists(stopfile):
+        dribble = time.monotonic() - last_dribble >= 1
+        if dribble:
+            last_dribble = time.monotonic()
+        for i, s in enumerate(conns):
+            alive = s is not None
+            if alive:
+                try:
+                    alive = len(s.recv(256)) > 0
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    alive = False
+            if alive and dribble and i % 10 == 0:
+                try:
+                    s.send(b"\0")
+                except OSError:
+                    alive = False
+            if not alive:
+                if s is not None:
+                    s.close()
+                conns[i] = open_one()
+        time.sleep(0.05)
+    for s in conns:
+        if s is not None:
+            s.close()
+    print(json.dumps({"opened": opened}))
+
+
 def main(argv):
     args = argv[1:]
     if not args:
@@ -309,6 +359,8 @@ def main(argv):
         lat_file(args[1])
     elif cmd == "jget":
         jget(args[1:])
+    elif cmd == "flood" and len(args) == 5:
+        flood(int(args[1]), int(args[2]), float(args[3]), args[4])
     elif cmd == "sswire" and len(args) >= 2:
         sswire(args[1:])
     else:

@@ -183,6 +183,10 @@ run_round() { # workload mode with_rsync
     local d="$W/$wl-$mode"
     mkdir -p "$d/mnt" "$d/peer"
     head -c 32 /dev/urandom >"$d/secret"
+    chmod 600 "$d/secret"
+    # One key pair for both sides, trusted by both (the defaults next to the secret).
+    "$TWINFS" keygen "$d/key" >/dev/null 2>&1
+    cp "$d/key.pub" "$d/trusted-keys"
     "$TWINFS" mkfs "$d/source.img" --size 6G >/dev/null
     local port
     port=$(free_port)

@@ -86,6 +86,8 @@ pub enum Command {
     Fsck(FsckArgs),
     /// Run a self-contained demonstration on loopback
     Demo(DemoArgs),
+    /// Make a static key pair for the secure channel to the other side
+    Keygen(KeygenArgs),
 }
 
 impl Command {
@@ -105,6 +107,7 @@ impl Command {
             Command::Resolve(_) => "resolve",
             Command::Fsck(_) => "fsck",
             Command::Demo(_) => "demo",
+            Command::Keygen(_) => "keygen",
         }
     }
 }
@@ -155,6 +158,20 @@ pub struct MountArgs {
     #[arg(long, value_name = "FILE")]
     pub secret: Option<PathBuf>,
 
+    /// This machine's private key (from `twinfs keygen`) [default: `key`
+    /// next to the --secret file]
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+
+    /// Public keys of the peers this source trusts, one per line [default:
+    /// `trusted-keys` next to the --secret file]
+    #[arg(long, value_name = "FILE")]
+    pub trusted_keys: Option<PathBuf>,
+
+    /// When log transfers travel lz4-compressed [default: auto]
+    #[arg(long, value_enum, value_name = "WHEN")]
+    pub compress: Option<Compress>,
+
     /// When fsync waits for the peer [default: sync]
     #[arg(long, value_enum, value_name = "MODE")]
     pub mode: Option<Mode>,
@@ -194,6 +211,26 @@ pub struct PeerArgs {
     /// File holding the secret shared with the source
     #[arg(long, value_name = "FILE")]
     pub secret: PathBuf,
+
+    /// This machine's private key (from `twinfs keygen`) [default: `key`
+    /// next to the --secret file]
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+
+    /// Public keys of the sources this peer serves, one per line [default:
+    /// `trusted-keys` next to the --secret file]
+    #[arg(long, value_name = "FILE")]
+    pub trusted_keys: Option<PathBuf>,
+
+    /// Largest volume accepted (SIZE as for mkfs) [default: the size of the
+    /// volume DIR holds, or of the file system holding DIR while it is empty]
+    #[arg(long, value_name = "SIZE")]
+    pub max_volume: Option<Size>,
+
+    /// Most log data kept that no applied consistency point covers yet (SIZE
+    /// as for mkfs, at least 128M) [default: 4G]
+    #[arg(long, value_name = "SIZE")]
+    pub log_quota: Option<Size>,
 
     /// Also serve the latest applied CP read-only on this directory
     #[arg(long, value_name = "MOUNTPOINT")]
@@ -358,6 +395,48 @@ pub struct DemoArgs {
     /// [default: a new temporary directory]
     #[arg(value_name = "DIR")]
     pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Where the private key goes (mode 0600); the public key goes to FILE.pub
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Replace FILE and FILE.pub if they exist
+    #[arg(long)]
+    pub force: bool,
+    /// Text after the key in FILE.pub [default: this machine's host name]
+    #[arg(long, value_name = "TEXT")]
+    pub comment: Option<String>,
+}
+
+/// `--compress`: when log transfers travel lz4-compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Compress {
+    /// Only while transfers wait to be sent (the link is the bottleneck)
+    Auto,
+    /// Every transfer that lz4 shrinks enough
+    Always,
+    /// Never (sealed lengths then tell nothing about the data)
+    Never,
+}
+
+impl Compress {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compress::Auto => "auto",
+            Compress::Always => "always",
+            Compress::Never => "never",
+        }
+    }
+}
+
+impl FromStr for Compress {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Compress, String> {
+        <Compress as ValueEnum>::from_str(s, false)
+            .map_err(|_| format!("unknown compress setting '{s}' (expected auto, always or never)"))
+    }
 }
 
 /// `--mode`: what fsync waits for.
@@ -627,6 +706,9 @@ pub enum FuseOption {
 pub enum TwinfsOpt {
     Peer(HostPort),
     Secret(PathBuf),
+    Key(PathBuf),
+    TrustedKeys(PathBuf),
+    Compress(Compress),
     Mode(Mode),
     CpInterval(u64),
     CpSync(CpSync),
@@ -684,6 +766,9 @@ impl FromStr for MountOpt {
             "subtype" => Ok(MountOpt::Fuse(F::Subtype(need("NAME")?.to_string()))),
             "peer" => twinfs(parse_peer_addr(need("HOST:PORT")?).map(TwinfsOpt::Peer)),
             "secret" => twinfs(Ok(TwinfsOpt::Secret(PathBuf::from(need("FILE")?)))),
+            "key" => twinfs(Ok(TwinfsOpt::Key(PathBuf::from(need("FILE")?)))),
+            "trusted_keys" => twinfs(Ok(TwinfsOpt::TrustedKeys(PathBuf::from(need("FILE")?)))),
+            "compress" => twinfs(need("auto|always|never")?.parse().map(TwinfsOpt::Compress)),
             "mode" => twinfs(need("sync|strict|async")?.parse().map(TwinfsOpt::Mode)),
             "cp_interval" => twinfs(parse_cp_interval(need("SECS")?).map(TwinfsOpt::CpInterval)),
             "cp_sync" => twinfs(need("full|refs|best")?.parse().map(TwinfsOpt::CpSync)),
@@ -706,6 +791,12 @@ pub struct PeerTarget {
     pub addr: HostPort,
     /// File holding the shared secret; read by the command, never logged.
     pub secret: PathBuf,
+    /// `--key`; `None`: `key` next to the secret.
+    pub key: Option<PathBuf>,
+    /// `--trusted-keys`; `None`: `trusted-keys` next to the secret.
+    pub trusted_keys: Option<PathBuf>,
+    /// `--compress`.
+    pub compress: Compress,
 }
 
 /// Everything `twinfs mount` was asked for, flags and `-o` merged, defaults
@@ -747,6 +838,9 @@ impl MountArgs {
         let mut cp_interval = self.cp_interval;
         let mut peer = self.peer.clone();
         let mut secret = self.secret.clone();
+        let mut key = self.key.clone();
+        let mut trusted_keys = self.trusted_keys.clone();
+        let mut compress = self.compress;
         let mut mode = self.mode;
         let mut cp_sync = self.cp_sync;
         let mut dirty_limit = self.dirty_limit;
@@ -760,6 +854,9 @@ impl MountArgs {
                 MountOpt::Twinfs(t) => match t.clone() {
                     TwinfsOpt::Peer(v) => set_once(&mut peer, v, "peer")?,
                     TwinfsOpt::Secret(v) => set_once(&mut secret, v, "secret")?,
+                    TwinfsOpt::Key(v) => set_once(&mut key, v, "key")?,
+                    TwinfsOpt::TrustedKeys(v) => set_once(&mut trusted_keys, v, "trusted_keys")?,
+                    TwinfsOpt::Compress(v) => set_once(&mut compress, v, "compress")?,
                     TwinfsOpt::Mode(v) => set_once(&mut mode, v, "mode")?,
                     TwinfsOpt::CpInterval(v) => set_once(&mut cp_interval, v, "cp_interval")?,
                     TwinfsOpt::CpSync(v) => set_once(&mut cp_sync, v, "cp_sync")?,
@@ -775,8 +872,20 @@ impl MountArgs {
                 "--memory {memory_bytes} bytes is too small: give at least 128M"
             ));
         }
+        if peer.is_none() && (key.is_some() || trusted_keys.is_some() || compress.is_some()) {
+            return Err(
+                "--key, --trusted-keys and --compress are only meaningful with --peer HOST:PORT"
+                    .into(),
+            );
+        }
         let peer = match (peer, secret) {
-            (Some(addr), Some(secret)) => Some(PeerTarget { addr, secret }),
+            (Some(addr), Some(secret)) => Some(PeerTarget {
+                addr,
+                secret,
+                key,
+                trusted_keys,
+                compress: compress.unwrap_or(Compress::Auto),
+            }),
             (None, None) => None,
             (Some(_), None) => {
                 return Err("--peer needs --secret FILE (the secret shared with the peer)".into())
@@ -938,6 +1047,9 @@ mod tests {
                     port: 7070
                 },
                 secret: PathBuf::from("/etc/twinfs.key"),
+                key: None,
+                trusted_keys: None,
+                compress: Compress::Auto,
             })
         );
         assert_eq!(config.mode, Mode::Strict);

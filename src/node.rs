@@ -25,11 +25,13 @@ use twinfs_fs::device::{BlockDevice, FileDevice};
 use twinfs_fs::fuse;
 use twinfs_fs::{FsError, Volume, VolumeConfig};
 use twinfs_replicate::encode::CpSync;
+use twinfs_replicate::keys::Credentials;
 use twinfs_replicate::peer::{
-    self, PeerConfig, PeerDaemon, Replica, ReplicaView, ShutdownHandle, SwitchoverRequest, Takeover,
+    self, PeerConfig, PeerDaemon, PeerLimits, Replica, ReplicaView, ShutdownHandle,
+    SwitchoverRequest, Takeover,
 };
 use twinfs_replicate::source::{Mirror, MirrorConfig, Mode, DEFAULT_SYNC_TIMEOUT};
-use twinfs_replicate::Secret;
+use twinfs_replicate::Compression;
 
 use crate::control::{self, Request};
 
@@ -52,8 +54,13 @@ pub struct PrimarySettings {
     pub volume: VolumeConfig,
     /// Bound of the queue to the peer.
     pub queue_bytes: usize,
-    /// The secret shared with the peer (a primary without a peer has none).
-    pub secret: Option<Secret>,
+    /// This machine's key, the keys it trusts and the shared secret (a
+    /// primary without a peer has none).
+    pub credentials: Option<Credentials>,
+    /// When transfers to the peer are compressed.
+    pub compress: Compression,
+    /// What a source may use of this machine as the peer.
+    pub limits: PeerLimits,
     /// The mode status reports for a primary without a peer (as configured).
     pub mode: Mode,
 }
@@ -284,17 +291,18 @@ impl Node {
             e => format!("{e}; run `twinfs fsck` on the image"),
         })?);
         let mode = mirror_to.as_ref().map_or(self.settings.mode, |m| m.mode);
-        let mirror = match (&mirror_to, &self.settings.secret) {
+        let mirror = match (&mirror_to, &self.settings.credentials) {
             (Some(m), _) if read_only => {
                 log::warn!("read-only mount: not mirroring to {}", m.addr);
                 None
             }
-            (Some(m), Some(secret)) => Some(
+            (Some(m), Some(credentials)) => Some(
                 Mirror::start(
                     vol.clone(),
                     MirrorConfig {
                         peer: m.addr.clone(),
-                        secret: secret.clone(),
+                        credentials: credentials.clone(),
+                        compress: self.settings.compress,
                         mode: m.mode,
                         cp_sync: m.cp_sync,
                         sync_timeout: DEFAULT_SYNC_TIMEOUT,
@@ -303,7 +311,7 @@ impl Node {
                 )
                 .map_err(|e| format!("starting the mirror: {e}; check the --peer address"))?,
             ),
-            (Some(_), None) => return Err("mirroring needs a secret".into()),
+            (Some(_), None) => return Err("mirroring needs the keys and the secret".into()),
             (None, _) => None,
         };
         let mut options = self.settings.fuse_options.clone();
@@ -376,15 +384,16 @@ impl Node {
         listen: &str,
         listener: Option<std::net::TcpListener>,
     ) -> Result<std::net::SocketAddr, String> {
-        let secret = self
+        let credentials = self
             .settings
-            .secret
+            .credentials
             .clone()
-            .ok_or("a peer needs the secret shared with the source")?;
+            .ok_or("a peer needs the keys and the secret shared with the source")?;
         let daemon = PeerDaemon::start(PeerConfig {
             dir: dir.to_path_buf(),
             listen: listen.to_string(),
-            secret,
+            credentials,
+            limits: self.settings.limits,
             view: Some(self.clone() as Arc<dyn ReplicaView>),
             takeover: Some(self.clone() as Arc<dyn Takeover>),
             listener,

@@ -56,7 +56,7 @@ pub enum FrameFault {
         /// `MAX_FRAME_BYTES`.
         max: usize,
     },
-    /// A sealed frame too short to hold its sequence number and tag.
+    /// A sealed frame too short to hold its sequence number and one tag.
     #[error("the sealed frame has {len} bytes, fewer than the {min} of a sequence number and tag")]
     TooShort {
         /// Body length.
@@ -73,7 +73,7 @@ pub enum FrameFault {
         /// Sequence number found.
         got: u64,
     },
-    /// The AEAD tag did not verify: the frame was altered, truncated or forged.
+    /// An AEAD tag of the frame did not verify: the frame was altered, truncated or forged.
     #[error("its authentication tag does not verify: the frame was altered, truncated or forged in transit")]
     BadTag,
     /// The payload is not MessagePack of the expected message type.
@@ -140,7 +140,8 @@ pub enum ReplicateError {
         theirs: u32,
     },
 
-    /// The other side failed to prove it knows the shared secret.
+    /// The other side failed to prove its static key or the shared secret, or
+    /// its key is not trusted here.
     #[error("authentication failed: {0}")]
     AuthFailed(String),
 
@@ -180,6 +181,15 @@ pub enum ReplicateError {
     #[error("secret file {path}: {problem}")]
     Secret {
         /// The file given with `--secret`.
+        path: PathBuf,
+        /// What is wrong with it and what to do.
+        problem: String,
+    },
+
+    /// A key file (`--key`, `--trusted-keys`) is unusable.
+    #[error("key file {path}: {problem}")]
+    Key {
+        /// The file.
         path: PathBuf,
         /// What is wrong with it and what to do.
         problem: String,

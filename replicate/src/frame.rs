@@ -19,7 +19,7 @@ pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 
 /// Largest plaintext handshake frame body. Handshake messages are small; keeping the
 /// limit low means a connector that has proved nothing cannot make the peer buffer
-/// more than this.
+/// more than this (the reader's buffer stays this small until the limit is raised).
 pub const MAX_HANDSHAKE_FRAME_BYTES: usize = 4096;
 
 /// How much the reader asks the transport for when it does not yet know a frame's size.
@@ -213,7 +213,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     /// How many more bytes to make room for: the rest of the current frame when its
-    /// length is known (already checked against the limit), else one read chunk.
+    /// length is known (already checked against the limit), else one read chunk, but
+    /// never more than the largest frame accepted now (small during the handshake).
     fn bytes_wanted(&self) -> usize {
         let have = self.end - self.start;
         if have >= LEN_PREFIX_BYTES {
@@ -221,7 +222,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             let total = LEN_PREFIX_BYTES + u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize;
             total.saturating_sub(have).max(1)
         } else {
-            READ_CHUNK_BYTES
+            READ_CHUNK_BYTES.min(LEN_PREFIX_BYTES + self.max_frame_bytes)
         }
     }
 }

@@ -1,9 +1,11 @@
 //! twinfs-replicate: mirroring of a twinfs volume to a peer.
 //!
 //! This layer is the wire protocol (see `replicate/PROTOCOL.md`): length-prefixed
-//! MessagePack [`frame`]s, the [`message`]s, a [`handshake`] with mutual proof of a
-//! shared [`secret`], and a [`session`] whose frames are sealed with
-//! ChaCha20-Poly1305 ([`seal`]). [`fault`] injects network faults for tests.
+//! MessagePack [`frame`]s, the [`message`]s, a Noise `XXpsk3` [`handshake`] with
+//! static [`keys`] on both sides and a shared [`secret`] as second factor, and a
+//! [`session`] whose frames are sealed with the Noise transport ciphers
+//! (AES-256-GCM or ChaCha20-Poly1305, [`seal`]). [`fault`] injects network faults
+//! for tests.
 
 pub mod codec;
 pub mod encode;
@@ -12,8 +14,9 @@ pub mod fault;
 pub mod frame;
 pub mod handshake;
 pub mod history;
-mod kdf;
+pub mod keys;
 pub mod message;
+pub mod noise;
 pub mod peer;
 pub mod seal;
 pub mod secret;
@@ -22,8 +25,11 @@ pub mod source;
 
 pub use error::{Direction, FrameFault, ReplicateError, Result};
 pub use handshake::{
-    handshake_client, handshake_server, AppliedCp, HandshakeInfo, ResumePoint, PROTOCOL_VERSION,
+    authenticate_source, handshake_client, handshake_server, AppliedCp, Authenticated,
+    HandshakeInfo, ResumePoint, PROTOCOL_VERSION,
 };
+pub use keys::{Credentials, KeyPaths, PublicKey, StaticKey, TrustedKeys};
 pub use message::{Base, CpBlock, DeltaRange, Encoding, Message, Patch};
+pub use noise::Suite;
 pub use secret::Secret;
-pub use session::{RecvHalf, SendHalf, Session};
+pub use session::{Compression, RecvHalf, SendHalf, Session};

@@ -1,87 +1,138 @@
-//! AEAD sealing of session frames with ChaCha20-Poly1305.
+//! Sealing of session frames with the Noise transport ciphers.
 //!
-//! Sealed frame body: `seq u64 BE | ciphertext | tag (16)`. The AEAD nonce is
-//! `[0, 0, 0, 0] ++ seq (BE)` and the associated data is the 12 header bytes
-//! (length prefix + seq), so nothing of the frame is unauthenticated. `seq` is the
-//! frame's number in its direction; each direction has its own key, so a (key, nonce)
-//! pair is never used twice. Any altered byte (the `seq` and the length included)
-//! makes the tag fail; an authentic frame whose `seq` is not the one due was dropped,
-//! replayed or reordered on the way, and is reported as such.
+//! A sealed frame body is `seq u64 BE`, then the frame's plaintext as one or
+//! more Noise transport messages ("chunks", each at most 65,535 bytes: up to
+//! [`CHUNK_PLAINTEXT_BYTES`] of ciphertext and a 16-byte tag). Every chunk but
+//! the last is full, so the body's length alone says where chunks begin. Each
+//! chunk is sealed under an explicit Noise nonce built from the frame's `seq`,
+//! the chunk's index and whether it is the last one ([`chunk_nonce`]):
+//!
+//! - the `seq` a frame carries is authenticated by its chunks' tags, so an
+//!   authentic frame with an unexpected `seq` is told apart (dropped,
+//!   replayed, reordered) from an altered one;
+//! - chunks cannot be reordered or moved between frames, and a frame cut at a
+//!   chunk boundary fails, because its new last chunk was not sealed as last
+//!   (the STREAM construction of segmented AEAD).
+//!
+//! Rekeying (Noise `REKEY`, one-way) happens after a frame whose plaintext is
+//! empty: no message encodes to zero bytes, so an empty frame means "my next
+//! frame uses the next key". The session layer sends one when a key has
+//! sealed [`REKEY_AFTER_BYTES`] or lived [`REKEY_AFTER_MS`].
 
-use chacha20poly1305::aead::AeadInPlace;
-use chacha20poly1305::{ChaCha20Poly1305, KeyInit, Nonce, Tag};
+use parking_lot::RwLock;
+use snow::StatelessTransportState;
 
 use crate::error::{FrameFault, ReplicateError, Result};
 use crate::frame::{len_prefix, LEN_PREFIX_BYTES};
+use crate::noise::Suite;
 
 /// Bytes of the sequence number at the head of a sealed body.
 pub const SEQ_BYTES: usize = 8;
-/// Bytes of the Poly1305 tag at the end of a sealed body.
+/// Bytes of the AEAD tag at the end of each chunk.
 pub const TAG_BYTES: usize = 16;
-/// What sealing adds to a message's plaintext inside the frame body.
+/// Largest Noise message (a chunk on the wire).
+pub const NOISE_MAX_MESSAGE_BYTES: usize = 65535;
+/// Plaintext bytes of a full chunk.
+pub const CHUNK_PLAINTEXT_BYTES: usize = NOISE_MAX_MESSAGE_BYTES - TAG_BYTES;
+/// What sealing adds to a plaintext of at most one chunk (most messages).
 pub const SEALED_OVERHEAD_BYTES: usize = SEQ_BYTES + TAG_BYTES;
-/// Bytes of the authenticated header: length prefix and sequence number.
-pub const SEALED_HEADER_BYTES: usize = LEN_PREFIX_BYTES + SEQ_BYTES;
-/// Bytes of a ChaCha20-Poly1305 nonce.
-pub const AEAD_NONCE_BYTES: usize = 12;
+/// Bits of a chunk nonce that hold the chunk's index (the bit above them
+/// marks the last chunk; `seq` takes the rest).
+pub const CHUNK_INDEX_BITS: u32 = 9;
+/// Highest `seq` a sender uses (a nonce must stay below `2^64 - 1`).
+pub const MAX_SEQ: u64 = (1 << (64 - CHUNK_INDEX_BITS - 1)) - 1;
+/// A direction's key is replaced after sealing this many bytes...
+pub const REKEY_AFTER_BYTES: u64 = 1 << 30;
+/// ...or after this long, whichever comes first.
+pub const REKEY_AFTER_MS: u64 = 60_000;
 
-/// The AEAD nonce of frame `seq`: four zero bytes, then `seq` big-endian.
-pub fn aead_nonce(seq: u64) -> [u8; AEAD_NONCE_BYTES] {
-    let mut nonce = [0u8; AEAD_NONCE_BYTES];
-    nonce[AEAD_NONCE_BYTES - SEQ_BYTES..].copy_from_slice(&seq.to_be_bytes());
-    nonce
+/// The Noise nonce of chunk `index` of frame `seq`.
+pub fn chunk_nonce(seq: u64, index: usize, last: bool) -> u64 {
+    debug_assert!(seq <= MAX_SEQ && index < 1 << CHUNK_INDEX_BITS);
+    (seq << (CHUNK_INDEX_BITS + 1)) | (u64::from(last) << CHUNK_INDEX_BITS) | index as u64
 }
 
-/// One direction's cipher.
-pub(crate) struct Sealer {
-    cipher: ChaCha20Poly1305,
+/// Chunks that carry a plaintext of `len` bytes (at least one: an empty
+/// plaintext is a chunk that is only a tag).
+pub fn chunk_count(plaintext_len: usize) -> usize {
+    plaintext_len.div_ceil(CHUNK_PLAINTEXT_BYTES).max(1)
 }
 
-impl Sealer {
-    pub(crate) fn new(key: &[u8; 32]) -> Sealer {
-        Sealer {
-            cipher: ChaCha20Poly1305::new(key.into()),
+/// Bytes of the sealed body of a plaintext of `len` bytes.
+pub fn sealed_len(plaintext_len: usize) -> usize {
+    SEQ_BYTES + plaintext_len + TAG_BYTES * chunk_count(plaintext_len)
+}
+
+/// The two directions' transport ciphers of one connection, shared by its
+/// send and receive halves. Sealing and opening take a read lock (they may run
+/// at once); a rekey takes the write lock for the time of one block cipher call.
+pub(crate) struct Channel {
+    transport: RwLock<StatelessTransportState>,
+    suite: Suite,
+}
+
+impl Channel {
+    pub(crate) fn new(transport: StatelessTransportState, suite: Suite) -> Channel {
+        Channel {
+            transport: RwLock::new(transport),
+            suite,
         }
     }
 
-    /// Seals a frame built in `frame`: on entry `frame` holds the length-prefix
-    /// placeholder, `seq`, and the plaintext; on return the prefix is filled in, the
-    /// plaintext is ciphertext, and the tag is appended.
-    pub(crate) fn seal_in_place(
+    pub(crate) fn suite(&self) -> Suite {
+        self.suite
+    }
+
+    /// Seals `plaintext` as frame `seq` into `frame`, which holds the length
+    /// prefix's placeholder on entry; on return it holds the whole frame.
+    pub(crate) fn seal(
         &self,
         seq: u64,
+        plaintext: &[u8],
         frame: &mut Vec<u8>,
         what: &'static str,
     ) -> Result<()> {
-        debug_assert!(frame.len() >= SEALED_HEADER_BYTES);
-        let body_len = frame.len() - LEN_PREFIX_BYTES + TAG_BYTES;
-        let prefix = len_prefix(body_len).map_err(|fault| ReplicateError::InvalidOutgoing {
-            what,
-            problem: format!("{fault}; split it into smaller messages"),
-        })?;
+        debug_assert_eq!(frame.len(), LEN_PREFIX_BYTES);
+        let invalid = |problem: String| ReplicateError::InvalidOutgoing { what, problem };
+        if seq > MAX_SEQ {
+            return Err(invalid(
+                "the frame counter is exhausted; reconnect for fresh session keys".into(),
+            ));
+        }
+        let body_len = sealed_len(plaintext.len());
+        let prefix = len_prefix(body_len)
+            .map_err(|fault| invalid(format!("{fault}; split it into smaller messages")))?;
+        frame.resize(LEN_PREFIX_BYTES + body_len, 0);
         frame[..LEN_PREFIX_BYTES].copy_from_slice(&prefix);
-        frame[LEN_PREFIX_BYTES..SEALED_HEADER_BYTES].copy_from_slice(&seq.to_be_bytes());
-        let (header, plaintext) = frame.split_at_mut(SEALED_HEADER_BYTES);
-        let tag = self
-            .cipher
-            .encrypt_in_place_detached(Nonce::from_slice(&aead_nonce(seq)), header, plaintext)
-            .map_err(|_| {
-                ReplicateError::Encode("ChaCha20-Poly1305 refused to seal the frame".into())
-            })?;
-        frame.extend_from_slice(&tag);
+        frame[LEN_PREFIX_BYTES..LEN_PREFIX_BYTES + SEQ_BYTES].copy_from_slice(&seq.to_be_bytes());
+        let count = chunk_count(plaintext.len());
+        let transport = self.transport.read();
+        let mut at = LEN_PREFIX_BYTES + SEQ_BYTES;
+        for i in 0..count {
+            let from = i * CHUNK_PLAINTEXT_BYTES;
+            let piece = &plaintext[from..(from + CHUNK_PLAINTEXT_BYTES).min(plaintext.len())];
+            let out = &mut frame[at..at + piece.len() + TAG_BYTES];
+            let n = transport
+                .write_message(chunk_nonce(seq, i, i + 1 == count), piece, out)
+                .map_err(|e| ReplicateError::Encode(format!("sealing {what} failed: {e}")))?;
+            debug_assert_eq!(n, piece.len() + TAG_BYTES);
+            at += n;
+        }
+        debug_assert_eq!(at, frame.len());
         Ok(())
     }
 
-    /// Opens a sealed frame body in place and returns its plaintext. `expected_seq` is
-    /// the number of the frame due. The tag is checked under the sequence number the
-    /// frame carries, so a failure is told apart: a frame that does not authenticate
-    /// was damaged or forged ([`FrameFault::BadTag`]); an authentic frame of this
-    /// session with the wrong number was dropped, replayed or reordered on the way
-    /// ([`FrameFault::OutOfSequence`]).
-    pub(crate) fn open_in_place<'a>(
+    /// Opens the sealed body of the frame due as number `expected_seq` into
+    /// `out` and returns the plaintext. The chunks are checked under the `seq`
+    /// the frame carries, so a failure is told apart: a frame that does not
+    /// authenticate was damaged or forged ([`FrameFault::BadTag`]); an
+    /// authentic frame of this session with the wrong number was dropped,
+    /// replayed or reordered ([`FrameFault::OutOfSequence`]).
+    pub(crate) fn open<'a>(
         &self,
         expected_seq: u64,
-        body: &'a mut [u8],
+        body: &[u8],
+        out: &'a mut Vec<u8>,
     ) -> Result<&'a [u8], FrameFault> {
         if body.len() < SEALED_OVERHEAD_BYTES {
             return Err(FrameFault::TooShort {
@@ -89,29 +140,45 @@ impl Sealer {
                 min: SEALED_OVERHEAD_BYTES,
             });
         }
-        let mut header = [0u8; SEALED_HEADER_BYTES];
-        header[..LEN_PREFIX_BYTES].copy_from_slice(&len_prefix(body.len())?);
-        header[LEN_PREFIX_BYTES..].copy_from_slice(&body[..SEQ_BYTES]);
-        let mut seq_bytes = [0u8; SEQ_BYTES];
-        seq_bytes.copy_from_slice(&body[..SEQ_BYTES]);
-        let seq = u64::from_be_bytes(seq_bytes);
-        let (_, rest) = body.split_at_mut(SEQ_BYTES);
-        let (ciphertext, tag) = rest.split_at_mut(rest.len() - TAG_BYTES);
-        let tag = Tag::clone_from_slice(tag);
-        self.cipher
-            .decrypt_in_place_detached(
-                Nonce::from_slice(&aead_nonce(seq)),
-                &header,
-                ciphertext,
-                &tag,
-            )
-            .map_err(|_| FrameFault::BadTag)?;
+        let (seq_bytes, chunks) = body.split_at(SEQ_BYTES);
+        let seq = u64::from_be_bytes(seq_bytes.try_into().expect("8 bytes"));
+        if seq > MAX_SEQ {
+            return Err(FrameFault::BadTag);
+        }
+        let count = chunks.len().div_ceil(NOISE_MAX_MESSAGE_BYTES);
+        let last_len = chunks.len() - (count - 1) * NOISE_MAX_MESSAGE_BYTES;
+        if last_len < TAG_BYTES || count > 1 << CHUNK_INDEX_BITS {
+            return Err(FrameFault::BadTag);
+        }
+        let plaintext_len = chunks.len() - count * TAG_BYTES;
+        // Room for the last chunk's tag: the cipher opens each chunk in place.
+        out.clear();
+        out.resize(plaintext_len + TAG_BYTES, 0);
+        let transport = self.transport.read();
+        for (i, chunk) in chunks.chunks(NOISE_MAX_MESSAGE_BYTES).enumerate() {
+            let at = i * CHUNK_PLAINTEXT_BYTES;
+            transport
+                .read_message(chunk_nonce(seq, i, i + 1 == count), chunk, &mut out[at..])
+                .map_err(|_| FrameFault::BadTag)?;
+        }
+        drop(transport);
+        out.truncate(plaintext_len);
         if seq != expected_seq {
             return Err(FrameFault::OutOfSequence {
                 expected: expected_seq,
                 got: seq,
             });
         }
-        Ok(ciphertext)
+        Ok(&out[..])
+    }
+
+    /// Replaces the sending direction's key (Noise `REKEY`).
+    pub(crate) fn rekey_outgoing(&self) {
+        self.transport.write().rekey_outgoing();
+    }
+
+    /// Replaces the receiving direction's key (Noise `REKEY`).
+    pub(crate) fn rekey_incoming(&self) {
+        self.transport.write().rekey_incoming();
     }
 }

@@ -1,6 +1,10 @@
 //! An established session: sealed frames in both directions, splittable into a send
 //! half and a receive half so that a forwarder can send transfers while another task
-//! receives acknowledgements.
+//! receives acknowledgements. Both halves share the connection's [`Channel`]; each
+//! rekeys its own direction.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -12,7 +16,52 @@ use crate::frame::{FrameReader, FrameWriter};
 use crate::message::{
     decompress_transfer, FullBlocksRef, Message, TransferCompressor, TransferRef,
 };
-use crate::seal::{Sealer, SEQ_BYTES};
+use crate::noise::Suite;
+use crate::seal::{Channel, REKEY_AFTER_BYTES, REKEY_AFTER_MS};
+
+/// Bytes waiting in the source's outbound queue from which `--compress auto`
+/// compresses transfers: below it the link keeps up, and lz4 would only cost
+/// CPU on both sides.
+pub const AUTO_COMPRESS_BACKLOG_BYTES: usize = 8 << 20;
+
+/// When transfers travel lz4-compressed (`--compress`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Compression {
+    /// Only while transfers wait to be sent (a send backlog of at least
+    /// [`AUTO_COMPRESS_BACKLOG_BYTES`]): when the link is the bottleneck.
+    #[default]
+    Auto,
+    /// Every transfer that shrinks enough.
+    Always,
+    /// Never: the lengths of sealed frames then tell an observer nothing about
+    /// how compressible the data is.
+    Never,
+}
+
+impl std::str::FromStr for Compression {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(Compression::Auto),
+            "always" => Ok(Compression::Always),
+            "never" => Ok(Compression::Never),
+            _ => Err(format!(
+                "unknown compression {s:?}: use auto, always or never"
+            )),
+        }
+    }
+}
+
+impl Compression {
+    /// The name as typed on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::Auto => "auto",
+            Compression::Always => "always",
+            Compression::Never => "never",
+        }
+    }
+}
 
 /// Both halves of a session over one stream `S` (a `TcpStream` in production, an
 /// in-memory or fault-injecting stream in tests).
@@ -51,9 +100,14 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
         (self.tx, self.rx)
     }
 
-    /// The send half (counters).
+    /// The send half (counters, settings).
     pub fn sender(&self) -> &SendHalf<WriteHalf<S>> {
         &self.tx
+    }
+
+    /// The send half, to change its settings.
+    pub fn sender_mut(&mut self) -> &mut SendHalf<WriteHalf<S>> {
+        &mut self.tx
     }
 
     /// The receive half (counters).
@@ -62,20 +116,45 @@ impl<S: AsyncRead + AsyncWrite> Session<S> {
     }
 }
 
+/// When a direction's key is replaced.
+#[derive(Clone, Copy, Debug)]
+struct RekeyBudget {
+    bytes: u64,
+    after: Duration,
+}
+
 /// The sending half of a session. Not cancel-safe: dropping a `send` future half-way
 /// closes the half (the other side could no longer find frame boundaries).
 pub struct SendHalf<W> {
     frames: FrameWriter<W>,
-    sealer: Sealer,
+    channel: Arc<Channel>,
+    /// The message being sealed, encoded.
+    plain: Vec<u8>,
     compressor: TransferCompressor,
+    compression: Compression,
+    backlog: usize,
+    budget: RekeyBudget,
+    key_bytes: u64,
+    key_since: Instant,
+    rekeys: u64,
 }
 
 impl<W: AsyncWrite + Unpin> SendHalf<W> {
-    pub(crate) fn new(frames: FrameWriter<W>, key: &[u8; 32]) -> Self {
+    pub(crate) fn new(frames: FrameWriter<W>, channel: Arc<Channel>) -> Self {
         SendHalf {
             frames,
-            sealer: Sealer::new(key),
+            channel,
+            plain: Vec::new(),
             compressor: TransferCompressor::default(),
+            compression: Compression::default(),
+            backlog: 0,
+            budget: RekeyBudget {
+                bytes: REKEY_AFTER_BYTES,
+                after: Duration::from_millis(REKEY_AFTER_MS),
+            },
+            key_bytes: 0,
+            key_since: Instant::now(),
+            rekeys: 0,
         }
     }
 
@@ -98,9 +177,37 @@ impl<W: AsyncWrite + Unpin> SendHalf<W> {
         self.send_sealed(msg, msg.kind()).await
     }
 
+    /// Sets when transfers are compressed (the default is [`Compression::Auto`]).
+    pub fn set_compression(&mut self, compression: Compression) {
+        self.compression = compression;
+    }
+
+    /// Tells the half how many bytes wait to be sent after the next transfer
+    /// (the source's outbound queue); [`Compression::Auto`] compresses only
+    /// while that is at least [`AUTO_COMPRESS_BACKLOG_BYTES`].
+    pub fn note_backlog(&mut self, bytes: usize) {
+        self.backlog = bytes;
+    }
+
+    /// Replaces the rekey budget (tests use small ones to see many rekeys).
+    #[doc(hidden)]
+    pub fn set_rekey_budget(&mut self, bytes: u64, after: Duration) {
+        self.budget = RekeyBudget { bytes, after };
+    }
+
+    /// Times this direction's key was replaced on this connection.
+    pub fn rekeys(&self) -> u64 {
+        self.rekeys
+    }
+
+    /// The session's cipher.
+    pub fn suite(&self) -> Suite {
+        self.channel.suite()
+    }
+
     /// Sends `Message::Transfer { id, batch }` without the caller building a `Message`
-    /// (no copy of the batch), or `TransferLz4` when the batch compresses well;
-    /// the receiving half hands both out as `Transfer`.
+    /// (no copy of the batch), or `TransferLz4` when the compression policy asks for it
+    /// and the batch compresses well; the receiving half hands both out as `Transfer`.
     pub async fn send_transfer(&mut self, id: u64, batch: &[u8]) -> Result<usize> {
         let msg = TransferRef::Transfer { id, batch };
         msg.validate()
@@ -109,13 +216,20 @@ impl<W: AsyncWrite + Unpin> SendHalf<W> {
                 problem,
             })?;
         self.check_source_to_peer("Transfer")?;
-        if let Some(data) = self.compressor.compress(batch) {
-            let packed = Message::TransferLz4 {
-                id,
-                raw_len: batch.len() as u32,
-                data,
-            };
-            return self.send_sealed(&packed, "TransferLz4").await;
+        let compress = match self.compression {
+            Compression::Always => true,
+            Compression::Auto => self.backlog >= AUTO_COMPRESS_BACKLOG_BYTES,
+            Compression::Never => false,
+        };
+        if compress {
+            if let Some(data) = self.compressor.compress(batch) {
+                let packed = Message::TransferLz4 {
+                    id,
+                    raw_len: batch.len() as u32,
+                    data,
+                };
+                return self.send_sealed(&packed, "TransferLz4").await;
+            }
         }
         self.send_sealed(&msg, "Transfer").await
     }
@@ -156,36 +270,57 @@ impl<W: AsyncWrite + Unpin> SendHalf<W> {
         self.frames.shutdown().await
     }
 
+    /// Shuts the write direction down without a `Bye` (after a refusal).
+    pub(crate) async fn shutdown(&mut self) -> Result<()> {
+        self.frames.shutdown().await
+    }
+
     /// Seals any serializable value as the next frame.
     pub(crate) async fn send_sealed<T: Serialize>(
         &mut self,
         msg: &T,
         what: &'static str,
     ) -> Result<usize> {
-        let seq = self.frames.frames_written();
-        if seq == u64::MAX {
-            return Err(ReplicateError::InvalidOutgoing {
-                what,
-                problem: "the frame counter is exhausted; reconnect for fresh session keys".into(),
-            });
+        let mut plain = std::mem::take(&mut self.plain);
+        plain.clear();
+        let encoded = codec::encode_into(msg, &mut plain);
+        let sent = match encoded {
+            Ok(()) => self.seal_and_write(&plain, what).await,
+            Err(e) => Err(e),
+        };
+        self.plain = plain;
+        sent
+    }
+
+    /// Seals `plaintext` (never empty: an empty frame is the rekey marker) as
+    /// the next frame, after a rekey marker when the key's budget is spent.
+    async fn seal_and_write(&mut self, plaintext: &[u8], what: &'static str) -> Result<usize> {
+        debug_assert!(!plaintext.is_empty(), "no message encodes to nothing");
+        let mut wire = 0;
+        if self.key_bytes >= self.budget.bytes || self.key_since.elapsed() >= self.budget.after {
+            let seq = self.frames.frames_written();
+            let buf = self.frames.start_frame();
+            self.channel.seal(seq, &[], buf, "rekey marker")?;
+            wire += self.frames.write_started_frame().await?;
+            self.channel.rekey_outgoing();
+            self.rekeys += 1;
+            self.key_bytes = 0;
+            self.key_since = Instant::now();
+            log::debug!("{} key replaced (rekey {})", self.direction(), self.rekeys);
         }
+        let seq = self.frames.frames_written();
         let buf = self.frames.start_frame();
-        buf.extend_from_slice(&[0; SEQ_BYTES]);
-        codec::encode_into(msg, buf)?;
-        self.sealer.seal_in_place(seq, buf, what)?;
-        self.frames.write_started_frame().await
+        self.channel.seal(seq, plaintext, buf, what)?;
+        self.key_bytes += plaintext.len() as u64;
+        wire += self.frames.write_started_frame().await?;
+        Ok(wire)
     }
 
     /// Test hook: seals `plaintext` as the next frame without encoding or checking it,
     /// to show that the receiver rejects authentic frames that are not valid messages.
     #[cfg(test)]
     pub(crate) async fn send_sealed_raw(&mut self, plaintext: &[u8]) -> Result<usize> {
-        let seq = self.frames.frames_written();
-        let buf = self.frames.start_frame();
-        buf.extend_from_slice(&[0; SEQ_BYTES]);
-        buf.extend_from_slice(plaintext);
-        self.sealer.seal_in_place(seq, buf, "raw")?;
-        self.frames.write_started_frame().await
+        self.seal_and_write(plaintext, "raw").await
     }
 
     /// Direction of the frames sent.
@@ -193,8 +328,8 @@ impl<W: AsyncWrite + Unpin> SendHalf<W> {
         self.frames.direction()
     }
 
-    /// Frames sent on this connection so far, handshake included; also the sequence
-    /// number of the next frame.
+    /// Frames sent on this connection so far, handshake and rekey markers
+    /// included; also the sequence number of the next frame.
     pub fn frames_sent(&self) -> u64 {
         self.frames.frames_written()
     }
@@ -210,15 +345,20 @@ impl<W: AsyncWrite + Unpin> SendHalf<W> {
 /// follows a damaged frame is ever returned.
 pub struct RecvHalf<R> {
     frames: FrameReader<R>,
-    sealer: Sealer,
+    channel: Arc<Channel>,
+    /// The plaintext of the frame being decoded.
+    plain: Vec<u8>,
+    rekeys: u64,
     closed: bool,
 }
 
 impl<R: AsyncRead + Unpin> RecvHalf<R> {
-    pub(crate) fn new(frames: FrameReader<R>, key: &[u8; 32]) -> Self {
+    pub(crate) fn new(frames: FrameReader<R>, channel: Arc<Channel>) -> Self {
         RecvHalf {
             frames,
-            sealer: Sealer::new(key),
+            channel,
+            plain: Vec::new(),
+            rekeys: 0,
             closed: false,
         }
     }
@@ -248,33 +388,50 @@ impl<R: AsyncRead + Unpin> RecvHalf<R> {
 
     async fn recv_sealed<T>(
         &mut self,
-        decode: impl FnOnce(&[u8]) -> Result<T, FrameFault>,
+        mut decode: impl FnMut(&[u8]) -> Result<T, FrameFault>,
     ) -> Result<T> {
         let direction = self.frames.direction();
         if self.closed {
             return Err(ReplicateError::SessionClosed { direction });
         }
-        let seq = self.frames.frames_read();
-        let result = match self.frames.read_frame().await {
-            Ok(Some(body)) => self
-                .sealer
-                .open_in_place(seq, body)
-                .and_then(decode)
-                .map_err(|fault| ReplicateError::Frame {
+        loop {
+            let seq = self.frames.frames_read();
+            let opened = match self.frames.read_frame().await {
+                Ok(Some(body)) => self
+                    .channel
+                    .open(seq, body, &mut self.plain)
+                    .map(|p| p.is_empty()),
+                Ok(None) => {
+                    self.closed = true;
+                    return Err(ReplicateError::ConnectionClosed {
+                        direction,
+                        frame: seq,
+                    });
+                }
+                Err(e) => {
+                    self.closed = true;
+                    return Err(e);
+                }
+            };
+            let result = match opened {
+                // The rekey marker: the next frame is sealed under the next key.
+                Ok(true) => {
+                    self.channel.rekey_incoming();
+                    self.rekeys += 1;
+                    continue;
+                }
+                Ok(false) => decode(&self.plain),
+                Err(fault) => Err(fault),
+            };
+            return result.map_err(|fault| {
+                self.closed = true;
+                ReplicateError::Frame {
                     direction,
                     frame: seq,
                     fault,
-                }),
-            Ok(None) => Err(ReplicateError::ConnectionClosed {
-                direction,
-                frame: seq,
-            }),
-            Err(e) => Err(e),
-        };
-        if result.is_err() {
-            self.closed = true;
+                }
+            });
         }
-        result
     }
 
     /// Direction of the frames received.
@@ -282,8 +439,13 @@ impl<R: AsyncRead + Unpin> RecvHalf<R> {
         self.frames.direction()
     }
 
-    /// Frames received on this connection so far, handshake included; also the
-    /// sequence number of the next frame due.
+    /// Times the other side's key was replaced on this connection.
+    pub fn rekeys(&self) -> u64 {
+        self.rekeys
+    }
+
+    /// Frames received on this connection so far, handshake and rekey
+    /// markers included; also the sequence number of the next frame due.
     pub fn frames_received(&self) -> u64 {
         self.frames.frames_read()
     }
@@ -301,20 +463,25 @@ mod tests {
 
     use super::*;
     use crate::handshake::{handshake_client, handshake_server, ResumePoint};
+    use crate::keys::Credentials;
     use crate::message::{CpBlock, Encoding, BLOCK_BYTES, MAX_BLOCKS_PER_CP_FRAME};
     use crate::secret::Secret;
     use tokio::io::DuplexStream;
 
+    /// Frame number of the first session frame in either direction.
+    const FIRST_SESSION_FRAME: u64 = 3;
+
     async fn pair() -> (Session<DuplexStream>, Session<DuplexStream>) {
         let (a, b) = tokio::io::duplex(1 << 16);
-        let s = Secret::from_bytes(b"unit test secret bytes").expect("long enough");
+        let s = Secret::from_bytes(b"unit test secret: 7f3a9c21e4b8d605").expect("random enough");
+        let (cs, cp) = Credentials::pair(&s).expect("keys");
         let resume = ResumePoint {
             applied_cp: None,
             durable_transfer: 0,
         };
         let (c, d) = tokio::join!(
-            handshake_client(a, &s, [0; 16]),
-            handshake_server(b, &s, resume, |_| Ok(()))
+            handshake_client(a, &cs, [0; 16], 1 << 20),
+            handshake_server(b, &cp, resume, |_| Ok(()))
         );
         (c.expect("client").0, d.expect("server").0)
     }
@@ -325,10 +492,10 @@ mod tests {
         match peer.recv().await {
             Err(ReplicateError::Frame {
                 direction: Direction::SourceToPeer,
-                frame: 2,
+                frame: FIRST_SESSION_FRAME,
                 fault,
             }) => fault,
-            other => panic!("expected a frame 2 error, got {other:?}"),
+            other => panic!("expected a frame {FIRST_SESSION_FRAME} error, got {other:?}"),
         }
     }
 
@@ -455,6 +622,66 @@ mod tests {
         ));
         source.send(&Message::Bye).await.expect("send");
         assert_eq!(peer.recv().await.expect("recv"), Message::Bye);
+    }
+
+    #[tokio::test]
+    async fn compression_follows_the_policy_and_the_backlog() {
+        // Small enough for the in-memory pipe to hold a whole frame.
+        let batch = vec![0x3C; 16 * 1024];
+        let (mut source, mut peer) = pair().await;
+        let mut wire = Vec::new();
+        for (id, policy, backlog) in [
+            (1, Compression::Never, usize::MAX),
+            (2, Compression::Auto, 0),
+            (3, Compression::Auto, AUTO_COMPRESS_BACKLOG_BYTES),
+            (4, Compression::Always, 0),
+        ] {
+            source.sender_mut().set_compression(policy);
+            source.sender_mut().note_backlog(backlog);
+            wire.push(source.send_transfer(id, &batch).await.expect("send"));
+            let got = peer.recv().await.expect("recv");
+            assert_eq!(
+                got,
+                Message::Transfer {
+                    id,
+                    batch: batch.clone()
+                }
+            );
+        }
+        let big = batch.len();
+        assert!(wire[0] > big && wire[1] > big, "not compressed: {wire:?}");
+        assert!(
+            wire[2] < big / 8 && wire[3] < big / 8,
+            "compressed: {wire:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn keys_are_replaced_on_the_byte_and_the_time_budget() {
+        let (source, peer) = pair().await;
+        let (mut tx, _source_rx) = source.split();
+        let (_peer_tx, mut rx) = peer.split();
+        tx.set_rekey_budget(10_000, std::time::Duration::from_secs(3600));
+        for id in 1..=40u64 {
+            let batch = vec![id as u8; 1000];
+            tx.send_transfer(id, &batch).await.expect("send");
+            assert_eq!(
+                rx.recv().await.expect("recv"),
+                Message::Transfer { id, batch }
+            );
+        }
+        // About one key per ten 1 KB transfers, each announced by a marker frame.
+        assert!((3..=4).contains(&tx.rekeys()), "{}", tx.rekeys());
+        assert_eq!(tx.rekeys(), rx.rekeys());
+        assert_eq!(tx.frames_sent(), FIRST_SESSION_FRAME + 40 + tx.rekeys());
+        assert_eq!(rx.frames_received(), tx.frames_sent());
+        tx.set_rekey_budget(u64::MAX, std::time::Duration::ZERO);
+        for nonce in 0..5 {
+            tx.send(&Message::Ping { nonce }).await.expect("send");
+            assert_eq!(rx.recv().await.expect("recv"), Message::Ping { nonce });
+        }
+        assert_eq!(rx.rekeys(), tx.rekeys());
+        assert!(tx.rekeys() >= 8);
     }
 
     #[tokio::test]

@@ -30,12 +30,12 @@ use crate::encode::{self, CpSync, EncKind, PrevReader};
 use crate::error::{ReplicateError, Result};
 use crate::handshake::{handshake_client, HandshakeInfo};
 use crate::history::{DivergenceReport, Side};
+use crate::keys::Credentials;
 use crate::message::{
     self, lineage_from_wire, wire_lineage, CpBlock, Encoding, HoldRecord, Message, Refusal,
     WireGeneration, MAX_BLOCKS_PER_CP_FRAME,
 };
-use crate::secret::Secret;
-use crate::session::{RecvHalf, SendHalf};
+use crate::session::{Compression, RecvHalf, SendHalf};
 
 /// When fsync waits for the peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,7 +76,10 @@ impl Mode {
 pub struct MirrorConfig {
     /// `HOST:PORT` of the peer daemon.
     pub peer: String,
-    pub secret: Secret,
+    /// This source's key, the peer's keys it trusts, and the shared secret.
+    pub credentials: Credentials,
+    /// When transfers travel lz4-compressed (`--compress`).
+    pub compress: Compression,
     pub mode: Mode,
     pub cp_sync: CpSync,
     /// How long fsync waits for the peer before the volume carries on without it.
@@ -854,11 +857,16 @@ async fn connection_loop(s: Arc<Shared>) {
             let stream = connect(&s.cfg.peer).await?;
             stream.set_nodelay(true).ok();
             s.link.lock().local_addr = stream.local_addr().ok();
-            let (session, info) = handshake_client(stream, &s.cfg.secret, s.vol.uuid()).await?;
+            let blocks = s.vol.committed().total_blocks;
+            let (mut session, info) =
+                handshake_client(stream, &s.cfg.credentials, s.vol.uuid(), blocks).await?;
+            session.sender_mut().set_compression(s.cfg.compress);
             log::info!(
-                "connected to peer {} (protocol {})",
+                "connected to peer {} (protocol {}, {}, peer key {})",
                 s.cfg.peer,
-                info.version
+                info.version,
+                info.suite.protocol_name(),
+                info.remote_key
             );
             last_logged = None;
             backoff = Duration::from_millis(200);
@@ -1341,6 +1349,7 @@ impl Sender<'_> {
         if b.id <= self.last_transfer_sent {
             return Ok(());
         }
+        self.tx.note_backlog(self.s.out.lock().bytes);
         let n = self.tx.send_transfer(b.id.0, &b.bytes).await?;
         let s = self.s.clone();
         s.counters.log_sent.fetch_add(n as u64, Ordering::Relaxed);

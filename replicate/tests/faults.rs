@@ -10,18 +10,26 @@ use proptest::prelude::*;
 use tokio::io::DuplexStream;
 use twinfs_replicate::fault::{faulty_duplex, Fault, FaultPlan};
 use twinfs_replicate::{
-    handshake_client, handshake_server, Direction, FrameFault, Message, ReplicateError,
-    ResumePoint, Secret, Session,
+    handshake_client, handshake_server, Credentials, Direction, FrameFault, Message,
+    ReplicateError, ResumePoint, Secret, Session,
 };
 
 const UUID: [u8; 16] = [0x11; 16];
-/// Number of the first session frame source→peer (after Hello and ClientProof).
-const FIRST_S2P: u64 = 2;
-/// Number of the first session frame peer→source (after Challenge, Accepted, Welcome).
+/// Number of the first session frame source→peer (after Hello, NoiseInit, NoiseFinal).
+const FIRST_S2P: u64 = 3;
+/// Number of the first session frame peer→source (after NoiseReply, Authenticated, Admission).
 const FIRST_P2S: u64 = 3;
+/// Size the test source announces.
+const BLOCKS: u64 = 1 << 16;
 
-fn secret() -> Secret {
-    Secret::from_bytes(b"a secret shared by both test ends").unwrap()
+/// The source's and the peer's credentials (one key pair each, made once).
+fn credentials() -> (Credentials, Credentials) {
+    static PAIR: std::sync::OnceLock<(Credentials, Credentials)> = std::sync::OnceLock::new();
+    PAIR.get_or_init(|| {
+        let secret = Secret::from_bytes(b"a secret both test ends share: 0c9e47f1").unwrap();
+        Credentials::pair(&secret).unwrap()
+    })
+    .clone()
 }
 
 fn fresh() -> ResumePoint {
@@ -33,10 +41,10 @@ fn fresh() -> ResumePoint {
 
 async fn connect(s2p: FaultPlan, p2s: FaultPlan) -> (Session<DuplexStream>, Session<DuplexStream>) {
     let (a, b) = faulty_duplex(s2p, p2s);
-    let s = secret();
+    let (cs, cp) = credentials();
     let (client, server) = tokio::join!(
-        handshake_client(a, &s, UUID),
-        handshake_server(b, &s, fresh(), |_| Ok(()))
+        handshake_client(a, &cs, UUID, BLOCKS),
+        handshake_server(b, &cp, fresh(), |_| Ok(()))
     );
     (client.unwrap().0, server.unwrap().0)
 }
@@ -289,29 +297,55 @@ async fn a_frame_from_another_session_does_not_open() {
 }
 
 #[tokio::test]
+async fn a_frame_sealed_before_a_rekey_does_not_open_after_it() {
+    // Transfers 1 and 2, a rekey marker, then transfer 3, which the relay
+    // replaces with the recording of transfer 1: under the same key that
+    // would be an authentic replay (OutOfSequence); under the next key it
+    // does not authenticate at all.
+    let tap = FaultPlan::new().record();
+    let (source, mut peer) = connect(tap.clone(), FaultPlan::new()).await;
+    let (mut tx, _rx) = source.split();
+    for id in 1..=2 {
+        tx.send(&transfer(id)).await.unwrap();
+        assert_eq!(peer.recv().await.unwrap(), transfer(id));
+    }
+    let old = tap.recorded()[FIRST_S2P as usize].clone();
+    tap.inject_at(FIRST_S2P + 3, Fault::Replace(old));
+    tx.set_rekey_budget(0, Duration::from_secs(3600));
+    tx.send(&transfer(3)).await.unwrap();
+    assert_eq!(tx.rekeys(), 1);
+    assert_eq!(
+        frame_error(peer.recv().await.err()),
+        (Direction::SourceToPeer, FIRST_S2P + 3, FrameFault::BadTag)
+    );
+}
+
+#[tokio::test]
 async fn a_recorded_handshake_cannot_be_replayed() {
     let tap = FaultPlan::new().record();
     let _ = connect(tap.clone(), FaultPlan::new()).await;
-    let old_proof = tap.recorded()[1].clone();
-    let replay = FaultPlan::new().at(1, Fault::Replace(old_proof));
+    // The source's last handshake message, which proves its key and the secret…
+    let old_proof = tap.recorded()[2].clone();
+    // …does not authenticate in a new handshake (the peer's ephemeral key differs).
+    let replay = FaultPlan::new().at(2, Fault::Replace(old_proof));
     let (a, b) = faulty_duplex(replay, FaultPlan::new());
-    let s = secret();
+    let (cs, cp) = credentials();
     let (client, server) = tokio::join!(
-        handshake_client(a, &s, UUID),
-        handshake_server(b, &s, fresh(), |_| Ok(()))
+        handshake_client(a, &cs, UUID, BLOCKS),
+        handshake_server(b, &cp, fresh(), |_| Ok(()))
     );
     assert!(matches!(server.err(), Some(ReplicateError::AuthFailed(_))));
     assert!(matches!(client.err(), Some(ReplicateError::Refused { .. })));
 }
 
 #[tokio::test]
-async fn a_corrupted_client_proof_is_refused_as_a_secret_mismatch() {
-    let plan = FaultPlan::new().at(1, Fault::FlipBit { bit: 8 * 20 });
+async fn a_corrupted_last_handshake_message_is_refused_as_unauthenticated() {
+    let plan = FaultPlan::new().at(2, Fault::FlipBit { bit: 8 * 20 });
     let (a, b) = faulty_duplex(plan, FaultPlan::new());
-    let s = secret();
+    let (cs, cp) = credentials();
     let (client, server) = tokio::join!(
-        handshake_client(a, &s, UUID),
-        handshake_server(b, &s, fresh(), |_| Ok(()))
+        handshake_client(a, &cs, UUID, BLOCKS),
+        handshake_server(b, &cp, fresh(), |_| Ok(()))
     );
     assert!(matches!(server.err(), Some(ReplicateError::AuthFailed(_))));
     assert!(matches!(client.err(), Some(ReplicateError::Refused { .. })));
@@ -321,10 +355,10 @@ async fn a_corrupted_client_proof_is_refused_as_a_secret_mismatch() {
 async fn a_corrupted_welcome_fails_the_source_handshake_at_frame_two() {
     let plan = FaultPlan::new().at(2, Fault::FlipBit { bit: 8 * 10 });
     let (a, b) = faulty_duplex(FaultPlan::new(), plan);
-    let s = secret();
+    let (cs, cp) = credentials();
     let (client, _server) = tokio::join!(
-        handshake_client(a, &s, UUID),
-        handshake_server(b, &s, fresh(), |_| Ok(()))
+        handshake_client(a, &cs, UUID, BLOCKS),
+        handshake_server(b, &cp, fresh(), |_| Ok(()))
     );
     assert_eq!(
         frame_error(client.err()),
@@ -523,8 +557,8 @@ proptest! {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             let (a, b) = tokio::io::duplex(1 << 20);
-            let s = secret();
-            let (client, server) = tokio::join!(handshake_client(a, &s, UUID), handshake_server(b, &s, fresh(), |_| Ok(())));
+            let (cs, cp) = credentials();
+            let (client, server) = tokio::join!(handshake_client(a, &cs, UUID, BLOCKS), handshake_server(b, &cp, fresh(), |_| Ok(())));
             let (mut source, mut peer) = (client.unwrap().0, server.unwrap().0);
             for msg in &msgs {
                 let (sender, receiver) = if msg.may_travel(Direction::SourceToPeer) {

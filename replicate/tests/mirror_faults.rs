@@ -32,7 +32,7 @@ use twinfs_replicate::encode::CpSync;
 use twinfs_replicate::fault::{relay, Fault, FaultPlan};
 use twinfs_replicate::peer::{peer_status, PeerConfig, PeerDaemon};
 use twinfs_replicate::source::{Mirror, MirrorConfig, Mode, Phase, DEFAULT_QUEUE_BYTES};
-use twinfs_replicate::{Direction, Secret};
+use twinfs_replicate::{Credentials, Direction, Secret};
 
 /// Connections that get a fault, per seed.
 const FAULTY_SESSIONS: usize = 14;
@@ -47,8 +47,21 @@ const WIND_DOWN: Duration = Duration::from_secs(3);
 /// Longest wait for one planned fault to hit and its session to end.
 const FAULT_DEADLINE: Duration = Duration::from_secs(30);
 
-fn secret() -> Secret {
-    Secret::from_bytes(b"mirror fault tests: a shared secret").expect("long enough")
+fn credentials() -> &'static (Credentials, Credentials) {
+    static PAIR: std::sync::OnceLock<(Credentials, Credentials)> = std::sync::OnceLock::new();
+    PAIR.get_or_init(|| {
+        let secret =
+            Secret::from_bytes(b"mirror fault tests: 93b1f0c7e2a4d856").expect("random enough");
+        Credentials::pair(&secret).expect("keys")
+    })
+}
+
+fn source_credentials() -> Credentials {
+    credentials().0.clone()
+}
+
+fn peer_credentials() -> Credentials {
+    credentials().1.clone()
 }
 
 /// xorshift64*: a seeded, reproducible stream of numbers.
@@ -227,7 +240,8 @@ fn open_source(peer: SocketAddr, mode: Mode) -> (Arc<Volume>, Arc<Mirror>) {
         vol.clone(),
         MirrorConfig {
             peer: peer.to_string(),
-            secret: secret(),
+            credentials: source_credentials(),
+            compress: Default::default(),
             mode,
             cp_sync: CpSync::Best,
             sync_timeout: Duration::from_millis(1500),
@@ -500,7 +514,8 @@ fn run_seed(seed: u64) {
     let daemon = PeerDaemon::start(PeerConfig {
         dir: dir.clone(),
         listen: "127.0.0.1:0".into(),
-        secret: secret(),
+        credentials: peer_credentials(),
+        limits: Default::default(),
         view: None,
         takeover: None,
         listener: None,

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use peer_support::{init_log, read_file, secret};
+use peer_support::{init_log, peer_credentials, read_file, source_credentials};
 use twinfs_fs::device::{BlockDevice, CrashDevice, FileDevice, LostWrite};
 use twinfs_fs::volume::{self, Volume, VolumeConfig};
 use twinfs_fs::{BlockAddr, FileKind, FsError, TransferId, View, ROOT_INO};
@@ -118,7 +118,8 @@ fn open_source(dev: Arc<PowerCut>, peer: std::net::SocketAddr) -> (Arc<Volume>, 
         vol.clone(),
         MirrorConfig {
             peer: peer.to_string(),
-            secret: secret(),
+            credentials: source_credentials(),
+            compress: Default::default(),
             mode: Mode::Sync,
             cp_sync: CpSync::Best,
             sync_timeout: Duration::from_secs(10),
@@ -157,7 +158,8 @@ fn a_transfer_the_source_lost_in_a_crash_is_dropped_at_the_peer() {
     let daemon = PeerDaemon::start(PeerConfig {
         dir: dir.path().to_path_buf(),
         listen: "127.0.0.1:0".into(),
-        secret: secret(),
+        credentials: peer_credentials(),
+        limits: Default::default(),
         view: None,
         takeover: None,
         listener: None,

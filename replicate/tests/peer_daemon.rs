@@ -19,6 +19,9 @@ use twinfs_replicate::peer::{peer_status, promote, PeerConfig, PeerDaemon, Repli
 use twinfs_replicate::source::{Mirror, MirrorConfig, Mode, Phase, DEFAULT_QUEUE_BYTES};
 use twinfs_replicate::{handshake_client, HandshakeInfo, ReplicateError, Session};
 
+/// The size the scripted source announces: its `Source::new` volumes'.
+const TEST_VOLUME_BLOCKS: u64 = 4096;
+
 fn start(dir: &Path) -> PeerDaemon {
     start_with(dir, None)
 }
@@ -27,7 +30,8 @@ fn start_with(dir: &Path, view: Option<Arc<dyn ReplicaView>>) -> PeerDaemon {
     PeerDaemon::start(PeerConfig {
         dir: dir.to_path_buf(),
         listen: "127.0.0.1:0".into(),
-        secret: secret(),
+        credentials: peer_credentials(),
+        limits: Default::default(),
         view,
         takeover: None,
         listener: None,
@@ -40,7 +44,7 @@ async fn connect(
     uuid: [u8; 16],
 ) -> Result<(Session<TcpStream>, HandshakeInfo), ReplicateError> {
     let stream = TcpStream::connect(d.local_addr()).await.expect("connect");
-    handshake_client(stream, &secret(), uuid).await
+    handshake_client(stream, &source_credentials(), uuid, TEST_VOLUME_BLOCKS).await
 }
 
 /// Connects, retrying while the daemon finishes a previous session.
@@ -112,7 +116,8 @@ fn mirrored_volume(
         vol.clone(),
         MirrorConfig {
             peer: peer.to_string(),
-            secret: secret(),
+            credentials: source_credentials(),
+            compress: Default::default(),
             mode,
             cp_sync,
             sync_timeout: Duration::from_secs(5),
@@ -346,8 +351,11 @@ async fn a_source_without_the_secret_gets_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let d = start(tmp.path());
     let stream = TcpStream::connect(d.local_addr()).await.unwrap();
-    let wrong = twinfs_replicate::Secret::from_bytes(b"not the peer's secret at all").unwrap();
-    let err = handshake_client(stream, &wrong, UUID)
+    let wrong = twinfs_replicate::Secret::from_bytes(b"not the peer's secret: 51e0a9c3").unwrap();
+    let creds = source_credentials();
+    let wrong =
+        twinfs_replicate::Credentials::new(creds.key().clone(), creds.trusted().clone(), wrong);
+    let err = handshake_client(stream, &wrong, UUID, TEST_VOLUME_BLOCKS)
         .await
         .err()
         .expect("refused");
@@ -420,7 +428,8 @@ fn a_promoted_directory_is_refused_by_the_daemon() {
     let err = PeerDaemon::start(PeerConfig {
         dir: tmp.path().to_path_buf(),
         listen: "127.0.0.1:0".into(),
-        secret: secret(),
+        credentials: peer_credentials(),
+        limits: Default::default(),
         view: None,
         takeover: None,
         listener: None,
@@ -520,7 +529,8 @@ fn a_peer_that_was_away_is_resynced_by_the_source_mirror() {
     let d = PeerDaemon::start(PeerConfig {
         dir: tmp.path().to_path_buf(),
         listen: addr.to_string(),
-        secret: secret(),
+        credentials: peer_credentials(),
+        limits: Default::default(),
         view: None,
         takeover: None,
         listener: None,

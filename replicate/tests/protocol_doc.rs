@@ -6,12 +6,18 @@ use twinfs_replicate::frame::{
     LEN_PREFIX_BYTES, MAX_FRAME_BYTES, MAX_HANDSHAKE_FRAME_BYTES, READ_CHUNK_BYTES,
 };
 use twinfs_replicate::handshake::{
-    HandshakeMsg, HANDSHAKE_NONCE_BYTES, HANDSHAKE_TIMEOUT_MS, PROOF_BYTES, PROTOCOL_MAGIC,
-    VOLUME_UUID_BYTES,
+    Announce, HandshakeMsg, FIRST_FRAME_TIMEOUT_MS, HANDSHAKE_NONCE_BYTES, HANDSHAKE_TIMEOUT_MS,
+    MAX_NOISE_HANDSHAKE_BYTES, PROTOCOL_MAGIC, VOLUME_UUID_BYTES,
 };
+use twinfs_replicate::keys::KEY_BYTES;
 use twinfs_replicate::message::*;
-use twinfs_replicate::seal::{AEAD_NONCE_BYTES, SEALED_OVERHEAD_BYTES, SEQ_BYTES, TAG_BYTES};
-use twinfs_replicate::secret::{MAX_SECRET_BYTES, MIN_SECRET_BYTES};
+use twinfs_replicate::noise::{NOISE_AESGCM, PSK_POSITION};
+use twinfs_replicate::peer::daemon::{MAX_UNAUTHENTICATED, MAX_UNAUTHENTICATED_PER_IP};
+use twinfs_replicate::seal::{
+    sealed_len, CHUNK_INDEX_BITS, CHUNK_PLAINTEXT_BYTES, MAX_SEQ, NOISE_MAX_MESSAGE_BYTES,
+    REKEY_AFTER_BYTES, REKEY_AFTER_MS, SEALED_OVERHEAD_BYTES, SEQ_BYTES, TAG_BYTES,
+};
+use twinfs_replicate::secret::{MAX_SECRET_BYTES, MIN_SECRET_BITS, MIN_SECRET_BYTES};
 use twinfs_replicate::{codec, PROTOCOL_VERSION};
 
 fn doc() -> String {
@@ -68,7 +74,12 @@ fn code_constants() -> BTreeMap<String, u64> {
         c("SEQ_BYTES", SEQ_BYTES as u64),
         c("TAG_BYTES", TAG_BYTES as u64),
         c("SEALED_OVERHEAD_BYTES", SEALED_OVERHEAD_BYTES as u64),
-        c("AEAD_NONCE_BYTES", AEAD_NONCE_BYTES as u64),
+        c("NOISE_MAX_MESSAGE_BYTES", NOISE_MAX_MESSAGE_BYTES as u64),
+        c("CHUNK_PLAINTEXT_BYTES", CHUNK_PLAINTEXT_BYTES as u64),
+        c("CHUNK_INDEX_BITS", CHUNK_INDEX_BITS.into()),
+        c("MAX_SEQ", MAX_SEQ),
+        c("REKEY_AFTER_BYTES", REKEY_AFTER_BYTES),
+        c("REKEY_AFTER_MS", REKEY_AFTER_MS),
         c("FRAME_HEADROOM_BYTES", FRAME_HEADROOM_BYTES as u64),
         c("MAX_BATCH_BYTES", MAX_BATCH_BYTES as u64),
         c("BLOCK_BYTES", BLOCK_BYTES as u64),
@@ -86,10 +97,22 @@ fn code_constants() -> BTreeMap<String, u64> {
         ),
         c("NO_TRANSFER", NO_TRANSFER),
         c("HANDSHAKE_NONCE_BYTES", HANDSHAKE_NONCE_BYTES as u64),
-        c("PROOF_BYTES", PROOF_BYTES as u64),
         c("VOLUME_UUID_BYTES", VOLUME_UUID_BYTES as u64),
+        c("KEY_BYTES", KEY_BYTES as u64),
+        c("PSK_POSITION", PSK_POSITION.into()),
+        c(
+            "MAX_NOISE_HANDSHAKE_BYTES",
+            MAX_NOISE_HANDSHAKE_BYTES as u64,
+        ),
+        c("FIRST_FRAME_TIMEOUT_MS", FIRST_FRAME_TIMEOUT_MS),
         c("HANDSHAKE_TIMEOUT_MS", HANDSHAKE_TIMEOUT_MS),
+        c("MAX_UNAUTHENTICATED", MAX_UNAUTHENTICATED as u64),
+        c(
+            "MAX_UNAUTHENTICATED_PER_IP",
+            MAX_UNAUTHENTICATED_PER_IP as u64,
+        ),
         c("MIN_SECRET_BYTES", MIN_SECRET_BYTES as u64),
+        c("MIN_SECRET_BITS", MIN_SECRET_BITS.into()),
         c("MAX_SECRET_BYTES", MAX_SECRET_BYTES as u64),
     ])
 }
@@ -132,6 +155,25 @@ fn the_documented_encoded_sizes_match_the_encoder() {
         (
             "`Hello` frame body".to_string(),
             codec::encode(&hello).unwrap().len(),
+        ),
+        (
+            "`NoiseInit` frame body (AES-GCM)".to_string(),
+            codec::encode(&HandshakeMsg::NoiseInit {
+                protocol: NOISE_AESGCM.into(),
+                // Noise message 1: the ephemeral key and an empty payload's tag.
+                message: vec![0; KEY_BYTES + TAG_BYTES],
+            })
+            .unwrap()
+            .len(),
+        ),
+        (
+            "`Announce` (Noise message 3 payload)".to_string(),
+            codec::encode(&Announce {
+                volume_uuid: [0; 16],
+                volume_blocks: 1 << 20,
+            })
+            .unwrap()
+            .len(),
         ),
         (
             "`Transfer { id: 1, batch: 1000 bytes }`".to_string(),
@@ -266,7 +308,7 @@ fn every_valid_message_fits_in_one_frame_even_at_its_limits() {
     ];
     for msg in worst {
         assert_eq!(msg.validate(), Ok(()), "{}", msg.kind());
-        let sealed = msg.encoded_len().unwrap() + SEALED_OVERHEAD_BYTES;
+        let sealed = sealed_len(msg.encoded_len().unwrap());
         assert!(
             sealed <= MAX_FRAME_BYTES,
             "{} at its limits takes {sealed} bytes",

@@ -260,7 +260,24 @@ fn write_secret(p: &Path) -> Result<(), CmdError> {
         .map_err(|e| fail("make a secret", e))?;
     std::fs::write(p, bytes).map_err(|e| fail("write the secret", e))?;
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| fail("chmod the secret", e))
+        .map_err(|e| fail("chmod the secret", e))?;
+    // Source and peer run here with the channel's default key files next to
+    // the secret: one key pair, which both trust.
+    let dir = p.parent().unwrap_or(Path::new("."));
+    let key = twinfs_replicate::StaticKey::generate().map_err(|e| fail("make a key pair", e))?;
+    let public = key
+        .write_files(
+            &dir.join(twinfs_replicate::keys::DEFAULT_KEY_FILE),
+            "demo",
+            true,
+        )
+        .map_err(|e| fail("write the key pair", e))?;
+    std::fs::copy(
+        public,
+        dir.join(twinfs_replicate::keys::DEFAULT_TRUSTED_FILE),
+    )
+    .map(|_| ())
+    .map_err(|e| fail("write the trusted keys", e))
 }
 
 fn free_port() -> Result<u16, CmdError> {

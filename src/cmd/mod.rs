@@ -6,6 +6,8 @@
 
 use std::path::Path;
 
+use twinfs_replicate::{Credentials, KeyPaths};
+
 use crate::cli::Command;
 use crate::error::CmdError;
 
@@ -13,6 +15,7 @@ pub mod checkpoint;
 pub mod demo;
 pub mod failback;
 pub mod fsck;
+pub mod keygen;
 pub mod mkfs;
 pub mod mount;
 pub mod peer;
@@ -38,6 +41,7 @@ pub fn run(command: Command) -> Result<(), CmdError> {
         Command::Resolve(args) => failback::resolve(args),
         Command::Fsck(args) => fsck::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Keygen(args) => keygen::run(args),
     }
 }
 
@@ -66,16 +70,23 @@ pub(crate) fn require_dir(command: &str, path: &Path, todo: &str) -> Result<(), 
     Ok(())
 }
 
-/// Fails unless the secret file can be read and is not empty. The secret
-/// itself is returned for the caller to hand on, never logged.
-pub(crate) fn read_secret(command: &str, path: &Path) -> Result<Vec<u8>, CmdError> {
-    let what = || format!("{command}: read secret {}", path.display());
-    let todo = "give a readable file holding the secret shared by source and peer (mode 0600)";
-    let secret = std::fs::read(path).map_err(|e| CmdError::failed(what(), e, todo))?;
-    if secret.iter().all(u8::is_ascii_whitespace) {
-        return Err(CmdError::failed(what(), "the file is empty", todo));
-    }
-    Ok(secret)
+/// Reads the channel's credentials: the shared secret, this machine's key
+/// and the other side's trusted keys (the last two default to `key` and
+/// `trusted-keys` next to the secret). The error names the file and the fix.
+pub(crate) fn load_credentials(
+    command: &str,
+    secret: &Path,
+    key: Option<&Path>,
+    trusted: Option<&Path>,
+) -> Result<Credentials, CmdError> {
+    let paths = KeyPaths::resolve(secret, key, trusted);
+    Credentials::load(&paths).map_err(|e| {
+        CmdError::failed(
+            command,
+            e,
+            "KEYS in twinfs(8) shows how to set up the key files and the secret",
+        )
+    })
 }
 
 #[cfg(test)]
@@ -102,12 +113,18 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_secret_is_refused() {
+    fn missing_keys_are_named_with_the_default_path_and_the_fix() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let file = dir.path().join("secret");
-        std::fs::write(&file, b" \n").expect("write");
-        assert!(read_secret("peer", &file).is_err());
-        std::fs::write(&file, b"s3cret\n").expect("write");
-        assert_eq!(read_secret("peer", &file).expect("readable"), b"s3cret\n");
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, b"k3Yq9vXz7TpL2mNw4RbH8cJd\n").expect("write");
+        let mut perms = std::fs::metadata(&secret).expect("stat").permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
+        std::fs::set_permissions(&secret, perms).expect("chmod");
+        let err = load_credentials("peer", &secret, None, None)
+            .expect_err("no key file")
+            .to_string();
+        let key = dir.path().join("key");
+        assert!(err.contains(&key.display().to_string()), "{err}");
+        assert!(err.contains("twinfs keygen"), "{err}");
     }
 }

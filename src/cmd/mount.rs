@@ -5,10 +5,10 @@ use std::sync::{Arc, Mutex};
 use twinfs_fs::VolumeConfig;
 use twinfs_replicate::encode::CpSync;
 use twinfs_replicate::source::Mode;
-use twinfs_replicate::Secret;
+use twinfs_replicate::Compression;
 
 use crate::cli::{self, FuseOption, MountArgs, MountConfig};
-use crate::cmd::{read_secret, require_dir, require_image};
+use crate::cmd::{load_credentials, require_dir, require_image};
 use crate::daemon::{self, Ready};
 use crate::error::CmdError;
 use crate::node::{MirrorTo, Node, PrimarySettings};
@@ -106,13 +106,20 @@ fn serve(config: &MountConfig, what: &str, ready: &mut Ready) -> Result<(), CmdE
     let options = fuse_options(config);
     let read_only = options.iter().any(|o| o == "ro");
     let shares = MemoryShares::of(config.memory_bytes);
-    let secret =
-        match &config.peer {
-            Some(p) => Some(Secret::from_file(&p.secret).map_err(|e| {
-                CmdError::failed(what, e, "give a --secret file of 16 bytes or more")
-            })?),
-            None => None,
-        };
+    let credentials = match &config.peer {
+        Some(p) if !read_only => Some(load_credentials(
+            what,
+            &p.secret,
+            p.key.as_deref(),
+            p.trusted_keys.as_deref(),
+        )?),
+        _ => None,
+    };
+    let compress = match config.peer.as_ref().map(|p| p.compress) {
+        Some(cli::Compress::Always) => Compression::Always,
+        Some(cli::Compress::Never) => Compression::Never,
+        _ => Compression::Auto,
+    };
     let mode = match config.mode {
         cli::Mode::Sync => Mode::Sync,
         cli::Mode::Strict => Mode::Strict,
@@ -130,7 +137,9 @@ fn serve(config: &MountConfig, what: &str, ready: &mut Ready) -> Result<(), CmdE
             ..VolumeConfig::default()
         },
         queue_bytes: shares.peer_queue,
-        secret,
+        credentials,
+        compress,
+        limits: Default::default(),
         mode,
     };
     let mirror_to = config.peer.as_ref().map(|p| MirrorTo {
@@ -223,7 +232,7 @@ fn fuse_word(o: &FuseOption) -> String {
 }
 
 /// Resolves the options and checks that the image, the mount point and the
-/// secret exist; returns the configuration and, with a peer, the secret.
+/// credentials exist; returns the configuration.
 pub fn check(args: &MountArgs) -> Result<MountConfig, CmdError> {
     let config = args
         .config()
@@ -235,7 +244,12 @@ pub fn check(args: &MountArgs) -> Result<MountConfig, CmdError> {
         "create the mount point directory first",
     )?;
     if let Some(peer) = &config.peer {
-        read_secret("mount", &peer.secret)?;
+        load_credentials(
+            "mount",
+            &peer.secret,
+            peer.key.as_deref(),
+            peer.trusted_keys.as_deref(),
+        )?;
     }
     Ok(config)
 }

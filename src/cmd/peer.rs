@@ -3,12 +3,14 @@
 use std::sync::{Arc, Mutex};
 
 use twinfs_fs::VolumeConfig;
+use twinfs_replicate::keys::Credentials;
+use twinfs_replicate::peer::limits::{PeerLimits, DEFAULT_LOG_QUOTA_BYTES, MIN_LOG_QUOTA_BYTES};
 use twinfs_replicate::peer::{PeerConfig, PeerDaemon};
 use twinfs_replicate::source::DEFAULT_QUEUE_BYTES;
-use twinfs_replicate::Secret;
+use twinfs_replicate::Compression;
 
 use crate::cli::PeerArgs;
-use crate::cmd::require_dir;
+use crate::cmd::{load_credentials, require_dir};
 use crate::daemon;
 use crate::error::CmdError;
 use crate::node::{Node, PrimarySettings};
@@ -23,17 +25,27 @@ pub fn run(args: PeerArgs) -> Result<(), CmdError> {
         require_dir("peer --mount", mp, "create the mount point directory first")?;
     }
     let what = format!("peer --dir {}", args.dir.display());
-    let secret = Secret::from_file(&args.secret).map_err(|e| {
-        CmdError::failed(
-            &what,
-            e,
-            "give a --secret file of 16 bytes or more, the source's",
-        )
-    })?;
-    std::fs::create_dir_all(&args.dir).map_err(|e| CmdError::failed(&what, e, "check the path"))?;
+    let credentials = load_credentials(
+        &what,
+        &args.secret,
+        args.key.as_deref(),
+        args.trusted_keys.as_deref(),
+    )?;
+    let log_quota_bytes = args.log_quota.map_or(DEFAULT_LOG_QUOTA_BYTES, |s| s.bytes);
+    if log_quota_bytes < MIN_LOG_QUOTA_BYTES {
+        return Err(CmdError::Usage(format!(
+            "peer: --log-quota {log_quota_bytes} bytes is too small: give at least 128M"
+        )));
+    }
+    let limits = PeerLimits {
+        max_volume_bytes: args.max_volume.map(|s| s.bytes),
+        log_quota_bytes,
+    };
+    twinfs_replicate::peer::state::ensure_dir(&args.dir)
+        .map_err(|e| CmdError::failed(&what, e, "check the path"))?;
     let listen = format!("{}:{}", args.listen.host, args.listen.port);
     let Some(mp) = &args.mount else {
-        return run_daemon(&args, &what, secret, &listen);
+        return run_daemon(&args, &what, credentials, limits, &listen);
     };
     let node: Arc<Mutex<Option<Arc<Node>>>> = Arc::new(Mutex::new(None));
     let n = node.clone();
@@ -49,7 +61,9 @@ pub fn run(args: PeerArgs) -> Result<(), CmdError> {
         fuse_options: Vec::new(),
         volume: VolumeConfig::default(),
         queue_bytes: DEFAULT_QUEUE_BYTES,
-        secret: Some(secret),
+        credentials: Some(credentials),
+        compress: Compression::Auto,
+        limits,
         mode: twinfs_replicate::source::Mode::Sync,
     };
     let (started, _) = Node::start_replica(settings, &args.dir, &listen).map_err(|e| {
@@ -69,7 +83,13 @@ pub fn run(args: PeerArgs) -> Result<(), CmdError> {
 }
 
 /// A peer without a mount point: the daemon alone.
-fn run_daemon(args: &PeerArgs, what: &str, secret: Secret, listen: &str) -> Result<(), CmdError> {
+fn run_daemon(
+    args: &PeerArgs,
+    what: &str,
+    credentials: Credentials,
+    limits: PeerLimits,
+    listen: &str,
+) -> Result<(), CmdError> {
     let stop_flag = Arc::new(Mutex::new(None::<twinfs_replicate::peer::ShutdownHandle>));
     let s = stop_flag.clone();
     daemon::on_termination(move |sig| {
@@ -81,7 +101,8 @@ fn run_daemon(args: &PeerArgs, what: &str, secret: Secret, listen: &str) -> Resu
     let daemon = PeerDaemon::start(PeerConfig {
         dir: args.dir.clone(),
         listen: listen.to_string(),
-        secret,
+        credentials,
+        limits,
         view: None,
         takeover: None,
         listener: None,

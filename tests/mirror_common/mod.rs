@@ -131,10 +131,23 @@ pub fn scratch() -> tempfile::TempDir {
         .expect("temp dir")
 }
 
-/// Writes a secret file of mode 0600.
+/// Writes a secret file of mode 0600 and, unless they exist, the files the
+/// channel's defaults look for next to it: a key pair (`key`, `key.pub`) and
+/// `trusted-keys` listing that key, so a source and a peer started with this
+/// secret on one machine share one key and trust it.
 pub fn secret_file(path: &Path, secret: &[u8]) -> PathBuf {
     fs::write(path, secret).expect("write secret");
     fs::set_permissions(path, fs::Permissions::from_mode(0o600)).expect("chmod 600");
+    let dir = path.parent().expect("the secret is in a directory");
+    let key = dir.join(twinfs_replicate::keys::DEFAULT_KEY_FILE);
+    if !key.exists() {
+        let pair = twinfs_replicate::StaticKey::generate().expect("a key pair");
+        let public = pair
+            .write_files(&key, "test", false)
+            .expect("write the key pair");
+        let trusted = dir.join(twinfs_replicate::keys::DEFAULT_TRUSTED_FILE);
+        fs::copy(public, trusted).expect("write trusted-keys");
+    }
     path.to_path_buf()
 }
 

@@ -1,9 +1,20 @@
 //! The peer daemon: a TCP listener that serves one source session at a time.
 //!
-//! Each connection runs the handshake (the source must prove the shared
-//! secret; the first volume served binds the directory, any other is
-//! refused naming both UUIDs); a connection that arrives while a session is
-//! active is refused with a reason. A session is three tasks: a reader that
+//! Each connection runs the handshake (the source must prove a trusted static
+//! key and the shared secret). Until then it holds nothing of the directory:
+//! at most [`MAX_UNAUTHENTICATED`] connections (and [`MAX_UNAUTHENTICATED_PER_IP`]
+//! from one address) may be in the handshake at once, each with a buffer of a
+//! few KiB; when a new one arrives over either bound, one in the handshake (of
+//! that address, or overall) is dropped to make room: the oldest of those that
+//! have not yet sent their first two frames (a real source sends both at once,
+//! right after connecting), else the oldest. One whose first frame does not
+//! arrive within `FIRST_FRAME_TIMEOUT_MS` is dropped too. A flood of idle or
+//! slow connections therefore costs bounded memory and does not keep a real
+//! source out. Only an authenticated source
+//! takes the directory's session lock; the first volume served binds the
+//! directory, any other is refused naming both UUIDs, and one that arrives
+//! while a session is active is refused with a reason. A session is three
+//! tasks: a reader that
 //! receives messages into a bounded queue, a blocking worker that owns the
 //! [`Replica`] and answers them (grouping the transfers that have arrived into
 //! one fdatasync and one cumulative `TransferAck`), and a writer that sends
@@ -11,23 +22,29 @@
 //! to the source when it can still hear it); the daemon keeps listening and
 //! the source reconnects and resumes from the resume point.
 
-use std::net::SocketAddr;
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Mutex, OwnedMutexGuard};
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 
+use super::limits::PeerLimits;
 use super::replica::{Flow, Judge, Replica, ReplicaView, SwitchoverRequest};
 use super::{PeerError, Result};
 use crate::error::ReplicateError;
-use crate::handshake::{handshake_server, ResumePoint};
+use crate::handshake::{authenticate_source, Authenticated};
 use crate::history::{self, DivergenceReport};
+use crate::keys::Credentials;
 use crate::message::{clip_reason, wire_lineage, Message};
-use crate::secret::Secret;
 use crate::session::Session;
 
 /// Messages received but not yet handled (each at most one frame, so at most
@@ -51,14 +68,27 @@ pub const STATUS_INTERVAL_MS: u64 = 2_000;
 /// verify) for a dead one.
 pub const KEEPALIVE_INTERVAL_MS: u64 = 4_000;
 
+/// Connections in the handshake at once; a new one over the bound drops the oldest.
+pub const MAX_UNAUTHENTICATED: usize = 128;
+/// Connections from one address in the handshake at once; a new one over the
+/// bound drops that address's oldest.
+pub const MAX_UNAUTHENTICATED_PER_IP: usize = 32;
+
+/// Bytes after which a connection in the handshake counts as a source that
+/// has spoken (more than a `Hello` frame; the source's first two frames take
+/// about 175).
+pub const SPOKEN_BYTES: u64 = 128;
+
 /// How a peer daemon runs.
 pub struct PeerConfig {
     /// The peer directory (`--dir`).
     pub dir: PathBuf,
     /// Address to listen on (`--listen`, e.g. `0.0.0.0:7070`; port 0 picks one).
     pub listen: String,
-    /// The shared secret (`--secret FILE`).
-    pub secret: Secret,
+    /// This peer's key, the sources' keys it trusts, and the shared secret.
+    pub credentials: Credentials,
+    /// What an authenticated source may use (`--max-volume`, `--log-quota`).
+    pub limits: PeerLimits,
     /// Told of every committed CP (the `--mount` replica view).
     pub view: Option<Arc<dyn ReplicaView>>,
     /// Makes this machine the primary when the source asks for a
@@ -115,14 +145,125 @@ pub struct PeerDaemon {
 }
 
 struct Shared {
-    secret: Secret,
+    credentials: Credentials,
     takeover: Option<Arc<dyn Takeover>>,
     /// Stops the daemon once a switchover made the directory a volume.
     stop: ShutdownHandle,
-    replica: Arc<Mutex<Replica>>,
     /// The replica's side of a history check while a session holds it.
     judge: Arc<parking_lot::Mutex<Judge>>,
+    replica: Arc<Mutex<Replica>>,
     shutdown: watch::Receiver<bool>,
+}
+
+/// A connection in the handshake.
+struct Pending {
+    id: u64,
+    ip: IpAddr,
+    task: AbortHandle,
+    /// Bytes it has sent so far.
+    received: Arc<AtomicU64>,
+}
+
+/// The connections in the handshake, oldest first.
+#[derive(Default)]
+struct Unauthenticated {
+    entries: VecDeque<Pending>,
+    next_id: u64,
+}
+
+impl Unauthenticated {
+    /// Makes room for one more connection from `ip`: when that address has
+    /// its share, drops one of its connections, else when the table is full,
+    /// one of all; of those, the oldest that has not spoken, else the oldest.
+    fn make_room(&mut self, ip: IpAddr) {
+        let same = self.entries.iter().filter(|p| p.ip == ip).count();
+        let among = |p: &Pending| same < MAX_UNAUTHENTICATED_PER_IP || p.ip == ip;
+        if same < MAX_UNAUTHENTICATED_PER_IP && self.entries.len() < MAX_UNAUTHENTICATED {
+            return;
+        }
+        let silent = self
+            .entries
+            .iter()
+            .position(|p| among(p) && p.received.load(Ordering::Relaxed) < SPOKEN_BYTES);
+        let victim = silent.or_else(|| self.entries.iter().position(among));
+        if let Some(p) = victim.and_then(|i| self.entries.remove(i)) {
+            log::debug!(
+                "dropping a connection in the handshake (from {}, {} bytes received) to make room",
+                p.ip,
+                p.received.load(Ordering::Relaxed)
+            );
+            p.task.abort();
+        }
+    }
+
+    fn remove(&mut self, id: u64) {
+        self.entries.retain(|p| p.id != id);
+    }
+}
+
+/// A stream that counts the bytes read from it (how far a connection in the
+/// handshake got).
+struct Counted<S> {
+    inner: S,
+    received: Arc<AtomicU64>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        self.received.fetch_add(n as u64, Ordering::Relaxed);
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// A connection's place among the unauthenticated; leaves it when dropped.
+struct HandshakeSlot {
+    table: Arc<std::sync::Mutex<Unauthenticated>>,
+    id: u64,
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        if let Ok(mut t) = self.table.lock() {
+            t.remove(self.id);
+        }
+    }
 }
 
 impl PeerDaemon {
@@ -130,7 +271,8 @@ impl PeerDaemon {
     /// serving in the background. Errors here (a locked or promoted
     /// directory, an address in use) are the daemon's start-up errors.
     pub fn start(cfg: PeerConfig) -> Result<PeerDaemon> {
-        let replica = Replica::open(&cfg.dir, cfg.view)?;
+        let mut replica = Replica::open(&cfg.dir, cfg.view)?;
+        replica.set_limits(cfg.limits);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("twinfs-peer")
@@ -154,7 +296,7 @@ impl PeerDaemon {
             tx: Arc::new(tx),
         };
         let shared = Arc::new(Shared {
-            secret: cfg.secret,
+            credentials: cfg.credentials,
             takeover: cfg.takeover,
             stop: shutdown.clone(),
             judge: Arc::new(parking_lot::Mutex::new(replica.judge())),
@@ -218,6 +360,7 @@ async fn accept_loop(
     handle: ShutdownHandle,
 ) -> Result<()> {
     let mut sessions = JoinSet::new();
+    let table = Arc::new(std::sync::Mutex::new(Unauthenticated::default()));
     let mut poll = tokio::time::interval(Duration::from_millis(SHUTDOWN_POLL_MS));
     let mut stop = shared.shutdown.clone();
     loop {
@@ -225,7 +368,17 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((stream, addr)) => {
                     stream.set_nodelay(true).ok();
-                    sessions.spawn(serve(stream, addr, shared.clone()));
+                    // Held while spawning, so that the task leaves the table
+                    // (its slot's drop) only after it was entered there.
+                    let mut t = table.lock().unwrap_or_else(|p| p.into_inner());
+                    t.make_room(addr.ip());
+                    let id = t.next_id;
+                    t.next_id += 1;
+                    let slot = HandshakeSlot { table: table.clone(), id };
+                    let received = Arc::new(AtomicU64::new(0));
+                    let stream = Counted { inner: stream, received: received.clone() };
+                    let task = sessions.spawn(serve(stream, addr, shared.clone(), slot));
+                    t.entries.push_back(Pending { id, ip: addr.ip(), task, received });
                 }
                 Err(e) => {
                     log::warn!("accepting a connection failed: {e}");
@@ -265,50 +418,83 @@ async fn accept_loop(
     }
 }
 
-/// Handshakes with one connection and, if it is accepted, runs its session.
-async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>) {
-    let Ok(mut replica) = shared.replica.clone().try_lock_owned() else {
-        judge_while_busy(stream, addr, &shared).await;
+/// Authenticates one connection and, if it is admitted, runs its session.
+async fn serve(
+    stream: Counted<TcpStream>,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    slot: HandshakeSlot,
+) {
+    let authenticated = authenticate_source(stream, &shared.credentials).await;
+    // Authenticated or not, the connection is no longer in the handshake (and
+    // may no longer be dropped to make room).
+    drop(slot);
+    let source = match authenticated {
+        Ok(s) => s,
+        Err(e) => {
+            log_refusal(addr, &e);
+            return;
+        }
+    };
+    // A session that is ending (often this source's own previous one) lets
+    // go of the replica soon; one that goes on leaves this source judged.
+    let locked = tokio::time::timeout(BUSY_WAIT, shared.replica.clone().lock_owned()).await;
+    let Ok(mut replica) = locked else {
+        judge_while_busy(source, addr, &shared).await;
         return;
     };
-    let prepared = tokio::task::block_in_place(|| replica.prepare_session());
-    let (resume, unusable) = match prepared {
-        Ok(r) => (r, None),
-        Err(e) => {
-            log::error!("the peer directory cannot serve: {e}");
-            let no_resume = ResumePoint {
-                applied_cp: None,
-                durable_transfer: 0,
-            };
-            (
-                no_resume,
-                Some(format!(
-                    "the peer's storage failed ({e}); see the peer's log"
-                )),
-            )
+    match admit(&source, &mut replica) {
+        Ok(resume) => match source.welcome(resume).await {
+            Ok((session, info)) => {
+                *shared.judge.lock() = replica.judge();
+                log::info!(
+                    "source {addr} connected (volume {}, key {}, {}); resuming from CP {} and transfer {}",
+                    twinfs_fs::hex(&info.volume_uuid),
+                    info.remote_key,
+                    info.suite.protocol_name(),
+                    resume
+                        .applied_cp
+                        .map_or("none".to_string(), |a| a.cp.to_string()),
+                    resume.durable_transfer
+                );
+                run_session(session, replica, shared.clone()).await;
+            }
+            Err(e) => log::warn!("connection from {addr} failed before its session: {e}"),
+        },
+        Err(err) => {
+            let e = source.refuse(err).await;
+            log::warn!("connection from {addr} refused: {e}");
         }
-    };
-    let accepted = handshake_server(stream, &shared.secret, resume, |uuid| match unusable {
-        Some(reason) => Err(reason),
-        None => tokio::task::block_in_place(|| replica.accept_uuid(uuid)),
-    })
-    .await;
-    match accepted {
-        Ok((session, info)) => {
-            *shared.judge.lock() = replica.judge();
-            log::info!(
-                "source {addr} connected (volume {}); resuming from CP {} and transfer {}",
-                twinfs_fs::hex(&info.volume_uuid),
-                resume
-                    .applied_cp
-                    .map_or("none".to_string(), |a| a.cp.to_string()),
-                resume.durable_transfer
-            );
-            run_session(session, replica, shared.clone()).await;
-        }
-        Err(e) => log::warn!("connection from {addr} refused: {e}"),
     }
 }
+
+/// The admission of an authenticated source: the directory must be usable
+/// and the announced volume within the binding policy and the limits.
+fn admit(
+    source: &Authenticated<Counted<TcpStream>>,
+    replica: &mut Replica,
+) -> std::result::Result<crate::handshake::ResumePoint, ReplicateError> {
+    let announce = source.announce();
+    tokio::task::block_in_place(|| {
+        let resume = replica.prepare_session().map_err(|e| {
+            log::error!("the peer directory cannot serve: {e}");
+            ReplicateError::Refused {
+                reason: format!("the peer's storage failed ({e}); see the peer's log"),
+            }
+        })?;
+        replica
+            .accept_volume(announce.volume_uuid, announce.volume_blocks)
+            .map_err(|reason| ReplicateError::VolumeRefused {
+                uuid: twinfs_fs::hex(&announce.volume_uuid),
+                reason: clip_reason(&reason),
+            })?;
+        Ok(resume)
+    })
+}
+
+/// How long a source that connects while another session holds the
+/// replica waits for it before it is judged as a second source.
+const BUSY_WAIT: Duration = Duration::from_millis(1500);
 
 /// How long a source that connects while another session is up has to
 /// state its history.
@@ -318,28 +504,40 @@ const BUSY_JUDGE_WAIT: Duration = Duration::from_secs(10);
 /// history is still judged against the replica's CP, so that a split brain
 /// is refused and recorded as such; any other source is told the peer is
 /// busy.
-async fn judge_while_busy(stream: TcpStream, addr: SocketAddr, shared: &Shared) {
+async fn judge_while_busy(
+    source: Authenticated<Counted<TcpStream>>,
+    addr: SocketAddr,
+    shared: &Shared,
+) {
     let busy = format!(
         "this peer is busy with another source session (connection from {addr} refused); only one source at a time — if the other session is this source's old connection, retry in a moment"
     );
     let judge = shared.judge.lock().clone();
-    let accepted = handshake_server(stream, &shared.secret, judge.resume, |uuid| {
-        match judge.bound {
-            Some(b) if b != uuid => Err(format!(
+    let uuid = source.announce().volume_uuid;
+    let refusal = match judge.bound {
+        Some(b) if b != uuid => Some(ReplicateError::VolumeRefused {
+            uuid: twinfs_fs::hex(&uuid),
+            reason: format!(
                 "this peer mirrors volume {}, not volume {}; run another peer (another --dir) for that volume",
                 twinfs_fs::hex(&b),
                 twinfs_fs::hex(&uuid)
-            )),
-            Some(_) => Ok(()),
-            // Not bound yet (as far as the snapshot knows): nothing to judge against.
-            None => Err(busy.clone()),
-        }
-    })
-    .await;
-    let mut session = match accepted {
+            ),
+        }),
+        Some(_) => None,
+        // Not bound yet (as far as the snapshot knows): nothing to judge against.
+        None => Some(ReplicateError::Refused {
+            reason: busy.clone(),
+        }),
+    };
+    if let Some(err) = refusal {
+        let e = source.refuse(err).await;
+        log::warn!("connection from {addr}: {e}");
+        return;
+    }
+    let mut session = match source.welcome(judge.resume).await {
         Ok((session, _)) => session,
         Err(e) => {
-            log::warn!("connection from {addr} refused: {e}");
+            log::warn!("connection from {addr} failed before its session: {e}");
             return;
         }
     };
@@ -396,6 +594,18 @@ async fn judge_while_busy(stream: TcpStream, addr: SocketAddr, shared: &Shared) 
     }
 }
 
+/// Logs a connection that did not authenticate: a failed proof or another
+/// version as a warning, what a flood or a port scan produces (silence,
+/// garbage, a closed connection) only at debug level.
+fn log_refusal(addr: SocketAddr, e: &ReplicateError) {
+    match e {
+        ReplicateError::AuthFailed(_)
+        | ReplicateError::VersionMismatch { .. }
+        | ReplicateError::Refused { .. } => log::warn!("connection from {addr} refused: {e}"),
+        _ => log::debug!("connection from {addr} dropped in the handshake: {e}"),
+    }
+}
+
 /// What the reader hands the worker.
 enum Inbound {
     Msg(Message),
@@ -408,7 +618,7 @@ enum Inbound {
 }
 
 async fn run_session(
-    session: Session<TcpStream>,
+    session: Session<Counted<TcpStream>>,
     replica: OwnedMutexGuard<Replica>,
     shared: Arc<Shared>,
 ) {

@@ -9,7 +9,7 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,6 +22,7 @@ use twinfs_fs::items::{self, RetainedImage};
 use twinfs_fs::superblock::{self, Superblock, MAX_VOLUME_BLOCKS};
 use twinfs_fs::{BlockAddr, CpNumber, FsError, BLOCK_SIZE, BLOCK_SIZE_U64};
 
+use super::state::PRIVATE_FILE_MODE;
 use super::{PeerError, Result};
 
 /// Metadata blocks the peer's cache keeps (allocation maps, tree nodes for
@@ -50,7 +51,11 @@ impl ImageDevice {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(PRIVATE_FILE_MODE)
             .open(path)?;
+        if file.metadata()?.permissions().mode() & 0o077 != 0 {
+            file.set_permissions(std::fs::Permissions::from_mode(PRIVATE_FILE_MODE))?;
+        }
         let blocks = file.metadata()?.len() / BLOCK_SIZE_U64;
         Ok(ImageDevice {
             file,

@@ -26,7 +26,7 @@ use twinfs_fs::superblock::Superblock;
 use twinfs_fs::{CpNumber, BLOCK_SIZE};
 
 use super::image::MirrorImage;
-use super::state::fsync_dir;
+use super::state::{fsync_dir, private_file};
 use super::{PeerError, Result};
 
 /// Magic of the commit record.
@@ -38,11 +38,16 @@ pub const COMMIT_BYTES: usize = 8 + 8 + 8 + BLOCK_SIZE + 32;
 /// Entries copied per read when redoing.
 const COPY_BATCH_ENTRIES: usize = 256;
 
-/// A CP's journal while it is being built.
+/// A CP's journal while it is being built. Each address is staged at most
+/// once per CP (the source sends each block of a CP once; blocks it resends
+/// after `CpMissing` were never staged), so the journal never holds more
+/// entries than the volume has blocks.
 pub struct Journal {
     path: PathBuf,
     file: Option<File>,
     entries: u64,
+    /// Addresses staged in this CP, one bit each.
+    staged: Vec<u64>,
     /// The file was created since the directory was last synced.
     created: bool,
 }
@@ -64,6 +69,7 @@ impl Journal {
             path: path.to_path_buf(),
             file: None,
             entries: 0,
+            staged: Vec::new(),
             created: false,
         }
     }
@@ -76,13 +82,15 @@ impl Journal {
     fn file(&mut self) -> Result<&File> {
         if self.file.is_none() {
             let existed = self.path.exists();
-            let f = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&self.path)
-                .map_err(|e| PeerError::io(format!("creating {}", self.path.display()), e))?;
+            let f = private_file(
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true),
+            )
+            .open(&self.path)
+            .map_err(|e| PeerError::io(format!("creating {}", self.path.display()), e))?;
             self.created |= !existed;
             self.file = Some(f);
         }
@@ -90,8 +98,20 @@ impl Journal {
     }
 
     /// Appends a staged block for `addr` (not durable until [`Journal::commit`]).
+    /// The caller checked `addr` against the volume's size; staging an address
+    /// twice in one CP is the source's protocol error.
     pub fn stage(&mut self, addr: u64, block: &[u8]) -> Result<()> {
         assert_eq!(block.len(), BLOCK_SIZE, "only whole blocks are staged");
+        let (word, bit) = ((addr / 64) as usize, 1u64 << (addr % 64));
+        if word >= self.staged.len() {
+            self.staged.resize(word + 1, 0);
+        }
+        if self.staged[word] & bit != 0 {
+            return Err(PeerError::Protocol(format!(
+                "the CP sends block {addr} a second time; a CP writes each block once"
+            )));
+        }
+        self.staged[word] |= bit;
         let at = self.entries * ENTRY_BYTES as u64;
         let mut entry = Vec::with_capacity(ENTRY_BYTES);
         entry.extend_from_slice(&addr.to_le_bytes());
@@ -155,6 +175,7 @@ impl Journal {
     pub fn remove(&mut self) -> Result<()> {
         self.file = None;
         self.entries = 0;
+        self.staged = Vec::new();
         self.created = false;
         remove_file(&self.path)
     }
@@ -164,6 +185,7 @@ impl Journal {
     pub fn reset(&mut self) {
         self.file = None;
         self.entries = 0;
+        self.staged = Vec::new();
     }
 }
 

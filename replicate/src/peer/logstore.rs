@@ -44,7 +44,7 @@ use twinfs_fs::device::write_all_vectored_at;
 use twinfs_fs::nvlog::batch;
 use twinfs_fs::BLOCK_SIZE;
 
-use super::state::{ensure_dir, fsync_dir};
+use super::state::{ensure_dir, fsync_dir, keep_private, private_file};
 use super::{PeerError, Result};
 use crate::message::MAX_BATCH_BYTES;
 
@@ -163,6 +163,7 @@ impl LogStore {
             .write(true)
             .open(&path)
             .map_err(|e| PeerError::io(format!("opening log segment {}", path.display()), e))?;
+        keep_private(&file, &path)?;
         let file_len = file
             .metadata()
             .map_err(|e| PeerError::io(format!("reading log segment {}", path.display()), e))?
@@ -419,10 +420,7 @@ impl LogStore {
         }
         let seq = self.segments.keys().next_back().map_or(1, |s| s + 1);
         let path = self.segment_path(seq);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
+        let file = private_file(OpenOptions::new().read(true).write(true).create_new(true))
             .open(&path)
             .map_err(|e| PeerError::io(format!("creating log segment {}", path.display()), e))?;
         self.files.insert(seq, file);

@@ -41,6 +41,7 @@ pub mod daemon;
 pub mod failback;
 pub mod image;
 pub mod journal;
+pub mod limits;
 pub mod logstore;
 pub mod promote;
 pub mod replica;
@@ -53,6 +54,7 @@ use twinfs_fs::FsError;
 
 pub use daemon::{PeerConfig, PeerDaemon, ShutdownHandle, Takeover};
 pub use failback::{failback, resolve_keep_as, resolve_keep_replica, FailedBack, KeptAside};
+pub use limits::PeerLimits;
 pub use promote::{promote, Promoted};
 pub use replica::{CommitStep, Judge, Replica, ReplicaView, SwitchoverRequest};
 pub use status::{peer_status, PeerStatus};
@@ -93,6 +95,9 @@ pub enum PeerError {
     /// The source sent something this peer cannot accept; the session ends.
     #[error("the source sent an invalid stream: {0}")]
     Protocol(String),
+    /// The source went past a limit of this peer (`limits`); the session ends.
+    #[error("the source exceeds a limit of this peer: {0}")]
+    OverLimit(String),
     /// The source went away (closed the connection, fell silent); it reconnects and resumes.
     #[error("the source went away: {0}; it will reconnect and resume")]
     Disconnected(String),

@@ -46,7 +46,8 @@ use twinfs_fs::{CpNumber, BLOCK_SIZE};
 use super::apply::{check, rebuild_into, BlockSources};
 use super::image::MirrorImage;
 use super::journal::{self, Journal, Recovery};
-use super::logstore::LogStore;
+use super::limits::PeerLimits;
+use super::logstore::{LogStore, RECORD_HEADER_BYTES};
 use super::state::{ensure_dir, DirLock, PeerState};
 use super::status::{self, PeerStatus};
 use super::{PeerError, Result, IMAGE_FILE, JOURNAL_FILE, LOG_DIR};
@@ -193,6 +194,9 @@ pub struct Replica {
     /// (`SourceLineage`); nothing else is taken before.
     source_accepted: bool,
     last_error: Option<String>,
+    limits: PeerLimits,
+    /// The volume size the current source announced (its bound before the first CP).
+    announced_blocks: Option<u64>,
 }
 
 impl Replica {
@@ -267,6 +271,8 @@ impl Replica {
             source_connected: false,
             source_accepted: false,
             last_error: None,
+            limits: PeerLimits::default(),
+            announced_blocks: None,
         };
         if let Recovery::Redone(cp) = recovered {
             replica.notify_committed(cp);
@@ -356,6 +362,36 @@ impl Replica {
                 self.state = state;
                 Ok(())
             }
+        }
+    }
+
+    /// Sets the limits an authenticated source must keep to.
+    pub fn set_limits(&mut self, limits: PeerLimits) {
+        self.limits = limits;
+    }
+
+    /// The binding policy with the size limit: the volume the source
+    /// announced (UUID and size in blocks) must fit the limits, then
+    /// [`Replica::accept_uuid`] decides. Its size bounds the CPs that follow.
+    pub fn accept_volume(
+        &mut self,
+        uuid: [u8; 16],
+        blocks: u64,
+    ) -> std::result::Result<(), String> {
+        let committed = self.image.committed().map(|sb| sb.total_blocks);
+        self.limits.check_volume(&self.dir, committed, blocks)?;
+        self.accept_uuid(uuid)?;
+        self.announced_blocks = Some(blocks);
+        Ok(())
+    }
+
+    /// Blocks of the volume the directory serves: its CP's, or what the source
+    /// announced before the first CP.
+    fn volume_blocks(&self) -> u64 {
+        match (self.image.committed(), self.announced_blocks) {
+            (Some(sb), _) => sb.total_blocks,
+            (None, Some(b)) => b,
+            (None, None) => MAX_VOLUME_BLOCKS,
         }
     }
 
@@ -673,6 +709,12 @@ impl Replica {
             batch_bytes.len(),
             h.nrecords
         );
+        self.limits
+            .check_log_quota(
+                self.log.bytes_held(),
+                (RECORD_HEADER_BYTES + batch_bytes.len()) as u64,
+            )
+            .map_err(PeerError::OverLimit)?;
         self.log.append(id, batch_bytes)
     }
 
@@ -782,7 +824,7 @@ impl Replica {
         }
         let (lo, hi) = match self.image.committed() {
             Some(sb) => (sb.data_start(), sb.total_blocks),
-            None => (2, MAX_VOLUME_BLOCKS),
+            None => (2, self.volume_blocks()),
         };
         if let Some(b) = blocks.iter().find(|b| b.addr < lo || b.addr >= hi) {
             return Err(PeerError::Protocol(format!(
@@ -947,6 +989,14 @@ impl Replica {
                 "the superblock of CP {cp} is of volume {}, not of the bound volume",
                 twinfs_fs::hex(&sb.uuid)
             ));
+        }
+        if let (None, Some(announced)) = (self.image.committed(), self.announced_blocks) {
+            if sb.total_blocks != announced {
+                return Err(format!(
+                    "the superblock of CP {cp} describes {} blocks, the source announced {announced}",
+                    sb.total_blocks
+                ));
+            }
         }
         if let Some(cur) = self.image.committed() {
             let rel = twinfs_fs::lineage::compare(&cur.lineage, cur.cp, &sb.lineage, sb.cp);

@@ -18,6 +18,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -155,7 +156,10 @@ impl PeerState {
 pub fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
     let tmp = tmp_path(path);
     let io = |what: &str, e| PeerError::io(format!("{what} {}", tmp.display()), e);
-    let mut f = File::create(&tmp).map_err(|e| io("creating", e))?;
+    let mut f = private_file(OpenOptions::new().write(true).create(true).truncate(true))
+        .open(&tmp)
+        .map_err(|e| io("creating", e))?;
+    keep_private(&f, &tmp)?;
     f.write_all(bytes).map_err(|e| io("writing", e))?;
     if durable {
         f.sync_all().map_err(|e| io("syncing", e))?;
@@ -222,13 +226,17 @@ impl DirLock {
 
 fn open_lock_file(dir: &Path) -> Result<File> {
     let path = dir.join(LOCK_FILE);
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(|e| PeerError::io(format!("opening {}", path.display()), e))
+    let file = private_file(
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false),
+    )
+    .open(&path)
+    .map_err(|e| PeerError::io(format!("opening {}", path.display()), e))?;
+    keep_private(&file, &path)?;
+    Ok(file)
 }
 
 /// `flock(2)`; `Ok(false)` when another process holds a conflicting lock.
@@ -245,8 +253,49 @@ fn flock(file: &File, op: libc::c_int) -> Result<bool> {
     }
 }
 
-/// Creates `dir` (and parents) if needed.
+/// Mode of the peer directory and of every directory in it: the replica is
+/// the volume's data, for root (or the daemon's user) only.
+pub const PRIVATE_DIR_MODE: u32 = 0o700;
+/// Mode of every file in the peer directory.
+pub const PRIVATE_FILE_MODE: u32 = 0o600;
+
+/// Creates `dir` (and missing parents) with mode 0700 if needed, and takes
+/// the group's and others' permissions from an existing one.
 pub fn ensure_dir(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| PeerError::io(format!("creating directory {}", dir.display()), e))
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR_MODE)
+        .create(dir)
+        .map_err(|e| PeerError::io(format!("creating directory {}", dir.display()), e))?;
+    let meta = std::fs::metadata(dir)
+        .map_err(|e| PeerError::io(format!("reading directory {}", dir.display()), e))?;
+    let mode = meta.permissions().mode();
+    if mode & 0o077 != 0 {
+        log::info!(
+            "{}: mode {:o} let other users in; setting it to {PRIVATE_DIR_MODE:o}",
+            dir.display(),
+            mode & 0o777
+        );
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(PRIVATE_DIR_MODE))
+            .map_err(|e| PeerError::io(format!("chmod 700 {}", dir.display()), e))?;
+    }
+    Ok(())
+}
+
+/// `opts` creating files with mode 0600.
+pub fn private_file(opts: &mut OpenOptions) -> &mut OpenOptions {
+    opts.mode(PRIVATE_FILE_MODE)
+}
+
+/// Takes the group's and others' permissions from an open file of the peer
+/// directory (one created by an older twinfs, or copied in).
+pub fn keep_private(file: &File, path: &Path) -> Result<()> {
+    let meta = file
+        .metadata()
+        .map_err(|e| PeerError::io(format!("reading {}", path.display()), e))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(PRIVATE_FILE_MODE))
+            .map_err(|e| PeerError::io(format!("chmod 600 {}", path.display()), e))?;
+    }
+    Ok(())
 }

@@ -22,7 +22,7 @@ use twinfs_fs::{
 use twinfs_replicate::message::{
     Base, CpBlock, DeltaRange, Encoding, Message, Patch, MAX_BLOCKS_PER_CP_FRAME,
 };
-use twinfs_replicate::Secret;
+use twinfs_replicate::{Credentials, Secret};
 
 /// UUID of every test source volume.
 pub const UUID: [u8; 16] = [0x5a; 16];
@@ -32,7 +32,24 @@ pub fn init_log() {
 }
 
 pub fn secret() -> Secret {
-    Secret::from_bytes(b"peer tests shared secret, 32 bytes").expect("long enough")
+    Secret::from_bytes(b"peer tests shared secret: 4d1c8e0b9a27f365").expect("random enough")
+}
+
+/// The source's and the peer's credentials of every test: one key pair each,
+/// each trusting the other, made once per test binary.
+fn credentials() -> &'static (Credentials, Credentials) {
+    static PAIR: std::sync::OnceLock<(Credentials, Credentials)> = std::sync::OnceLock::new();
+    PAIR.get_or_init(|| Credentials::pair(&secret()).expect("keys"))
+}
+
+/// What a test source brings to the handshake.
+pub fn source_credentials() -> Credentials {
+    credentials().0.clone()
+}
+
+/// What a test peer brings to the handshake.
+pub fn peer_credentials() -> Credentials {
+    credentials().1.clone()
 }
 
 /// One block a CP wrote, with what an encoder needs.
