@@ -13,6 +13,7 @@
 //! binary), which replays the corpora and runs mutated inputs.
 
 pub mod arb;
+pub mod creds;
 pub mod driver;
 pub mod targets;
 pub mod util;
@@ -63,7 +64,7 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "session",
         about:
-            "an authenticated session with a man in the middle that flips, drops, replays, forges",
+            "handshake and session through a man in the middle: credentials, tamper, rekeys, damage",
         run: targets::session::run,
     },
     Target {

@@ -6,7 +6,7 @@
 //! minimized (README.md, "Fuzzing"); run this only to start a corpus anew.
 //!
 //! ```text
-//! fuzz-seeds            # writes into the corpus directories next to Cargo.toml
+//! fuzz-seeds [TARGET...]   # writes into the corpus directories next to Cargo.toml
 //! ```
 
 use std::collections::BTreeMap;
@@ -26,12 +26,17 @@ use twinfs_fs::{
     BLOCK_SIZE,
 };
 use twinfs_fuzz::arb;
+use twinfs_fuzz::creds::{self, SourceCreds};
 use twinfs_fuzz::targets::blocks::{Blocks, BASE_ADDR, HEADER_BYTES};
+use twinfs_fuzz::util::block_on;
 use twinfs_replicate::codec;
+use twinfs_replicate::frame::check_frame;
 use twinfs_replicate::frame::encode_frame;
 use twinfs_replicate::handshake::{
-    AppliedCp, HandshakeMsg, ResumePoint, Welcome, PROTOCOL_MAGIC, PROTOCOL_VERSION,
+    handshake_client, handshake_server, Admission, Announce, AppliedCp, HandshakeMsg, ResumePoint,
+    PROTOCOL_MAGIC, PROTOCOL_VERSION,
 };
+use twinfs_replicate::keys::{PRIVATE_KEY_LABEL, PUBLIC_KEY_LABEL};
 use twinfs_replicate::message::{Divergence, HoldRecord, Refusal, WireGeneration};
 use twinfs_replicate::peer::status::PeerStatus;
 use twinfs_replicate::{Base, CpBlock, DeltaRange, Encoding, Message, Patch};
@@ -74,13 +79,23 @@ fn main() {
         vec![lz, vec![10, 0, 0, 0, 0x40, b'a', b'b', b'c', b'd']],
     );
 
-    let hs = handshake_msgs();
-    let mut hs_bodies: Vec<Vec<u8>> = hs
+    let (s2p, p2s) = transcript();
+    let mut hs_bodies: Vec<Vec<u8>> = handshake_msgs()
         .iter()
         .map(|m| codec::encode(m).expect("encodes"))
         .collect();
+    for stream in [&s2p, &p2s] {
+        hs_bodies.extend(frame_bodies(stream));
+    }
     hs_bodies.push(
-        codec::encode(&Welcome {
+        codec::encode(&Announce {
+            volume_uuid: [0xA5; 16],
+            volume_blocks: 1 << 20,
+        })
+        .expect("encodes"),
+    );
+    hs_bodies.push(
+        codec::encode(&Admission::Welcome {
             resume: ResumePoint {
                 applied_cp: Some(AppliedCp {
                     cp: 7,
@@ -91,19 +106,42 @@ fn main() {
         })
         .expect("encodes"),
     );
-    seeds.insert("handshake_msg", hs_bodies.clone());
-    let server = [&hs_bodies[0], &hs_bodies[3]]; // Hello, ClientProof
-    let client = [&hs_bodies[2], &hs_bodies[4]]; // Challenge, Accepted
+    hs_bodies.push(
+        codec::encode(&Admission::Refused {
+            reason: "bound to another volume".into(),
+        })
+        .expect("encodes"),
+    );
+    seeds.insert("handshake_msg", hs_bodies);
+    // A real source's frames to a peer (its first two pass the peer's
+    // checks), and a real peer's to a source; whole, and cut after the
+    // first frames, read 1, 7 and 128 bytes at a time.
     let mut streams = Vec::new();
-    for (ctl, bodies) in [(0x01u8, server), (0x81, client)] {
-        let mut s = vec![ctl];
-        for b in bodies {
-            s.extend(encode_frame(b).expect("frame"));
+    for (side, stream) in [(0x00u8, &s2p), (0x80, &p2s)] {
+        let ends = frame_ends(stream);
+        for (i, chunk) in [(0usize, 127u8), (1, 6), (2, 0)] {
+            let end = ends[i.min(ends.len() - 1)];
+            let mut s = vec![side | chunk];
+            s.extend_from_slice(&stream[..end]);
+            streams.push(s);
         }
-        streams.push(s);
     }
     seeds.insert("handshake_server", streams);
-    seeds.insert("session", (0u8..8).map(|i| vec![i * 31; 200]).collect());
+    // The first byte picks the credentials (below 10: the right ones) or a
+    // tampered handshake (13 and above); then settings and steps.
+    seeds.insert(
+        "session",
+        [0u8, 3, 5, 9, 10, 11, 12, 13, 14, 15]
+            .iter()
+            .enumerate()
+            .map(|(i, &pick)| {
+                let mut s = vec![pick];
+                s.extend((0..400u32).map(|j| (j * 37 + i as u32 * 91) as u8));
+                s
+            })
+            .collect(),
+    );
+    seeds.insert("keys", key_files());
 
     seeds.insert("lineage", lineages());
     seeds.insert("nvlog_batch", batches());
@@ -168,7 +206,12 @@ fn main() {
         .collect(),
     );
 
+    // Only the targets named, if any.
+    let only: Vec<String> = std::env::args().skip(1).collect();
     for (target, inputs) in seeds {
+        if !only.is_empty() && !only.iter().any(|t| t == target) {
+            continue;
+        }
         let dir = root.join(target);
         std::fs::create_dir_all(&dir).expect("corpus directory");
         for (i, input) in inputs.iter().enumerate() {
@@ -329,13 +372,104 @@ fn handshake_msgs() -> Vec<HandshakeMsg> {
         HandshakeMsg::Refused {
             reason: "no".into(),
         },
-        HandshakeMsg::Challenge {
-            version: PROTOCOL_VERSION,
-            nonce: [6; 32],
+        HandshakeMsg::NoiseInit {
+            protocol: "Noise_XXpsk3_25519_ChaChaPoly_SHA256".into(),
+            message: vec![6; 48],
         },
-        HandshakeMsg::ClientProof { proof: [7; 32] },
-        HandshakeMsg::Accepted { proof: [8; 32] },
+        HandshakeMsg::Authenticated,
     ]
+}
+
+/// What a real source and a real peer send each other in a handshake (the
+/// source to the peer, then the peer to the source).
+fn transcript() -> (Vec<u8>, Vec<u8>) {
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+    async fn copy<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+        r: &mut R,
+        w: &mut W,
+        log: &mut Vec<u8>,
+    ) {
+        let mut buf = vec![0u8; 4096];
+        while let Ok(n @ 1..) = r.read(&mut buf).await {
+            log.extend_from_slice(&buf[..n]);
+            if w.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+    block_on(async {
+        let (source_io, mitm_source) = tokio::io::duplex(1 << 16);
+        let (mitm_peer, peer_io) = tokio::io::duplex(1 << 16);
+        let (mut from_source, mut to_source) = tokio::io::split(mitm_source);
+        let (mut from_peer, mut to_peer) = tokio::io::split(mitm_peer);
+        let (mut s2p, mut p2s) = (Vec::new(), Vec::new());
+        let resume = ResumePoint::default();
+        let handshake = async {
+            tokio::join!(
+                handshake_client(
+                    source_io,
+                    creds::source(SourceCreds::Right),
+                    [0xA5; 16],
+                    1 << 20
+                ),
+                handshake_server(peer_io, creds::peer(), resume, |_| Ok(()))
+            )
+        };
+        let relay = async {
+            tokio::join!(
+                copy(&mut from_source, &mut to_peer, &mut s2p),
+                copy(&mut from_peer, &mut to_source, &mut p2s)
+            )
+        };
+        tokio::select! {
+            (s, p) = handshake => {
+                s.expect("the source's handshake");
+                p.expect("the peer's handshake");
+            }
+            _ = relay => panic!("the relay ended before the handshake"),
+        }
+        (s2p, p2s)
+    })
+}
+
+/// Where each frame of `stream` ends.
+fn frame_ends(stream: &[u8]) -> Vec<usize> {
+    let mut ends = Vec::new();
+    let mut at = 0;
+    while let Ok(Some(span)) = check_frame(&stream[at..]) {
+        at += span.frame_end;
+        ends.push(at);
+    }
+    ends
+}
+
+/// The bodies of the frames of `stream`.
+fn frame_bodies(stream: &[u8]) -> Vec<Vec<u8>> {
+    let mut bodies = Vec::new();
+    let mut at = 0;
+    while let Ok(Some(span)) = check_frame(&stream[at..]) {
+        bodies.push(stream[at + span.body_start..at + span.frame_end].to_vec());
+        at += span.frame_end;
+    }
+    bodies
+}
+
+/// Key files, trusted-keys files and secret files, good and almost good.
+fn key_files() -> Vec<Vec<u8>> {
+    let hex = |b: u8| twinfs_fs::hex(&[b; 32]);
+    [
+        format!("# twinfs static key (X25519). Private: it stays on this machine.\n{PRIVATE_KEY_LABEL} {}\n", hex(0x11)),
+        format!("{PUBLIC_KEY_LABEL} {} source@host\n", hex(0x2e)),
+        format!("# trusted\n\n{PUBLIC_KEY_LABEL} {} a\n  {PUBLIC_KEY_LABEL} {}\r\n", hex(0xab), hex(0xCD).to_uppercase()),
+        format!("{PRIVATE_KEY_LABEL} {}\n", &hex(0x11)[1..]),
+        format!("{PUBLIC_KEY_LABEL} {}\n# end\n{PRIVATE_KEY_LABEL} {}\n", hex(0x01), hex(0x02)),
+        "7f3a9c21e4b8d605c1e2a7b90d4f6318\n".to_string(),
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".to_string(),
+    ]
+    .into_iter()
+    .map(String::into_bytes)
+    .chain(std::iter::once((0..48u8).map(|i| i.wrapping_mul(151)).collect()))
+    .collect()
 }
 
 /// Records of every kind, made by the structure-aware builder from fixed bytes.

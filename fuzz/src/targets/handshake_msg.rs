@@ -1,16 +1,18 @@
 //! The handshake's messages, raw: a plaintext frame body as `HandshakeMsg`
-//! (what anyone who connects can send) and a sealed frame's plaintext as
-//! `Welcome`. Checked: whatever decodes re-encodes and decodes to the same
+//! (what anyone who connects can send), the decrypted payload of the last
+//! Noise message as `Announce`, and the first sealed frame's plaintext as
+//! `Admission`. Checked: whatever decodes re-encodes and decodes to the same
 //! value; errors are `Malformed`, never a panic.
 
 use twinfs_replicate::codec;
-use twinfs_replicate::handshake::{HandshakeMsg, Welcome};
+use twinfs_replicate::handshake::{Admission, Announce, HandshakeMsg};
 use twinfs_replicate::FrameFault;
 
 /// Entry point.
 pub fn run(data: &[u8]) {
     round_trip::<HandshakeMsg>(data);
-    round_trip::<Welcome>(data);
+    round_trip::<Announce>(data);
+    round_trip::<Admission>(data);
 }
 
 fn round_trip<T>(data: &[u8])

@@ -1,27 +1,26 @@
 //! The handshake of either side against an unauthenticated stream: the input
 //! is everything the other end sends (a peer fed by whoever connects, or a
 //! source that connected to an impostor). The first byte picks the side (bit
-//! 7) and the read size; the rest is the stream. Checked: the handshake
-//! fails cleanly, never panics, and never succeeds (the other end cannot know
-//! the secret, and both nonces are fresh); the peer never asks its binding
-//! policy about a volume before the source proved the secret.
+//! 7) and the read size; the rest is the stream. The seeds replay a real
+//! source's first frames (`Hello`, `NoiseInit`), which a peer accepts: its
+//! first Noise message authenticates nothing but the prologue. Checked: the
+//! handshake fails cleanly, never panics, and never succeeds (the stream
+//! holds neither a trusted static key nor the pre-shared key, and it cannot
+//! answer the other side's fresh ephemeral key); the peer never asks its
+//! binding policy about a volume before the source authenticated.
 
 use std::cell::Cell;
 
 use twinfs_replicate::handshake::{handshake_client, handshake_server, ResumePoint};
-use twinfs_replicate::Secret;
 
+use crate::creds::{self, SourceCreds};
 use crate::util::{block_on, ChunkedReader};
-
-/// The secret both ends would share; the fuzzer never learns the proofs.
-pub const SECRET: &[u8] = b"twinfs fuzz secret: sixteen bytes or more";
 
 /// Entry point.
 pub fn run(data: &[u8]) {
     let Some((&ctl, stream)) = data.split_first() else {
         return;
     };
-    let secret = Secret::from_bytes(SECRET).expect("a long enough secret");
     let chunk = usize::from(ctl & 0x7f) + 1;
     let io = tokio::io::join(ChunkedReader::new(stream, chunk), tokio::io::sink());
     let asked = Cell::new(false);
@@ -31,22 +30,24 @@ pub fn run(data: &[u8]) {
                 applied_cp: None,
                 durable_transfer: 0,
             };
-            handshake_server(io, &secret, resume, |_| {
+            handshake_server(io, creds::peer(), resume, |_| {
                 asked.set(true);
                 Ok(())
             })
             .await
             .map(|_| ())
         } else {
-            handshake_client(io, &secret, [0x5A; 16]).await.map(|_| ())
+            handshake_client(io, creds::source(SourceCreds::Right), [0x5A; 16], 1 << 20)
+                .await
+                .map(|_| ())
         }
     });
     assert!(
         result.is_err(),
-        "a handshake succeeded against a stream that does not know the secret"
+        "a handshake succeeded against a stream that holds no key and no secret"
     );
     assert!(
         !asked.get(),
-        "the peer's binding policy ran before the source proved the secret"
+        "the peer's binding policy ran before the source authenticated"
     );
 }
