@@ -1,5 +1,6 @@
 //! Fuzz targets for every decoder of twinfs: what arrives from the network
-//! (frames, handshake, session messages, lz4 payloads), what is read back
+//! (frames, handshake, session messages, lz4 payloads), the channel's key,
+//! trusted-keys and secret files, what is read back
 //! from disk (superblock slots, B-tree nodes, file-tree blocks, inode and
 //! directory items, log batches and records, the peer's log store, journal,
 //! state and status files) and the control socket's requests.
@@ -66,6 +67,11 @@ pub const TARGETS: &[Target] = &[
         about:
             "handshake and session through a man in the middle: credentials, tamper, rekeys, damage",
         run: targets::session::run,
+    },
+    Target {
+        name: "keys",
+        about: "key files, trusted-keys files and secret files, against a reference reading",
+        run: targets::keys::run,
     },
     Target {
         name: "cp_apply",

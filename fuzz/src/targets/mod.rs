@@ -9,6 +9,7 @@ pub mod frame;
 pub mod handshake_msg;
 pub mod handshake_server;
 pub mod items;
+pub mod keys;
 pub mod lineage;
 pub mod lz4;
 pub mod message;
