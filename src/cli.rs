@@ -88,6 +88,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// Make a static key pair for the secure channel to the other side
     Keygen(KeygenArgs),
+    /// Relay TCP connections through an emulated slow, lossy or partitioned link
+    Relay(RelayArgs),
 }
 
 impl Command {
@@ -108,6 +110,7 @@ impl Command {
             Command::Fsck(_) => "fsck",
             Command::Demo(_) => "demo",
             Command::Keygen(_) => "keygen",
+            Command::Relay(_) => "relay",
         }
     }
 }
@@ -437,6 +440,50 @@ impl FromStr for Compress {
         <Compress as ValueEnum>::from_str(s, false)
             .map_err(|_| format!("unknown compress setting '{s}' (expected auto, always or never)"))
     }
+}
+
+#[derive(Debug, Args)]
+pub struct RelayArgs {
+    /// Address to accept connections on (port 0: any; the address is printed)
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen_addr)]
+    pub listen: HostPort,
+
+    /// Where to relay each connection to
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_peer_addr)]
+    pub to: HostPort,
+
+    /// Address of the control port (one command per line; port 0: any)
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen_addr)]
+    pub control: Option<HostPort>,
+
+    /// One-way delay in milliseconds added to every byte (a round trip costs twice this)
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub delay: u64,
+
+    /// Further delay of up to this many milliseconds, drawn per chunk
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub jitter: u64,
+
+    /// Bandwidth of each direction in bytes per second (K, M, G suffixes) [default: unlimited]
+    #[arg(long, value_name = "RATE")]
+    pub rate: Option<String>,
+
+    /// Probability per chunk that its direction stalls for 200 ms, as TCP does
+    /// after a lost packet
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    pub loss: f64,
+
+    /// Probability per chunk that the connection is reset
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    pub cut: f64,
+
+    /// Most bytes held in flight in each direction of a connection (SIZE as for mkfs)
+    #[arg(long, value_name = "SIZE", default_value = "64M")]
+    pub buffer: Size,
+
+    /// Seed of the jitter, loss and cut draws [default: from the clock]
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
 }
 
 /// `--mode`: what fsync waits for.

@@ -152,11 +152,11 @@ fn every_subcommand_and_flag_is_in_the_man_page() {
             check_args(nested, &body, &format!("twinfs {full}"), &mut missing);
         }
     }
-    // DESIGN.md's ten, keygen of the secure channel, and failback,
-    // resolve and switchover of failover.
+    // DESIGN.md's ten, keygen of the secure channel, failback, resolve and
+    // switchover of failover, and relay, the fault-injection test tool.
     assert_eq!(
-        subcommands, 14,
-        "DESIGN.md names ten subcommands, and keygen, failback, resolve, switchover"
+        subcommands, 15,
+        "DESIGN.md names ten subcommands, and keygen, failback, resolve, switchover, relay"
     );
     assert!(
         missing.is_empty(),

@@ -32,6 +32,7 @@ fn help_exits_0_and_lists_every_subcommand() {
         "promote",
         "fsck",
         "demo",
+        "relay",
     ] {
         assert!(help.contains(sub), "--help lacks {sub}:\n{help}");
     }

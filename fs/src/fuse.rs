@@ -614,6 +614,19 @@ impl TwinFs {
 
     // ---- resolving inode numbers ----
 
+    /// The errno for an operation on inode `ino` itself, not on a name. In
+    /// a mount whose volume changes under it (a replica view) the kernel may
+    /// still hold, for a name, an inode the CP now shown no longer has (a
+    /// file replaced by a rename): ESTALE, not ENOENT, makes it look the
+    /// name up again, and the new CP may well have it.
+    fn on_inode(&self, e: Errno) -> Errno {
+        if self.changing && e == Errno::ENOENT {
+            Errno::ESTALE
+        } else {
+            e
+        }
+    }
+
     fn node(&self, ino: INodeNo) -> Res<Node> {
         let n = ino.0;
         let tag = n >> TAG_SHIFT;
@@ -1241,7 +1254,7 @@ impl Filesystem for TwinFs {
         log::trace!("getattr {}", ino.0);
         match self.node(ino).and_then(|n| Ok((n, self.attr_of(n)?))) {
             Ok((node, attr)) => reply.attr(&self.ttl_of(node), &attr),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(self.on_inode(e)),
         }
     }
 
@@ -1306,7 +1319,7 @@ impl Filesystem for TwinFs {
         };
         match result {
             Ok(target) => reply.data(&target),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(self.on_inode(e)),
         }
     }
 
@@ -1447,7 +1460,7 @@ impl Filesystem for TwinFs {
         log::trace!("open {} flags={:#x}", ino.0, flags.0);
         match self.do_open(req, ino, flags.0) {
             Ok((fh, f)) => reply.opened(FileHandle(fh), f),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(self.on_inode(e)),
         }
     }
 
@@ -1466,12 +1479,12 @@ impl Filesystem for TwinFs {
         let (tree, i) = match self.node(ino) {
             Ok(Node::Tree(tree, i)) => (tree, i),
             Ok(Node::SnapshotDir) => return reply.error(Errno::EISDIR),
-            Err(e) => return reply.error(e),
+            Err(e) => return reply.error(self.on_inode(e)),
         };
         READ_BUF.with_borrow_mut(|buf| {
             match self.volume.read_to(tree.view(), i, offset, size, buf) {
                 Ok(got) => reply.data(&buf[got]),
-                Err(e) => reply.error(errno(e)),
+                Err(e) => reply.error(self.on_inode(errno(e))),
             }
         });
     }
@@ -1582,7 +1595,7 @@ impl Filesystem for TwinFs {
         };
         match result {
             Ok(f) => reply.opened(FileHandle(0), f),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(self.on_inode(e)),
         }
     }
 
@@ -1605,7 +1618,7 @@ impl Filesystem for TwinFs {
         });
         match result {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(self.on_inode(e)),
         }
     }
 
@@ -1625,7 +1638,7 @@ impl Filesystem for TwinFs {
             entries.len() >= READDIR_BATCH
         });
         if let Err(e) = result {
-            return reply.error(e);
+            return reply.error(self.on_inode(e));
         }
         for (node, fino, off, name) in entries {
             let attr = match self.attr_of(node) {
@@ -1741,7 +1754,7 @@ impl Filesystem for TwinFs {
         };
         match result {
             Ok(v) => Self::reply_xattr(reply, size, &v),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(self.on_inode(e)),
         }
     }
 
@@ -1764,7 +1777,7 @@ impl Filesystem for TwinFs {
                 }
                 Self::reply_xattr(reply, size, &out);
             }
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(self.on_inode(e)),
         }
     }
 
@@ -1794,7 +1807,7 @@ impl Filesystem for TwinFs {
         });
         match result {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(self.on_inode(e)),
         }
     }
 

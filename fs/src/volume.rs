@@ -1450,7 +1450,19 @@ impl Volume {
     /// Peer directory `peer_id` has applied CP `sb.cp` (its superblock is
     /// `sb`). The hold moves there and is recorded at the next CP.
     pub fn peer_acked(&self, sb: &Superblock, peer_id: u64) {
-        let moved = self.inner.cp.lock().alloc.peer_acked(sb.cp);
+        let moved = {
+            let mut ctl = self.inner.cp.lock();
+            let moved = ctl.alloc.peer_acked(sb.cp);
+            if moved {
+                // Blocks kept only for the peer are free now: count them at
+                // once, or a full volume refuses every write until another
+                // CP recounts, and with nothing dirty none comes.
+                self.inner
+                    .free_blocks
+                    .store(ctl.alloc.free_blocks(), Ordering::Relaxed);
+            }
+            moved
+        };
         let mut st = self.inner.state.write();
         if moved
             || st

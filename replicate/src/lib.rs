@@ -18,6 +18,7 @@ pub mod keys;
 pub mod message;
 pub mod noise;
 pub mod peer;
+pub mod relay;
 pub mod seal;
 pub mod secret;
 pub mod session;

@@ -108,6 +108,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const DIVERGED_RETRY: Duration = Duration::from_secs(15);
 /// How long the session waits for the peer's verdict on our history.
 const VERDICT_WAIT: Duration = Duration::from_secs(30);
+/// First pause before reconnecting.
+const MIN_BACKOFF: Duration = Duration::from_millis(200);
+/// A session that lasted this long starts the pauses over from the shortest.
+const STABLE_SESSION: Duration = Duration::from_secs(10);
 
 /// Count and bytes of one kind of thing sent.
 #[derive(Default)]
@@ -849,7 +853,7 @@ fn base_covers(vol: &Volume, base: CpNumber) -> TransferId {
 }
 
 async fn connection_loop(s: Arc<Shared>) {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = MIN_BACKOFF;
     let mut last_logged: Option<String> = None;
     while !s.shutdown.load(Ordering::SeqCst) {
         s.set_phase(Phase::Connecting);
@@ -869,8 +873,15 @@ async fn connection_loop(s: Arc<Shared>) {
                 info.remote_key
             );
             last_logged = None;
-            backoff = Duration::from_millis(200);
-            run_session(&s, session, info).await
+            let started = Instant::now();
+            let ended = run_session(&s, session, info).await;
+            // The pause starts over only after a session that lasted: a
+            // peer that fails every session at once (its disk full, say)
+            // would otherwise take a resync every 200 ms.
+            if started.elapsed() >= STABLE_SESSION {
+                backoff = MIN_BACKOFF;
+            }
+            ended
         }
         .await;
         {
@@ -1638,6 +1649,11 @@ async fn receive_loop(s: Arc<Shared>, mut rx: Rx, to_sender: mpsc::UnboundedSend
                     tokio::task::block_in_place(|| s.vol.peer_acked(&sb, peer_id));
                     let mut l = s.link.lock();
                     l.applied = Some((sb.cp, sb.root_hash()));
+                    // The peer holds every transfer the applied CP contains,
+                    // after a resync some only there: an fsync of those
+                    // changes has nothing more to wait for.
+                    let covered = TransferId(sb.log.next_transfer.0.saturating_sub(1));
+                    l.acked_transfer = l.acked_transfer.max(covered);
                     l.sent.retain(|&c, _| c > cp);
                     if l.resync.as_ref().is_some_and(|r| r.target_cp <= sb.cp) {
                         l.resync = None;

@@ -20,6 +20,7 @@ pub mod mkfs;
 pub mod mount;
 pub mod peer;
 pub mod promote;
+pub mod relay;
 pub mod snapshot;
 pub mod status;
 pub mod switchover;
@@ -42,6 +43,7 @@ pub fn run(command: Command) -> Result<(), CmdError> {
         Command::Fsck(args) => fsck::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Keygen(args) => keygen::run(args),
+        Command::Relay(args) => relay::run(args),
     }
 }
 

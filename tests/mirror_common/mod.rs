@@ -105,15 +105,21 @@ pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
 
 /// Holds an exclusive lock on a file in /tmp for the life of a test, so the
 /// mirror tests of every test binary (cargo test, nextest) run one at a time.
+/// `TWINFS_TEST_LOCK` names another lock file: a soak run by hand
+/// (tests/campaign.sh) takes its own, not to hold up other test runs for hours.
 pub struct Serial(fs::File);
 
 pub fn serial() -> Serial {
     let _ = env_logger::builder().is_test(true).try_init();
+    let path = std::env::var_os("TWINFS_TEST_LOCK").map_or_else(
+        || PathBuf::from("/tmp/twinfs-mirror-tests.lock"),
+        PathBuf::from,
+    );
     let f = fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open("/tmp/twinfs-mirror-tests.lock")
+        .open(&path)
         .expect("lock file");
     // SAFETY: flock on a descriptor we own.
     let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) };
@@ -240,12 +246,26 @@ pub struct Peer {
     pub mount: Option<PathBuf>,
     pub log: PathBuf,
     pub port: u16,
+    /// Extra environment of the process (e.g. a fault-injecting LD_PRELOAD).
+    pub env: Vec<(String, String)>,
 }
 
 impl Peer {
     /// Starts `twinfs -v peer --dir DIR --listen 127.0.0.1:PORT --secret S
     /// [--mount M]` (port 0: any) and waits until it listens.
     pub fn start(dir: &Path, port: u16, secret: &Path, mount: Option<&Path>, log: &Path) -> Peer {
+        Peer::start_with_env(dir, port, secret, mount, log, &[])
+    }
+
+    /// [`Peer::start`] with extra environment variables, kept for restarts.
+    pub fn start_with_env(
+        dir: &Path,
+        port: u16,
+        secret: &Path,
+        mount: Option<&Path>,
+        log: &Path,
+        env: &[(String, String)],
+    ) -> Peer {
         let mut p = Peer {
             child: None,
             dir: dir.to_path_buf(),
@@ -253,6 +273,7 @@ impl Peer {
             mount: mount.map(Path::to_path_buf),
             log: log.to_path_buf(),
             port,
+            env: env.to_vec(),
         };
         p.spawn();
         p
@@ -269,6 +290,7 @@ impl Peer {
             cmd.args(["--mount", s(m)]);
         }
         let child = cmd
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log_file(&self.log))
             .stderr(log_file(&self.log))
@@ -387,6 +409,7 @@ pub struct Source {
     pub mnt: PathBuf,
     pub log: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Source {
@@ -394,6 +417,17 @@ impl Source {
     /// `args` (e.g. `--peer`, `--secret`, `--mode`), waiting until the mount
     /// serves and its control socket answers.
     pub fn start(image: &Path, mnt: &Path, args: &[&str], log: &Path) -> Source {
+        Source::start_with_env(image, mnt, args, log, &[])
+    }
+
+    /// [`Source::start`] with extra environment variables for the daemon.
+    pub fn start_with_env(
+        image: &Path,
+        mnt: &Path,
+        args: &[&str],
+        log: &Path,
+        env: &[(String, String)],
+    ) -> Source {
         fs::create_dir_all(mnt).expect("mount point");
         let mut src = Source {
             child: None,
@@ -401,6 +435,7 @@ impl Source {
             mnt: mnt.to_path_buf(),
             log: log.to_path_buf(),
             args: args.iter().map(|a| a.to_string()).collect(),
+            env: env.to_vec(),
         };
         src.spawn();
         src
@@ -432,6 +467,7 @@ impl Source {
         let child = Command::new(bin())
             .args(["-v", "mount", s(&self.image), s(&self.mnt), "-f"])
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log_file(&self.log))
             .stderr(log_file(&self.log))

@@ -298,6 +298,15 @@ impl MirrorImage {
         }
     }
 
+    /// Zeroes superblock slot `slot` (best effort, not synced): a superblock
+    /// whose sync failed is taken back, so that the slot reads as empty and
+    /// the committed CP stays the one read.
+    pub fn wipe_slot(&self, slot: u64) {
+        if let Err(e) = self.write_blocks(slot, &[0u8; BLOCK_SIZE]) {
+            log::error!("taking back superblock slot {slot}: {e}");
+        }
+    }
+
     /// Whether the committed image (its tree, allocation map and snapshots)
     /// uses block `addr`, so that a new block for that address must be staged.
     pub fn in_use(&mut self, addr: u64) -> bool {

@@ -83,6 +83,8 @@ pub struct Loc {
 #[derive(Debug, Default)]
 struct Segment {
     bytes: u64,
+    /// Bytes known durable: synced, or found by the scan at open.
+    synced: u64,
     /// Highest transfer in the segment (0 when empty).
     last_id: u64,
 }
@@ -211,6 +213,7 @@ impl LogStore {
             return Ok(ended);
         }
         seg.bytes = off;
+        seg.synced = off;
         self.segments.insert(seq, seg);
         self.files.insert(seq, file);
         Ok(ended)
@@ -285,21 +288,67 @@ impl LogStore {
     }
 
     /// Makes everything appended so far durable. Returns the highest stored ID.
+    ///
+    /// When a segment's fdatasync fails, what was appended since its last
+    /// good sync may never reach the disk, and a later fdatasync need not
+    /// say so again (Linux reports a writeback error once per file). The
+    /// records appended since the last good sync are then cut off the files
+    /// (see [`LogStore::discard_unsynced`]), so that no later sync and no
+    /// scan of the directory can take them for durable; the source sends
+    /// them again.
     pub fn sync(&mut self) -> Result<u64> {
-        for seq in std::mem::take(&mut self.unsynced) {
+        let pending: Vec<u64> = self.unsynced.iter().copied().collect();
+        for seq in pending {
             if let Some(f) = self.files.get(&seq) {
-                f.sync_data().map_err(|e| {
-                    PeerError::io(
+                if let Err(e) = f.sync_data() {
+                    let err = PeerError::io(
                         format!("syncing log segment {}", self.segment_path(seq).display()),
                         e,
-                    )
-                })?;
+                    );
+                    self.discard_unsynced();
+                    return Err(err);
+                }
+            }
+            self.unsynced.remove(&seq);
+            if let Some(seg) = self.segments.get_mut(&seq) {
+                seg.synced = seg.bytes;
             }
         }
-        if std::mem::take(&mut self.dir_unsynced) {
+        // The flag stays set until a directory sync succeeds: a new
+        // segment is not durable before its directory entry is.
+        if self.dir_unsynced {
             fsync_dir(&self.dir)?;
+            self.dir_unsynced = false;
         }
         Ok(self.highest())
+    }
+
+    /// Cuts every record appended since the last good sync off the segment
+    /// files (truncating the first segment concerned, deleting later ones),
+    /// after a failed sync. Best effort: the files' lengths change at once
+    /// (so a scan no longer finds the records); the syncs that would make
+    /// the cut durable may fail on the same disk, and do not matter, since
+    /// the cut records were never acknowledged.
+    fn discard_unsynced(&mut self) {
+        let first_unsynced = self
+            .index
+            .iter()
+            .find(|(_, loc)| {
+                self.segments
+                    .get(&loc.seg)
+                    .is_some_and(|seg| loc.offset - RECORD_HEADER_BYTES as u64 >= seg.synced)
+            })
+            .map(|(&id, _)| id);
+        if let Some(id) = first_unsynced {
+            log::warn!(
+                "log store {}: dropping transfers from {id} on, which a failed sync may have lost",
+                self.dir.display()
+            );
+            if let Err(e) = self.truncate_from(id) {
+                log::warn!("log store {}: {e}", self.dir.display());
+            }
+        }
+        self.dir_unsynced = true;
     }
 
     /// Drops every segment whose transfers are all `<= through` (a CP that
@@ -462,6 +511,7 @@ impl LogStore {
                 })?;
             let seg = self.segments.get_mut(&first.seg).expect("segment exists");
             seg.bytes = keep;
+            seg.synced = keep;
             seg.last_id = self
                 .index
                 .range(..id)

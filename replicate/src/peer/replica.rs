@@ -1062,7 +1062,15 @@ impl Replica {
             }
         }
         self.image.write_superblock(cp, &bytes[..])?;
-        self.image.sync()?;
+        if let Err(e) = self.image.sync() {
+            if !journaled {
+                // The new superblock may never reach the disk, and a later
+                // sync need not say so: out of the page cache with it, or
+                // the recovery (and `status --dir`) would take it as applied.
+                self.image.wipe_slot(slot);
+            }
+            return Err(e);
+        }
         self.crash_point(CommitStep::SuperblockWritten)?;
         if journaled {
             self.journal.remove()?;
