@@ -3,7 +3,8 @@
 //! trusted-keys and secret files, what is read back
 //! from disk (superblock slots, B-tree nodes, file-tree blocks, inode and
 //! directory items, log batches and records, the peer's log store, journal,
-//! state and status files) and the control socket's requests.
+//! state and status files), the control socket's requests and the relay's
+//! control commands.
 //!
 //! Each target is a plain `fn(&[u8])` in [`targets`] that panics only when
 //! it finds a bug: a decoder that panics, or one that accepts something that
@@ -137,6 +138,11 @@ pub const TARGETS: &[Target] = &[
         name: "peer_status",
         about: "the peer's status.json and the log store's quick count",
         run: targets::peer_status::run,
+    },
+    Target {
+        name: "relay_control",
+        about: "the relay's control port commands, against a model of the link",
+        run: targets::relay_control::run,
     },
     Target {
         name: "control",

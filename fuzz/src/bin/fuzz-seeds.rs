@@ -142,6 +142,18 @@ fn main() {
             .collect(),
     );
     seeds.insert("keys", key_files());
+    seeds.insert(
+        "relay_control",
+        [
+            "delay 25 5\nrate 10M\nloss 0.01\ncut 0\nshow\n",
+            "partition forward\npartition both\nstats\nheal\nreset\n",
+            "rate off\r\ndelay 60000\ndelay 60001\nrate 0\nloss 1.5\nclear\nshow\n",
+            "rate 17179869183G\nrate 64k\npartition sideways\nbogus\n",
+        ]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect(),
+    );
 
     seeds.insert("lineage", lineages());
     seeds.insert("nvlog_batch", batches());

@@ -21,5 +21,6 @@ pub mod peer_journal;
 pub mod peer_logstore;
 pub mod peer_state;
 pub mod peer_status;
+pub mod relay_control;
 pub mod session;
 pub mod superblock;
