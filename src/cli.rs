@@ -90,6 +90,8 @@ pub enum Command {
     Keygen(KeygenArgs),
     /// Relay TCP connections through an emulated slow, lossy or partitioned link
     Relay(RelayArgs),
+    /// Print a shell completion script for bash, zsh, fish, elvish or powershell
+    Completions(CompletionsArgs),
 }
 
 impl Command {
@@ -111,6 +113,7 @@ impl Command {
             Command::Demo(_) => "demo",
             Command::Keygen(_) => "keygen",
             Command::Relay(_) => "relay",
+            Command::Completions(_) => "completions",
         }
     }
 }
@@ -198,6 +201,15 @@ pub struct MountArgs {
     /// volume within a few seconds, instead of mounting with a warning
     #[arg(long)]
     pub require_peer: bool,
+
+    /// Also append the log to FILE (in the background the log goes to the
+    /// journal, or syslog, as well)
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+
+    /// Serve Prometheus metrics over HTTP at ADDR (`GET /metrics`)
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen_addr)]
+    pub metrics: Option<HostPort>,
 }
 
 #[derive(Debug, Args)]
@@ -238,6 +250,14 @@ pub struct PeerArgs {
     /// Also serve the latest applied CP read-only on this directory
     #[arg(long, value_name = "MOUNTPOINT")]
     pub mount: Option<PathBuf>,
+
+    /// Also append the log to FILE
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+
+    /// Serve Prometheus metrics over HTTP at ADDR (`GET /metrics`)
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen_addr)]
+    pub metrics: Option<HostPort>,
 }
 
 #[derive(Debug, Args)]
@@ -254,6 +274,12 @@ pub struct StatusArgs {
     /// Print one JSON object instead of text
     #[arg(long)]
     pub json: bool,
+
+    /// Print the status again every SECS seconds until interrupted
+    /// (with --json: one object per line) [default SECS: 2]
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2",
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub watch: Option<u64>,
 }
 
 /// What `twinfs status` reports on.
@@ -401,6 +427,13 @@ pub struct DemoArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell: bash, zsh, fish, elvish or powershell
+    #[arg(value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
 pub struct KeygenArgs {
     /// Where the private key goes (mode 0600); the public key goes to FILE.pub
     #[arg(value_name = "FILE")]
@@ -544,8 +577,13 @@ impl FromStr for CpSync {
     }
 }
 
+/// Most digits accepted after the decimal point of a size (`1.5G`).
+pub const MAX_SIZE_FRACTION_DIGITS: usize = 6;
+
 /// A size in bytes, typed as plain bytes or with a K/M/G/T suffix
-/// (powers of 1024; an optional trailing `iB` or `B` is accepted: `64MiB`).
+/// (powers of 1024; an optional trailing `iB` or `B` is accepted: `64MiB`;
+/// with a suffix the number may have a decimal fraction, `1.5G`, rounded
+/// down to whole bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Size {
     pub bytes: u64,
@@ -558,11 +596,22 @@ impl FromStr for Size {
         let bad = |why: &str| format!("invalid size '{s}': {why} (e.g. 4096, 512K, 64M, 10G, 1T)");
         let t = s.trim();
         let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-        let (digits, suffix) = t.split_at(digits_end);
+        let (digits, rest) = t.split_at(digits_end);
         if digits.is_empty() {
             return Err(bad("it must start with a number"));
         }
         let number: u64 = digits.parse().map_err(|_| bad("the number is too large"))?;
+        // A decimal fraction: `1.5G`.
+        let (fraction, suffix) = match rest.strip_prefix('.') {
+            Some(r) => {
+                let end = r.find(|c: char| !c.is_ascii_digit()).unwrap_or(r.len());
+                if end == 0 || end > MAX_SIZE_FRACTION_DIGITS {
+                    return Err(bad("give 1 to 6 digits after the decimal point"));
+                }
+                r.split_at(end)
+            }
+            None => ("", rest),
+        };
         let suffix = suffix
             .strip_suffix("iB")
             .or_else(|| suffix.strip_suffix('B'))
@@ -576,8 +625,20 @@ impl FromStr for Size {
             "T" | "t" => 40,
             _ => return Err(bad("the unit must be K, M, G or T")),
         };
+        if !fraction.is_empty() && shift == 0 {
+            return Err(bad("a fraction needs a unit (K, M, G or T)"));
+        }
+        // Rounded down to whole bytes: fraction * unit / 10^digits.
+        let fraction_bytes = if fraction.is_empty() {
+            0
+        } else {
+            let f: u128 = fraction.parse().map_err(|_| bad("bad fraction"))?;
+            let scale = 10u128.pow(fraction.len() as u32);
+            (f * (1u128 << shift) / scale) as u64
+        };
         let bytes = number
             .checked_mul(1u64 << shift)
+            .and_then(|b| b.checked_add(fraction_bytes))
             .ok_or_else(|| bad("it does not fit in 64 bits"))?;
         if bytes == 0 {
             return Err(bad("it must be greater than zero"));
@@ -762,6 +823,10 @@ pub enum TwinfsOpt {
     DirtyLimit(Size),
     Memory(Size),
     RequirePeer,
+    /// Mount over a directory that is not empty (hiding what it holds).
+    NonEmpty,
+    LogFile(PathBuf),
+    Metrics(HostPort),
 }
 
 /// fstab/mount(8) options that mean nothing to the file system itself.
@@ -825,6 +890,12 @@ impl FromStr for MountOpt {
                 None => twinfs(Ok(TwinfsOpt::RequirePeer)),
                 Some(_) => Err(format!("mount option '{key}' takes no value")),
             },
+            "log_file" => twinfs(Ok(TwinfsOpt::LogFile(PathBuf::from(need("FILE")?)))),
+            "metrics" => twinfs(parse_listen_addr(need("ADDR")?).map(TwinfsOpt::Metrics)),
+            "nonempty" => match value {
+                None => twinfs(Ok(TwinfsOpt::NonEmpty)),
+                Some(_) => Err(format!("mount option '{key}' takes no value")),
+            },
             _ => Err(format!(
                 "unknown mount option '{s}' (see MOUNT OPTIONS in twinfs(8))"
             )),
@@ -864,6 +935,12 @@ pub struct MountConfig {
     pub memory_bytes: u64,
     /// Fail unless the peer accepts the volume at mount time.
     pub require_peer: bool,
+    /// `-o nonempty`: mount over a directory that holds files.
+    pub nonempty: bool,
+    /// `--log-file`.
+    pub log_file: Option<PathBuf>,
+    /// `--metrics`.
+    pub metrics: Option<HostPort>,
 }
 
 /// Sets `slot` from a flag or an `-o` option, refusing the same setting twice.
@@ -893,6 +970,9 @@ impl MountArgs {
         let mut dirty_limit = self.dirty_limit;
         let mut memory = self.memory;
         let mut require_peer = self.require_peer;
+        let mut nonempty = false;
+        let mut log_file = self.log_file.clone();
+        let mut metrics = self.metrics.clone();
         let mut fuse_options = Vec::new();
         for opt in &self.options {
             match opt {
@@ -910,6 +990,9 @@ impl MountArgs {
                     TwinfsOpt::DirtyLimit(v) => set_once(&mut dirty_limit, v, "dirty_limit")?,
                     TwinfsOpt::Memory(v) => set_once(&mut memory, v, "memory")?,
                     TwinfsOpt::RequirePeer => require_peer = true,
+                    TwinfsOpt::NonEmpty => nonempty = true,
+                    TwinfsOpt::LogFile(v) => set_once(&mut log_file, v, "log_file")?,
+                    TwinfsOpt::Metrics(v) => set_once(&mut metrics, v, "metrics")?,
                 },
             }
         }
@@ -953,6 +1036,9 @@ impl MountArgs {
             dirty_limit_bytes: dirty_limit.map(|s| s.bytes),
             memory_bytes,
             require_peer,
+            nonempty,
+            log_file,
+            metrics,
         })
     }
 }
@@ -981,6 +1067,9 @@ mod tests {
         assert_eq!(bytes("2T"), Ok(2 << 40));
         assert_eq!(bytes("64MiB"), Ok(64 << 20));
         assert_eq!(bytes("1GB"), Ok(1 << 30));
+        assert_eq!(bytes("1.5G"), Ok(3 << 29));
+        assert_eq!(bytes("0.5M"), Ok(512 << 10));
+        assert_eq!(bytes("1.1K"), Ok(1126));
     }
 
     #[test]
@@ -991,7 +1080,9 @@ mod tests {
             "G",
             "0",
             "0K",
-            "1.5G",
+            "1.5",
+            "1.G",
+            "1.1234567G",
             "-1",
             "99999999999T",
             "1 G",

@@ -20,7 +20,10 @@ use serde::{Deserialize, Serialize};
 use twinfs_fs::Volume;
 use twinfs_replicate::source::{Mirror, Mode, Phase};
 
-use crate::cmd::status::{ByteCounters, EncodingCounter, MountStatus, PeerStatus, ResyncStatus};
+use crate::cmd::status::{
+    headline, ByteCounters, Capacity, EncodingCounter, FsyncLatency, MountStatus, PeerStatus,
+    ResyncStatus, STATUS_SCHEMA_VERSION,
+};
 
 /// Longest request line accepted.
 const MAX_REQUEST_BYTES: u64 = 64 * 1024;
@@ -78,32 +81,139 @@ pub fn socket_path(mountpoint: &Path) -> std::io::Result<PathBuf> {
     Ok(socket_dir().join(format!("{}.sock", &hash.to_hex()[..24])))
 }
 
+/// Why a request to a mount failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    /// No twinfs mount process answers at the path; the message says what
+    /// is there instead and what to do (see [`diagnose`]).
+    #[error("{0}")]
+    NoMount(String),
+    /// The mount answered and refused, or the exchange broke off.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl ControlError {
+    /// The command error: a missing mount carries its own fix; a refusal
+    /// gets the command's `todo`.
+    pub fn into_cmd(self, what: impl Into<String>, todo: &str) -> crate::error::CmdError {
+        match self {
+            ControlError::NoMount(m) => crate::error::CmdError::said(what, m),
+            ControlError::Failed(m) => crate::error::CmdError::failed(what, m, todo),
+        }
+    }
+}
+
 /// Sends `req` to the mount at `mountpoint` and returns its answer.
-pub fn request(mountpoint: &Path, req: &Request) -> Result<serde_json::Value, String> {
-    let path = socket_path(mountpoint).map_err(|e| format!("{}: {e}", mountpoint.display()))?;
-    let mut s = UnixStream::connect(&path).map_err(|e| {
-        format!(
-            "no twinfs mount answers at {} ({e}); is it mounted with `twinfs mount`?",
-            mountpoint.display()
-        )
-    })?;
-    let mut line = serde_json::to_string(req).map_err(|e| e.to_string())?;
+pub fn request(mountpoint: &Path, req: &Request) -> Result<serde_json::Value, ControlError> {
+    let path = socket_path(mountpoint)
+        .map_err(|e| ControlError::NoMount(format!("{}: {e}", mountpoint.display())))?;
+    let mut s =
+        UnixStream::connect(&path).map_err(|_| ControlError::NoMount(diagnose(mountpoint)))?;
+    let failed = ControlError::Failed;
+    let mut line = serde_json::to_string(req).map_err(|e| failed(e.to_string()))?;
     line.push('\n');
     s.write_all(line.as_bytes())
-        .map_err(|e| format!("sending to the mount: {e}"))?;
+        .map_err(|e| failed(format!("sending to the mount: {e}")))?;
     let mut answer = String::new();
     BufReader::new(s)
         .read_line(&mut answer)
-        .map_err(|e| format!("reading the mount's answer: {e}"))?;
+        .map_err(|e| failed(format!("reading the mount's answer: {e}")))?;
     let v: serde_json::Value = serde_json::from_str(&answer)
-        .map_err(|e| format!("the mount's answer is not JSON: {e}"))?;
+        .map_err(|e| failed(format!("the mount's answer is not JSON: {e}")))?;
     if v["ok"] == true {
         Ok(v)
     } else {
-        Err(v["error"]
-            .as_str()
-            .unwrap_or("the mount refused the request")
-            .to_string())
+        Err(failed(
+            v["error"]
+                .as_str()
+                .unwrap_or("the mount refused the request")
+                .to_string(),
+        ))
+    }
+}
+
+/// One line of `/proc/self/mountinfo` that matters here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    pub mountpoint: PathBuf,
+    pub fstype: String,
+    pub source: String,
+}
+
+/// Parses `/proc/self/mountinfo` text (octal escapes such as `\040` undone).
+pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+    let unescape = |s: &str| -> String {
+        let b = s.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            let octal = b
+                .get(i + 1..i + 4)
+                .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+            match (b[i], octal) {
+                (b'\\', Some(d)) => {
+                    out.push(((d[0] - b'0') << 6) | ((d[1] - b'0') << 3) | (d[2] - b'0'));
+                    i += 4;
+                }
+                (c, _) => {
+                    out.push(c);
+                    i += 1;
+                }
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    text.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mountpoint = left.split(' ').nth(4)?;
+            let mut r = right.split(' ');
+            let fstype = r.next()?;
+            let source = r.next()?;
+            Some(MountEntry {
+                mountpoint: PathBuf::from(unescape(mountpoint)),
+                fstype: fstype.to_string(),
+                source: unescape(source),
+            })
+        })
+        .collect()
+}
+
+/// What is mounted at `mountpoint` (the topmost mount), if anything.
+fn mounted_at(mountpoint: &Path) -> Option<MountEntry> {
+    let canon = std::fs::canonicalize(mountpoint).ok()?;
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    parse_mountinfo(&text)
+        .into_iter()
+        .rev()
+        .find(|m| m.mountpoint == canon)
+}
+
+/// Why no twinfs mount answers at `mountpoint`, and what to do: one cause
+/// and one fix, from what the kernel has mounted there.
+pub fn diagnose(mountpoint: &Path) -> String {
+    let mp = mountpoint.display();
+    match mounted_at(mountpoint) {
+        None => format!(
+            "{mp} is not mounted; mount a volume there with `twinfs mount IMAGE {mp}`"
+        ),
+        Some(m) if m.fstype != "fuse.twinfs" => format!(
+            "{mp} is a {} mount of {}, not twinfs; give the mount point of a twinfs volume",
+            m.fstype, m.source
+        ),
+        Some(m) if m.source.ends_with(twinfs_replicate::peer::IMAGE_FILE) => {
+            let dir = Path::new(&m.source)
+                .parent()
+                .map_or_else(|| "DIR".to_string(), |d| d.display().to_string());
+            format!(
+                "{mp} is a read-only view of the peer directory {dir}, not a source volume; see `twinfs status --dir {dir}`"
+            )
+        }
+        Some(m) => format!(
+            "the twinfs mount of {} at {mp} does not answer (its process has ended); unmount it with `umount {mp}` and mount it again",
+            m.source
+        ),
     }
 }
 
@@ -309,6 +419,14 @@ pub fn mount_status(t: &Target) -> MountStatus {
             ..Default::default()
         },
         lineage: twinfs_replicate::history::lineage_json(Some(&t.vol.lineage())),
+        schema_version: STATUS_SCHEMA_VERSION,
+        state: String::new(),
+        action: String::new(),
+        mode_in_force: "local".into(),
+        cp_age_secs: age_secs(v.cp_time.secs),
+        lag_cps: None,
+        capacity: capacity(&t.vol),
+        fsync: FsyncLatency::of(&t.vol.stats().fsync_latency.snapshot()),
     };
     if let Some(m) = &t.mirror {
         let st = m.status();
@@ -349,9 +467,38 @@ pub fn mount_status(t: &Target) -> MountStatus {
             }),
             alarm: st.alarm.clone(),
             last_error: st.last_error.clone(),
-            rtt_ms: st.rtt_ms,
+            rtt_ms: st.rtt_ms.map(|ms| (ms * 1000.0).round() / 1000.0),
             divergence: st.divergence.clone(),
         });
+        s.lag_cps = Some(v.cp.0.saturating_sub(st.acked_cp.map_or(0, |c| c.0)));
+        s.mode_in_force = if st.degraded {
+            "async".into()
+        } else {
+            t.mode.name().to_string()
+        };
     }
+    let (h, action) = headline(&s, v.failed.as_deref(), v.read_only);
+    s.state = h.name().to_string();
+    s.action = action;
     s
+}
+
+/// Seconds from `secs` (since the epoch) to now; 0 for a time in the future.
+fn age_secs(secs: i64) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    now.saturating_sub(secs).max(0) as u64
+}
+
+/// The volume's space as `df` sees it, and its snapshots.
+fn capacity(vol: &Volume) -> Capacity {
+    let f = vol.statfs();
+    let block = u64::from(f.block_size);
+    Capacity {
+        size_bytes: f.blocks * block,
+        used_bytes: f.blocks.saturating_sub(f.blocks_free) * block,
+        free_bytes: f.blocks_free * block,
+        snapshots: vol.snapshot_list().len() as u64,
+    }
 }

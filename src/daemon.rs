@@ -61,7 +61,11 @@ impl Ready {
         match self.pipe.take() {
             Some(mut p) => {
                 let mut msg = String::from("OK\n");
-                for w in warnings {
+                // Warnings logged while starting (peer unusable, degraded,
+                // refused, hash mismatch, disk errors): the log of a
+                // background daemon is not where a user looks first.
+                let logged = crate::logging::take_startup_warnings();
+                for w in warnings.iter().chain(&logged) {
                     msg.push_str(&w.replace('\n', " "));
                     msg.push('\n');
                 }
@@ -78,6 +82,8 @@ impl Ready {
     /// Tells the waiting parent why we failed; it prints that and exits 1.
     pub fn fail(&mut self, e: &CmdError) {
         if let Some(mut p) = self.pipe.take() {
+            log::error!("{}", e.one_line());
+            let _ = crate::logging::take_startup_warnings();
             let _ = p.write_all(e.one_line().as_bytes());
         }
     }
@@ -113,6 +119,7 @@ pub fn background(what: &str) -> Result<Ready, CmdError> {
             // Helpers we start (fusermount3 for auto_unmount) must not hold
             // our caller's pipes open; errors travel through the ready pipe.
             detach_stdio();
+            crate::logging::to_background();
             Ok(Ready {
                 pipe: Some(std::fs::File::from(write_end)),
             })
@@ -159,8 +166,8 @@ fn reap(child: libc::pid_t, limit: std::time::Duration) {
 /// caller's stderr would hold its pipe open for as long as it runs, so
 /// `out=$(twinfs mount IMG MP 2>&1)`, `| tee` or ssh would hang until
 /// unmount, and a failure before "ready" would be printed twice (by the
-/// parent, from the ready pipe, and by the child itself). Run with `-f` to
-/// see the log lines.
+/// parent, from the ready pipe, and by the child itself). The log goes to
+/// the journal or syslog and `--log-file` instead (`crate::logging`).
 fn detach_stdio() {
     if let Ok(null) = std::fs::OpenOptions::new()
         .read(true)
@@ -203,4 +210,22 @@ pub fn on_termination(on_signal: impl Fn(i32) + Send + 'static) -> Result<(), Cm
         })
         .map_err(|e| CmdError::failed("starting the signal thread", e, "try again"))?;
     Ok(())
+}
+
+/// Tells systemd (a `Type=notify` service) that the service is usable, with
+/// a status line for `systemctl status`. Does nothing outside systemd.
+pub fn notify_ready(status: &str) {
+    if let Err(e) = sd_notify::notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(status),
+    ]) {
+        log::warn!("telling systemd the service is ready: {e}");
+    }
+}
+
+/// Tells systemd the service is stopping (unmounting, final CP).
+pub fn notify_stopping() {
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Stopping]) {
+        log::debug!("telling systemd the service stops: {e}");
+    }
 }

@@ -17,13 +17,14 @@ pub const EXIT_USAGE: u8 = 2;
 #[derive(Debug, thiserror::Error)]
 pub enum CmdError {
     /// An operation failed (exit 1).
-    #[error("{what}: {why}; {todo}")]
+    #[error("{what}: {why}{}", if todo.is_empty() { String::new() } else { format!("; {todo}") })]
     Failed {
         /// What failed, naming the object: "mount /mnt/a", "open image /srv/x.img".
         what: String,
         /// Why, usually the lower layer's error.
         why: String,
-        /// What the user can do about it.
+        /// What the user can do about it; empty when `why` already says it
+        /// (a lower layer's message that ends in its own fix).
         todo: String,
     },
     /// A usage error found after parsing, e.g. a setting given twice (exit 2).
@@ -39,6 +40,12 @@ impl CmdError {
             why: why.to_string(),
             todo: todo.into(),
         }
+    }
+
+    /// A failure whose `why` already says what to do: the lower layer
+    /// knew the fix better than the command (no second hint is added).
+    pub fn said(what: impl Into<String>, why: impl Display) -> CmdError {
+        CmdError::failed(what, why, "")
     }
 
     /// The process exit code for this error.
@@ -70,6 +77,15 @@ mod tests {
         let e = CmdError::failed("fsck /x.img", "no such file", "check the path");
         assert_eq!(e.to_string(), "fsck /x.img: no such file; check the path");
         assert_eq!(e.exit_code(), 1);
+    }
+
+    #[test]
+    fn a_message_that_carries_its_own_fix_gets_no_second_one() {
+        let e = CmdError::said("mount /x.img", "not a volume; make one with mkfs");
+        assert_eq!(
+            e.to_string(),
+            "mount /x.img: not a volume; make one with mkfs"
+        );
     }
 
     #[test]

@@ -23,7 +23,13 @@ pub enum Helper {
     Run(Vec<OsString>),
     /// `-f` ("fake"): mount(8) asks for everything but the mount itself.
     Fake,
+    /// `--help`/`-h` or `--version`/`-V`: print this on stdout and exit 0.
+    Print(String),
 }
+
+/// The helper's usage line.
+pub const HELPER_USAGE: &str =
+    "usage: mount.fuse.twinfs IMAGE MOUNTPOINT [-sfnv] [-o OPTIONS] [-t TYPE]";
 
 /// Translates argv when argv\[0\]'s file name is one of [`HELPER_NAMES`].
 /// An error is a usage error (exit 2), with a message for stderr.
@@ -35,7 +41,20 @@ pub fn translate(argv: &[OsString]) -> Result<Helper, String> {
     if !name.is_some_and(|n| HELPER_NAMES.contains(&n)) {
         return Ok(Helper::NotHelper);
     }
-    let usage = "usage: mount.fuse.twinfs IMAGE MOUNTPOINT [-sfnv] [-o OPTIONS] [-t TYPE]";
+    let usage = HELPER_USAGE;
+    if argv[1..].iter().any(|a| a == "--help" || a == "-h") {
+        return Ok(Helper::Print(format!(
+            "{usage}\n\nThe mount(8) helper of twinfs: runs `twinfs mount IMAGE MOUNTPOINT -o OPTIONS`.\n\
+             -s sloppy, -n no mtab (both accepted and ignored), -f fake (do nothing),\n\
+             -v verbose, -o OPTIONS as in MOUNT OPTIONS of twinfs(8), -t fuse.twinfs.\n"
+        )));
+    }
+    if argv[1..].iter().any(|a| a == "--version" || a == "-V") {
+        return Ok(Helper::Print(format!(
+            "mount.fuse.twinfs (twinfs {})\n",
+            env!("CARGO_PKG_VERSION")
+        )));
+    }
     let mut positionals: Vec<OsString> = Vec::new();
     let mut options: Vec<OsString> = Vec::new();
     let mut verbose = false;
@@ -142,5 +161,17 @@ mod tests {
         assert!(translate(&argv(&["mount.twinfs", "img", "mnt", "-x"])).is_err());
         assert!(translate(&argv(&["mount.twinfs", "img", "mnt", "-o"])).is_err());
         assert!(translate(&argv(&["mount.twinfs", "img", "mnt", "-N", "ns"])).is_err());
+    }
+
+    #[test]
+    fn helper_help_and_version_print_and_succeed() {
+        let Ok(Helper::Print(help)) = translate(&argv(&["mount.fuse.twinfs", "--help"])) else {
+            panic!("--help is not a usage error")
+        };
+        assert!(help.starts_with(HELPER_USAGE), "{help}");
+        let Ok(Helper::Print(v)) = translate(&argv(&["mount.twinfs", "-V"])) else {
+            panic!("-V is not a usage error")
+        };
+        assert!(v.starts_with("mount.fuse.twinfs (twinfs "), "{v}");
     }
 }

@@ -16,6 +16,8 @@ pub mod control;
 pub mod daemon;
 pub mod error;
 pub mod helper;
+pub mod logging;
+pub mod metrics;
 pub mod node;
 
 use error::{EXIT_FAILURE, EXIT_USAGE};
@@ -27,6 +29,10 @@ pub fn run(argv: Vec<OsString>) -> u8 {
         Ok(helper::Helper::NotHelper) => argv,
         Ok(helper::Helper::Run(translated)) => translated,
         Ok(helper::Helper::Fake) => return 0,
+        Ok(helper::Helper::Print(text)) => {
+            print!("{text}");
+            return 0;
+        }
         Err(msg) => {
             eprintln!("twinfs: mount helper: {msg}");
             return EXIT_USAGE;
@@ -43,7 +49,7 @@ pub fn run(argv: Vec<OsString>) -> u8 {
             return u8::try_from(code).unwrap_or(EXIT_USAGE);
         }
     };
-    init_logging(cli.log_filter());
+    logging::init(cli.log_filter());
     let name = cli.command.name();
     log::debug!("running {name}");
     match cmd::run(cli.command) {
@@ -54,13 +60,4 @@ pub fn run(argv: Vec<OsString>) -> u8 {
             e.exit_code()
         }
     }
-}
-
-/// Logs to stderr at the level `-v` chose; RUST_LOG, when set, wins.
-fn init_logging(default_filter: &str) {
-    let env = env_logger::Env::default().default_filter_or(default_filter);
-    // A second initialisation (only possible in tests) keeps the first logger.
-    let _ = env_logger::Builder::from_env(env)
-        .format_timestamp_millis()
-        .try_init();
 }

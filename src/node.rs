@@ -288,6 +288,13 @@ impl Node {
         };
         let vol = Arc::new(Volume::open(dev, vcfg).map_err(|e| match e {
             FsError::ReplicaImage => "the image is a peer's replica (a mirror.img), not a volume; mount it read-only with -o ro, or make it a volume with `twinfs promote DIR` (DIR: the peer directory holding it) first".to_string(),
+            FsError::NotAVolume => format!(
+                "{}: {}; give the image made by `twinfs mkfs` (or by `twinfs promote`), or make one with `twinfs mkfs IMAGE --size SIZE`",
+                image.display(),
+                FsError::NotAVolume
+            ),
+            // Its message already says to run fsck.
+            e @ (FsError::Corrupt { .. } | FsError::CorruptVolume(_)) => e.to_string(),
             e => format!("{e}; run `twinfs fsck` on the image"),
         })?);
         let mode = mirror_to.as_ref().map_or(self.settings.mode, |m| m.mode);
@@ -610,6 +617,12 @@ fn close_primary(p: Primary) -> Result<(), String> {
 // ---- the replica view and the takeover ------------------------------------
 
 impl ReplicaView for Node {
+    fn before_overwrite(&self, _cp: u64) {
+        if let Role::Replica(Replica_ { view: Some(v), .. }) = &self.state.lock().role {
+            v.vol.begin_overwrite();
+        }
+    }
+
     fn after_commit(&self, cp: u64, _root_hash: [u8; 32]) {
         let (dir, has_view) = match &self.state.lock().role {
             Role::Replica(r) => (r.dir.clone(), r.view.is_some()),

@@ -99,21 +99,34 @@ fn status_json_has_every_documented_field() {
         data.len()
     );
     assert_eq!(bytes["wire_total"], 0, "no peer, nothing on the wire: {s}");
-    // The plain form: one "field: value" line per field, nested with dots.
+    assert_eq!(s["state"], "local", "no peer: {s}");
+    assert_eq!(
+        s["mode_in_force"], "local",
+        "no peer, nothing to wait for: {s}"
+    );
+    assert_eq!(s["lag_cps"], serde_json::Value::Null, "{s}");
+    assert_eq!(s["schema_version"], 1, "{s}");
+    assert_eq!(
+        s["capacity"]["size_bytes"].as_u64().map(|b| b > 0),
+        Some(true),
+        "{s}"
+    );
+    // The human form: a headline, what to do, then one line per topic.
     let plain = ok(Command::new(twinfs()).arg("status").arg(&mount.mp));
-    for key in [
-        "cp",
-        "root_hash",
-        "mode",
-        "peer",
-        "bytes.written",
-        "bytes.full.blocks",
-    ] {
-        assert!(
-            plain.lines().any(|l| l.starts_with(&format!("{key}:"))),
-            "plain status lacks a {key}: line:\n{plain}"
-        );
-    }
+    let labels: Vec<&str> = plain
+        .lines()
+        .filter_map(|l| l.split_once(": ").map(|(k, _)| k.trim()))
+        .collect();
+    assert_eq!(
+        labels,
+        ["state", "action", "cp", "mode", "peer", "capacity", "traffic"],
+        "{plain}"
+    );
+    assert!(plain.starts_with("   state: LOCAL\n"), "{plain}");
+    assert!(
+        plain.contains("    mode: async configured, local in force\n"),
+        "{plain}"
+    );
     mount.unmount();
 }
 

@@ -54,8 +54,22 @@ impl Rig {
         let view = root.join("view");
         fs::create_dir(&view).expect("view mount point");
         let env = shim.env();
-        let peer =
-            Peer::start_with_env(&dir, 0, &secret, Some(&view), &root.join("peer.log"), &env);
+        // A peer directory on a small file system takes a larger volume
+        // only when told to: the full-disk test fills that file system.
+        let args: &[&str] = if peer_dir.is_some() {
+            &["--max-volume", "4G"]
+        } else {
+            &[]
+        };
+        let peer = Peer::start_with_env(
+            &dir,
+            0,
+            &secret,
+            Some(&view),
+            &root.join("peer.log"),
+            &env,
+            args,
+        );
         let mut rig = Rig {
             src: None,
             peer,
@@ -460,8 +474,7 @@ fn a_failing_peer_journal_leaves_the_previous_cp_whole() {
     for i in 0..2 {
         fs::write(r.path(&format!("away{i}")), pattern(300_000, 10 + i)).unwrap();
         fs::remove_file(r.path("a")).ok();
-        let ck = r.src().checkpoint_ran();
-        assert_eq!(ck.code, 0, "{ck:?}");
+        r.src().checkpoint_alone();
     }
     r.shim
         .set(0, &rule(WRITE | SYNC, JOURNAL, Action::Error(libc::EIO)));

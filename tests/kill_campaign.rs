@@ -1616,3 +1616,35 @@ fn the_ledger_check_reports_every_kind_of_loss() {
         "{c:?}"
     );
 }
+
+/// A durable file renamed without a durable rename: a crash keeps one of
+/// the two names, either one, but never neither.
+#[test]
+fn the_ledger_accepts_either_name_of_an_undurable_rename_but_not_neither() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let mut l = Ledger::default();
+    let p = |n: &str| PathBuf::from(n);
+    l.writing(&p("f-1"), 7, 500, 500);
+    l.fsynced(&p("f-1"), 500);
+    let moving = l.renamed(&p("f-1"), &p("g-1"));
+    std::fs::write(root.join("f-1"), content(7, 500)).expect("write");
+    assert!(l.check(root, true).problems.is_empty(), "the old name kept");
+    std::fs::rename(root.join("f-1"), root.join("g-1")).expect("rename");
+    assert!(l.check(root, true).problems.is_empty(), "the new name");
+    std::fs::remove_file(root.join("g-1")).expect("rm");
+    let c = l.check(root, true);
+    assert_eq!(c.bytes_lost, 500, "{c:?}");
+    assert!(
+        c.problems.iter().any(|p| p.contains("both missing")),
+        "{c:?}"
+    );
+    // Once the rename is durable, only the new name will do.
+    l.rename_durable(&p("f-1"), &p("g-1"), moving);
+    std::fs::write(root.join("f-1"), content(7, 500)).expect("write");
+    let c = l.check(root, true);
+    assert!(
+        c.problems.iter().any(|p| p.contains("g-1: missing")),
+        "{c:?}"
+    );
+}

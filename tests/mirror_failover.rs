@@ -225,6 +225,77 @@ fn the_old_source_back_after_a_promote_is_refused_and_failback_keeps_both_sides(
     assert_eq!(dir_status(&dir2)["divergence"], serde_json::Value::Null);
 }
 
+/// Failback after the new primary changed a lot (1 GiB by default,
+/// `TWINFS_FAILBACK_MIB`): what goes to the old source is the change and
+/// little more, and the two sides end with the same root hash.
+#[test]
+fn failback_after_a_large_change_sends_little_more_than_the_change() {
+    let _serial = serial();
+    let mib: usize = std::env::var("TWINFS_FAILBACK_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let size = format!("{}M", 256 + mib * 5 / 4);
+    let mut p = Pair::start(&size, false, &["--mode", "sync"]);
+    let root = p.root.clone();
+    // Common history, and a CP that records that the peer holds it.
+    make_tree(&p.src.path("common"), 4, TreeShape::SMALL);
+    write_synced(&p.src.path("common.bin"), &pattern(32 << 20, 4));
+    p.src.checkpoint();
+    write_synced(&p.src.path("small"), b"one more CP");
+    p.src.checkpoint();
+    p.src.kill9();
+    p.peer.stop();
+
+    // The new primary runs alone and rewrites much of the volume.
+    let new_image = promote(&p.dir);
+    let mut n = Source::start(&new_image, &root.join("mnt-n"), &[], &root.join("n.log"));
+    let started = Instant::now();
+    {
+        let mut f = fs::File::create(n.path("changed.bin")).unwrap();
+        for i in 0..mib {
+            f.write_all(&pattern(1 << 20, 1000 + i as u64)).unwrap();
+        }
+        f.sync_all().expect("fsync");
+    }
+    fs::remove_file(n.path("common.bin")).unwrap();
+    twinfs_ok(&["checkpoint", s(&n.mnt)]);
+    eprintln!(
+        "wrote {mib} MiB on the new primary in {:?}",
+        started.elapsed()
+    );
+    n.unmount();
+
+    // The old source becomes its peer; only the change travels.
+    let dir3 = root.join("peer3");
+    twinfs_ok(&["failback", s(&p.image), "--dir", s(&dir3)]);
+    let _peer3 = Peer::start(&dir3, 0, &p.secret, None, &root.join("peer3.log"));
+    let started = Instant::now();
+    let mut n = Source::mirrored(
+        &new_image,
+        &root.join("mnt-n"),
+        &_peer3.addr(),
+        &p.secret,
+        &["--mode", "sync"],
+        &root.join("n2.log"),
+    );
+    let st = n.wait_converged(Duration::from_secs(600));
+    let took = started.elapsed();
+    let sent = counter(&st, "bytes.wire_total");
+    let changed = (mib as u64) << 20;
+    eprintln!(
+        "failback: {sent} bytes sent for {changed} bytes changed ({:.3}x) in {took:?}",
+        sent as f64 / changed as f64
+    );
+    assert!(
+        sent <= changed + changed / 10 + (8 << 20),
+        "failback sent {sent} bytes for {changed} bytes changed since the common CP"
+    );
+    let out = twinfs_ok(&["verify", s(&n.mnt), "--deep"]);
+    assert!(out.contains("equal"), "{out}");
+    assert_eq!(dir_status(&dir3)["root_hash"], n.status()["root_hash"]);
+}
+
 /// The CP named in failback's "up to its CP N" line.
 fn status_cp_of_kept(out: &str) -> u64 {
     out.split("up to its CP ")

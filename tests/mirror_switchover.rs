@@ -183,3 +183,113 @@ fn two_switchovers_with_a_writer_running_lose_no_fsynced_file() {
         assert_eq!(fsck.code, 0, "{img}: {}{}", fsck.stdout, fsck.stderr);
     }
 }
+
+/// Median of `v` (sorted in place).
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Times for benches/failover.sh (ignored in CI: it is a measurement, not a
+/// check): on a 4 GiB volume holding `TWINFS_FAILOVER_MIB` MiB (default
+/// 1024), how long from `twinfs switchover` until the other side takes an
+/// fsynced write, `TWINFS_FAILOVER_ROUNDS` times each way (default 3); and
+/// from a lost source to a promoted, mounted, writable replica.
+#[test]
+#[ignore = "a measurement: run by benches/failover.sh"]
+fn measure_switchover_and_promote_times() {
+    let _serial = serial();
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (mib, rounds) = (
+        env("TWINFS_FAILOVER_MIB", 1024),
+        env("TWINFS_FAILOVER_ROUNDS", 3),
+    );
+    let mut p = Pair::start("4G", false, &["--mode", "sync"]);
+    let root = p.root.clone();
+    make_tree(&p.src.path("tree"), 11, TreeShape::SMALL);
+    for i in 0..mib.div_ceil(64) {
+        let mut f = fs::File::create(p.src.path(&format!("data-{i}"))).unwrap();
+        for j in 0..64.min(mib - i * 64) {
+            f.write_all(&pattern(1 << 20, (i * 64 + j) as u64)).unwrap();
+        }
+        f.sync_all().unwrap();
+    }
+    fs::create_dir(p.src.path("w")).unwrap();
+    p.src.checkpoint();
+    p.src.wait_converged(WAIT);
+
+    // Switchovers back and forth: A's mount and B's peer directory swap roles.
+    let (ma, mb) = (p.src.mnt.clone(), root.join("mb"));
+    let (port_a, port_b) = (free_port(), p.peer.port);
+    p.peer.stop();
+    fs::create_dir_all(&mb).unwrap();
+    let _b = Peer::start(&p.dir, port_b, &p.secret, Some(&mb), &root.join("b.log"));
+    p.src.wait_converged(WAIT);
+    let mut to_b = Vec::new();
+    let mut to_a = Vec::new();
+    for _ in 0..rounds {
+        for (from, to, port, times, dir) in [
+            (&ma, &mb, port_a, &mut to_b, Some(root.join("pa"))),
+            (&mb, &ma, port_b, &mut to_a, None),
+        ] {
+            let t0 = Instant::now();
+            let listen = format!("127.0.0.1:{port}");
+            let mut args = vec!["switchover", s(from), "--listen", &listen];
+            let dir_arg = dir.as_ref().filter(|d| !d.exists());
+            if let Some(d) = dir_arg {
+                args.extend(["--dir", s(d)]);
+            }
+            twinfs_ok(&args);
+            wait_for("the other side to take writes", WAIT, || {
+                write_fsynced(&to.join("w"), "probe", b"p").is_ok()
+            });
+            times.push(t0.elapsed());
+        }
+    }
+    let (sw_b, sw_a) = (median(&mut to_b), median(&mut to_a));
+
+    // A lost source: kill A (the primary now) and its peer, promote B's side.
+    let st = status_of(&ma);
+    assert_eq!(st["role"], "primary", "{st:#}");
+    p.src.kill9();
+    drop(_b);
+    force_unmount(&mb);
+    let t0 = Instant::now();
+    let out = twinfs_ok(&["promote", s(&p.dir)]);
+    let image: PathBuf = out.lines().last().expect("promote's image line").into();
+    let promoted = t0.elapsed();
+    let mnt = root.join("mnt-promoted");
+    let mut m = Source::start(&image, &mnt, &[], &root.join("promoted.log"));
+    let mounted = t0.elapsed();
+    write_fsynced(&m.path("w"), "after-promote", b"writable").expect("a write after promote");
+    let writable = t0.elapsed();
+    m.unmount();
+    println!("| what | time |");
+    println!("|---|---:|");
+    println!(
+        "| switchover A→B, command to an fsynced write on B (median of {rounds}) | {:.0} ms |",
+        sw_b.as_secs_f64() * 1e3
+    );
+    println!(
+        "| switchover B→A, command to an fsynced write on A (median of {rounds}) | {:.0} ms |",
+        sw_a.as_secs_f64() * 1e3
+    );
+    println!(
+        "| promote of the peer directory | {:.0} ms |",
+        promoted.as_secs_f64() * 1e3
+    );
+    println!(
+        "| promote + mount | {:.0} ms |",
+        mounted.as_secs_f64() * 1e3
+    );
+    println!(
+        "| promote + mount + first fsynced write | {:.0} ms |",
+        writable.as_secs_f64() * 1e3
+    );
+    println!("(4 GiB volume, {mib} MiB of data, sync mode, peer on loopback)");
+}

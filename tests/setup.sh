@@ -18,8 +18,9 @@ FSX_VERSION="0.3.2"
 
 # Debian packages: fuse3 (fusermount3, for AutoUnmount and unmounting),
 # rsync/acl/attr (real tools used by the end-to-end tests), libacl1-dev and
-# pkg-config (to build pjdfstest), git.
-APT_PACKAGES=(fuse3 rsync acl libacl1-dev attr pkg-config git)
+# pkg-config (to build pjdfstest), git, prometheus (promtool and the server
+# the metrics test scrapes with).
+APT_PACKAGES=(fuse3 rsync acl libacl1-dev attr pkg-config git prometheus)
 
 say() { printf 'setup: %s\n' "$*"; }
 

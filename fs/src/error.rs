@@ -40,6 +40,10 @@ pub enum FsError {
     Corrupt { addr: BlockAddr, what: String },
     #[error("corrupt volume: {0}; run `twinfs fsck` on the image")]
     CorruptVolume(String),
+    /// Neither superblock slot holds the twinfs magic: the image was never
+    /// made by `twinfs mkfs` (or both slots were overwritten).
+    #[error("not a twinfs volume: neither block 0 nor block 1 holds a twinfs superblock")]
+    NotAVolume,
     #[error("I/O error on {what}: {source}")]
     Io {
         what: String,
@@ -75,6 +79,7 @@ impl FsError {
             FsError::NotSupported(_) => libc::EOPNOTSUPP,
             FsError::Corrupt { .. }
             | FsError::CorruptVolume(_)
+            | FsError::NotAVolume
             | FsError::Io { .. }
             | FsError::Failed(_)
             | FsError::Replication(_) => libc::EIO,

@@ -33,7 +33,7 @@ use crate::device::BlockDevice;
 use crate::error::{FsError, Result};
 use crate::filetree::{self, FANOUT, MAX_FILE_SIZE, MAX_HEIGHT};
 use crate::items::{self, kind, InodeRecord, RetainedImage, XattrValue, VOLUME_INO};
-use crate::superblock::Superblock;
+use crate::superblock::{self, Superblock};
 use crate::types::*;
 use disk::{DataQueue, Disk, Fault, Queued};
 use namespace::{name, Entry, InodeInfo, Namespace};
@@ -87,9 +87,14 @@ fn superblocks(
     notes: &mut Vec<(Severity, BlockAddr, String)>,
 ) -> Result<(Superblock, u64)> {
     let mut slots: Vec<std::result::Result<Superblock, (String, bool)>> = Vec::new();
+    let mut without_magic = 0;
     for slot in 0..2u64 {
         let mut b = new_block();
-        slots.push(match dev.read(BlockAddr(slot), &mut b[..]) {
+        let read = dev.read(BlockAddr(slot), &mut b[..]);
+        if read.is_ok() && !superblock::has_magic(&b) {
+            without_magic += 1;
+        }
+        slots.push(match read {
             Err(e) => Err((format!("superblock slot {slot}: read failed: {e}"), false)),
             Ok(()) => match Superblock::decode(&b, slot) {
                 Ok(sb) if sb.slot() != slot => Err((
@@ -101,6 +106,7 @@ fn superblocks(
                     false,
                 )),
                 Ok(sb) => Ok(sb),
+                Err(FsError::Corrupt { what, .. }) => Err((what, b.iter().all(|&x| x == 0))),
                 Err(e) => Err((e.to_string(), b.iter().all(|&x| x == 0))),
             },
         });
@@ -108,13 +114,16 @@ fn superblocks(
     let best = (0..2)
         .filter(|&s| slots[s].is_ok())
         .max_by_key(|&s| slots[s].as_ref().map_or(CpNumber(0), |sb| sb.cp));
+    if best.is_none() && without_magic == 2 {
+        return Err(FsError::NotAVolume);
+    }
     let Some(slot) = best else {
         let why: Vec<String> = slots
             .iter()
             .filter_map(|s| s.as_ref().err().map(|e| e.0.clone()))
             .collect();
         return Err(FsError::CorruptVolume(format!(
-            "no valid superblock, nothing to check ({}); if this is a twinfs image, both slots are damaged",
+            "no valid superblock, nothing to check ({}); both slots are damaged",
             why.join("; ")
         )));
     };

@@ -199,6 +199,8 @@ pub const LIVE_TTL: Duration = Duration::from_secs(10);
 pub const CHANGING_TTL: Duration = Duration::from_secs(1);
 /// TTL of `/.snapshot` and its entries: snapshots come and go outside the kernel's sight.
 const SNAPSHOT_DIR_TTL: Duration = Duration::ZERO;
+/// Times a read of a replica view that met the image moving is run again.
+const MOVED_READ_RETRIES: usize = 3;
 
 /// Largest write request (the kernel here caps it at 256 pages).
 pub const MAX_WRITE_BYTES: u32 = 1 << 20;
@@ -625,6 +627,28 @@ impl TwinFs {
         } else {
             e
         }
+    }
+
+    /// Runs `op`, which reads the image the mount shows. In a replica view
+    /// that image moves under readers (a new CP; a replica's staged blocks
+    /// copied over it), so a read may meet a block of the next image, whose
+    /// hash does not match: an EIO that is run again, on the image shown
+    /// once the move is over, instead of reaching the reader.
+    fn on_shown_image<T>(&self, mut op: impl FnMut() -> Res<T>) -> Res<T> {
+        if !self.changing {
+            return op();
+        }
+        for _ in 0..MOVED_READ_RETRIES {
+            let moves = self.volume.image_moves();
+            match op() {
+                Err(e) if e == Errno::EIO && self.volume.image_moves() != moves => {
+                    log::debug!("a read met the replica image moving; reading it again");
+                    self.volume.wait_not_overwriting(Duration::from_secs(10));
+                }
+                r => return r,
+            }
+        }
+        op()
     }
 
     fn node(&self, ino: INodeNo) -> Res<Node> {
@@ -1238,7 +1262,7 @@ impl Filesystem for TwinFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         log::trace!("lookup {} {name:?}", parent.0);
-        match self.do_lookup(parent, name) {
+        match self.on_shown_image(|| self.do_lookup(parent, name)) {
             Ok((node, Some(attr))) => self.reply_entry(reply, node, &attr),
             Ok((node, None)) => self.reply_entry(reply, node, &negative_attr()),
             Err(e) => reply.error(e),
@@ -1252,7 +1276,7 @@ impl Filesystem for TwinFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         log::trace!("getattr {}", ino.0);
-        match self.node(ino).and_then(|n| Ok((n, self.attr_of(n)?))) {
+        match self.on_shown_image(|| self.node(ino).and_then(|n| Ok((n, self.attr_of(n)?)))) {
             Ok((node, attr)) => reply.attr(&self.ttl_of(node), &attr),
             Err(e) => reply.error(self.on_inode(e)),
         }
@@ -1476,15 +1500,17 @@ impl Filesystem for TwinFs {
         reply: ReplyData,
     ) {
         log::trace!("read {} {offset}+{size}", ino.0);
-        let (tree, i) = match self.node(ino) {
-            Ok(Node::Tree(tree, i)) => (tree, i),
-            Ok(Node::SnapshotDir) => return reply.error(Errno::EISDIR),
-            Err(e) => return reply.error(self.on_inode(e)),
-        };
         READ_BUF.with_borrow_mut(|buf| {
-            match self.volume.read_to(tree.view(), i, offset, size, buf) {
+            let got = self.on_shown_image(|| match self.node(ino)? {
+                Node::Tree(tree, i) => self
+                    .volume
+                    .read_to(tree.view(), i, offset, size, buf)
+                    .map_err(errno),
+                Node::SnapshotDir => Err(Errno::EISDIR),
+            });
+            match got {
                 Ok(got) => reply.data(&buf[got]),
-                Err(e) => reply.error(self.on_inode(errno(e))),
+                Err(e) => reply.error(self.on_inode(e)),
             }
         });
     }
@@ -1633,9 +1659,12 @@ impl Filesystem for TwinFs {
         log::trace!("readdirplus {} @{offset}", ino.0);
         // Entries first (under the volume's lock), attributes after.
         let mut entries = Vec::new();
-        let result = self.list(ino, offset, &mut |e| {
-            entries.push((e.node, e.fuse_ino, e.offset, e.name.to_vec()));
-            entries.len() >= READDIR_BATCH
+        let result = self.on_shown_image(|| {
+            entries.clear();
+            self.list(ino, offset, &mut |e| {
+                entries.push((e.node, e.fuse_ino, e.offset, e.name.to_vec()));
+                entries.len() >= READDIR_BATCH
+            })
         });
         if let Err(e) = result {
             return reply.error(self.on_inode(e));

@@ -477,6 +477,11 @@ impl Superblock {
     }
 }
 
+/// Whether `b` starts like a twinfs superblock (whatever else is wrong with it).
+pub fn has_magic(b: &Block) -> bool {
+    b[OFF_MAGIC..OFF_MAGIC + 8] == MAGIC[..]
+}
+
 /// Largest volume supported: 2^40 blocks = 4 PiB (keeps bitmaps and offsets in range).
 pub const MAX_VOLUME_BLOCKS: u64 = 1 << 40;
 
@@ -486,11 +491,18 @@ pub fn read_latest(dev: &dyn crate::device::BlockDevice) -> Result<(Superblock, 
     let mut found = Vec::new();
     let mut problems = Vec::new();
     let mut empty = Vec::new();
+    let mut foreign = 0;
     for slot in 0..2u64 {
         let mut b = new_block();
         match dev.read(BlockAddr(slot), &mut b[..]) {
             // mkfs leaves slot 1 zeroed until CP 1 is written there.
             Ok(()) if b.iter().all(|&x| x == 0) => empty.push(slot),
+            Ok(()) if !has_magic(&b) => {
+                foreign += 1;
+                problems.push(format!(
+                    "superblock slot {slot}: no twinfs magic (not a twinfs volume, or the slot was overwritten)"
+                ));
+            }
             Ok(()) => match Superblock::decode(&b, slot) {
                 Ok(sb) if sb.slot() != slot => problems.push(format!(
                     "superblock slot {slot} holds CP {} which belongs in slot {}",
@@ -498,15 +510,21 @@ pub fn read_latest(dev: &dyn crate::device::BlockDevice) -> Result<(Superblock, 
                     sb.slot()
                 )),
                 Ok(sb) => found.push(sb),
+                Err(FsError::Corrupt { what, .. }) => problems.push(what),
                 Err(e) => problems.push(e.to_string()),
             },
             Err(e) => problems.push(format!("superblock slot {slot}: read failed: {e}")),
         }
     }
     let best = found.into_iter().max_by_key(|sb| sb.cp);
-    // An empty slot is expected only next to CP 0; otherwise it is damage.
+    if best.is_none() && foreign + empty.len() == 2 {
+        return Err(FsError::NotAVolume);
+    }
+    // An empty slot is expected next to CP 0, and in a peer's replica,
+    // whose first copy writes only the slot of the CP it received;
+    // otherwise it is damage.
     for slot in empty {
-        if best.as_ref().is_none_or(|sb| sb.cp.0 > 0) {
+        if best.as_ref().is_none_or(|sb| sb.cp.0 > 0 && !sb.replica) {
             problems.push(format!(
                 "superblock slot {slot}: all zeros (wiped or never written)"
             ));

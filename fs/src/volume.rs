@@ -242,6 +242,56 @@ pub struct VolumeStats {
     pub writer_waits: AtomicU64,
     /// Time writers slept to pace to the log and the peer.
     pub paced_ns: AtomicU64,
+    /// How long each [`Volume::fsync`] took (locally durable and, in sync
+    /// mode, at the peer).
+    pub fsync_latency: LatencyHistogram,
+}
+
+/// Upper bounds of the [`LatencyHistogram`] buckets, in microseconds
+/// (a last, unbounded bucket follows).
+pub const LATENCY_BUCKET_BOUNDS_US: [u64; 16] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000, 10_000_000,
+];
+
+/// A latency histogram with fixed buckets, updated without locks.
+#[derive(Default, Debug)]
+pub struct LatencyHistogram {
+    /// Observations per bucket (not cumulative); the last is above every bound.
+    buckets: [AtomicU64; LATENCY_BUCKET_BOUNDS_US.len() + 1],
+    sum_ns: AtomicU64,
+}
+
+/// A copy of a [`LatencyHistogram`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LatencySnapshot {
+    /// Observations per bucket, as in [`LATENCY_BUCKET_BOUNDS_US`] plus the last.
+    pub buckets: Vec<u64>,
+    pub sum_ns: u64,
+}
+
+impl LatencyHistogram {
+    pub fn observe(&self, d: Duration) {
+        let us = d.as_micros() as u64;
+        let i = LATENCY_BUCKET_BOUNDS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(LATENCY_BUCKET_BOUNDS_US.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns
+            .fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> LatencySnapshot {
+        LatencySnapshot {
+            buckets: self
+                .buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+            sum_ns: self.sum_ns.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// What `status` reports about the volume itself.
@@ -261,6 +311,8 @@ pub struct VolumeStatus {
     pub peer_hold: Option<CpNumber>,
     pub failed: Option<String>,
     pub read_only: bool,
+    /// When the committed CP was taken.
+    pub cp_time: Timestamp,
 }
 
 struct State {
@@ -350,6 +402,12 @@ struct Inner {
     /// No CPs: the volume only reads (opened read-only, or demoted), and
     /// may follow another writer's CPs with [`Volume::reload`].
     read_only: AtomicBool,
+    /// Counts the times the image shown by a read-only volume moved: each
+    /// [`Volume::reload`] and each [`Volume::begin_overwrite`].
+    image_moves: AtomicU64,
+    /// Blocks of the shown image are being overwritten, until the next
+    /// [`Volume::reload`].
+    overwriting: AtomicBool,
     stats: VolumeStats,
 }
 
@@ -573,6 +631,8 @@ impl Volume {
             closed: AtomicBool::new(false),
             writable: AtomicBool::new(!cfg.read_only),
             read_only: AtomicBool::new(cfg.read_only),
+            image_moves: AtomicU64::new(0),
+            overwriting: AtomicBool::new(false),
             stats: VolumeStats::default(),
             cfg,
         });
@@ -709,7 +769,38 @@ impl Volume {
         st.snapshots = snapshots;
         st.lineage = sb.lineage.clone();
         st.image = sb;
+        self.inner.image_moves.fetch_add(1, Ordering::SeqCst);
+        self.inner.overwriting.store(false, Ordering::SeqCst);
         Ok(st.image.cp)
+    }
+
+    /// The writer of this read-only volume's device is about to overwrite
+    /// blocks of the image it shows (a replica's staged blocks); the next
+    /// [`Volume::reload`] shows the image they belong to. Reads that fail
+    /// their hash check meanwhile are worth retrying after it.
+    pub fn begin_overwrite(&self) {
+        self.inner.overwriting.store(true, Ordering::SeqCst);
+        self.inner.image_moves.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// How many times the shown image moved (see [`Volume::begin_overwrite`]
+    /// and [`Volume::reload`]): a read that failed while this changed may
+    /// have read a block of the next image, and is worth retrying.
+    pub fn image_moves(&self) -> u64 {
+        self.inner.image_moves.load(Ordering::SeqCst)
+    }
+
+    /// Waits (up to `limit`) until no overwrite of the shown image is under
+    /// way; returns whether none is.
+    pub fn wait_not_overwriting(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while self.inner.overwriting.load(Ordering::SeqCst) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
     }
 
     /// Installs the mirroring layer's hooks.
@@ -760,6 +851,7 @@ impl Volume {
             peer_hold,
             failed: self.inner.failed.lock().clone(),
             read_only: self.inner.read_only(),
+            cp_time: st.image.cp_time,
         }
     }
 
@@ -1318,6 +1410,13 @@ impl Volume {
         if self.inner.read_only() {
             return Ok(());
         }
+        let started = Instant::now();
+        let r = self.fsync_inner();
+        self.inner.stats.fsync_latency.observe(started.elapsed());
+        r
+    }
+
+    fn fsync_inner(&self) -> Result<()> {
         let target = {
             let mut st = self.inner.state.write();
             self.inner.seal(&mut st)?;

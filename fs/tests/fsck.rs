@@ -172,10 +172,23 @@ fn a_peer_hold_is_walked_and_verified() {
 }
 
 #[test]
-fn no_valid_superblock_is_a_clear_failure() {
-    let dev = MemDevice::new(20_000);
-    let err = fsck::check(&dev, &mut |_| {}).unwrap_err();
-    assert!(err.to_string().contains("no valid superblock"), "{err}");
+fn an_image_without_a_twinfs_superblock_is_not_a_twinfs_volume() {
+    let zeros = MemDevice::new(20_000);
+    let err = fsck::check(&zeros, &mut |_| {}).unwrap_err();
+    assert!(matches!(err, twinfs_fs::FsError::NotAVolume), "{err}");
+    let random = MemDevice::new(20_000);
+    let noise: Vec<u8> = (0..2 * 4096u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    random.write(BlockAddr(0), &noise[..4096]).unwrap();
+    random.write(BlockAddr(1), &noise[4096..]).unwrap();
+    let err = fsck::check(&random, &mut |_| {}).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "not a twinfs volume: neither block 0 nor block 1 holds a twinfs superblock"
+    );
+    let err = twinfs_fs::superblock::read_latest(&random).unwrap_err();
+    assert!(matches!(err, twinfs_fs::FsError::NotAVolume), "{err}");
 }
 
 /// Reports fewer blocks than the image it wraps holds: a truncated file.

@@ -18,10 +18,12 @@ pub mod keys;
 pub mod message;
 pub mod noise;
 pub mod peer;
+pub mod planted;
 pub mod relay;
 pub mod seal;
 pub mod secret;
 pub mod session;
+pub mod sim;
 pub mod source;
 
 pub use error::{Direction, FrameFault, ReplicateError, Result};

@@ -498,10 +498,14 @@ fn random_fault(rng: &mut Rng) -> Fault {
     }
 }
 
-/// Frames of the handshake in each direction (PROTOCOL.md §3).
+/// Frames of the handshake in each direction (PROTOCOL.md §3): the source
+/// sends Hello, NoiseInit and NoiseFinal; the peer NoiseReply,
+/// Authenticated and its sealed Admission. A fault on one of them fails the
+/// connection attempt, whatever the receiver then calls it (a copy of
+/// NoiseFinal read as the first sealed frame does not authenticate).
 fn handshake_frames(dir: Direction) -> u64 {
     match dir {
-        Direction::SourceToPeer => 2,
+        Direction::SourceToPeer => 3,
         Direction::PeerToSource => 3,
     }
 }

@@ -13,7 +13,7 @@ pub fn run(args: CheckpointArgs) -> Result<(), CmdError> {
     require_dir("checkpoint", mp, "give the mount point of a twinfs volume")?;
     let what = format!("checkpoint {}", mp.display());
     let v = request(mp, &Request::Checkpoint)
-        .map_err(|e| CmdError::failed(&what, e, "check `twinfs status`"))?;
+        .map_err(|e| e.into_cmd(&what, &format!("check `twinfs status {}`", mp.display())))?;
     let cp = v["cp"].as_u64().unwrap_or(0);
     let note = v["peer_note"]
         .as_str()

@@ -22,7 +22,54 @@ const TREES: [&str; 3] = ["/usr/share/doc", "/usr/include", "/usr/share/zoneinfo
 /// Size of the large file written with 1 MiB writes.
 const BIG_FILE_MIB: usize = 256;
 
+/// What the signal thread undoes when the demo is interrupted (SIGINT,
+/// SIGTERM, SIGHUP): every mount and process the demo started, newest
+/// first, and its temporary directory. The guards below register here and
+/// take themselves off when dropped normally.
+static CLEANUP: parking_lot::Mutex<Vec<(u64, Undo)>> = parking_lot::Mutex::new(Vec::new());
+static NEXT_UNDO: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+#[derive(Clone)]
+enum Undo {
+    Unmount(PathBuf),
+    Stop(u32),
+    Remove(PathBuf),
+}
+
+fn register(undo: Undo) -> u64 {
+    let id = NEXT_UNDO.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    CLEANUP.lock().push((id, undo));
+    id
+}
+
+fn unregister(id: u64) {
+    CLEANUP.lock().retain(|(i, _)| *i != id);
+}
+
+/// Runs on the signal thread: undo everything, newest first, and exit
+/// 128 + the signal's number, as a shell reports a killed command.
+fn interrupted(sig: i32) {
+    eprintln!("demo: interrupted by signal {sig}: unmounting and stopping what the demo started");
+    let undo: Vec<Undo> = CLEANUP
+        .lock()
+        .iter()
+        .rev()
+        .map(|(_, u)| u.clone())
+        .collect();
+    for u in undo {
+        match u {
+            Undo::Unmount(mp) => unmount(&mp),
+            Undo::Stop(pid) => stop_pid(pid),
+            Undo::Remove(d) => {
+                let _ = std::fs::remove_dir_all(d);
+            }
+        }
+    }
+    std::process::exit(128 + sig);
+}
+
 pub fn run(args: DemoArgs) -> Result<(), CmdError> {
+    crate::daemon::on_termination(interrupted)?;
     let (dir, _temp) = match &args.dir {
         Some(d) => {
             std::fs::create_dir_all(d).map_err(|e| fail("create the demo directory", e))?;
@@ -33,7 +80,8 @@ pub fn run(args: DemoArgs) -> Result<(), CmdError> {
                 std::env::var_os("TMPDIR").map_or_else(|| PathBuf::from("/var/tmp"), PathBuf::from);
             let d = base.join(format!("twinfs-demo-{}", std::process::id()));
             std::fs::create_dir_all(&d).map_err(|e| fail("create the demo directory", e))?;
-            (d.clone(), Some(RemoveOnDrop(d)))
+            let id = register(Undo::Remove(d.clone()));
+            (d.clone(), Some(RemoveOnDrop(d, id)))
         }
     };
     let tree = TREES
@@ -111,7 +159,7 @@ fn one_round(exe: &Path, dir: &Path, tree: &Path, mode: &'static str) -> Result<
         "[{mode}] peer on {listen} with a replica mount on {}",
         rep_mp.display()
     ));
-    let peer = Process(Some(
+    let peer = Process::new(
         Command::new(exe)
             .args([
                 "peer",
@@ -128,8 +176,8 @@ fn one_round(exe: &Path, dir: &Path, tree: &Path, mode: &'static str) -> Result<
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| fail("start the peer", e))?,
-    ));
-    let _replica_mount = Unmount(rep_mp.clone());
+    );
+    let _replica_mount = Unmount::new(rep_mp.clone());
     wait_for(
         || std::net::TcpStream::connect(&listen).is_ok(),
         "the peer to listen",
@@ -153,7 +201,7 @@ fn one_round(exe: &Path, dir: &Path, tree: &Path, mode: &'static str) -> Result<
             mode,
         ],
     )?;
-    let _source_mount = Unmount(src_mp.clone());
+    let _source_mount = Unmount::new(src_mp.clone());
     let started = Instant::now();
     say(&format!(
         "[{mode}] cp -a {} and write the large file",
@@ -415,10 +463,18 @@ fn compare_trees(a: &Path, b: &Path) -> Result<(u64, u64), CmdError> {
 }
 
 /// Kills a child process (SIGTERM, then SIGKILL) when dropped.
-struct Process(Option<Child>);
+struct Process(Option<Child>, u64);
+
+impl Process {
+    fn new(child: Child) -> Process {
+        let id = register(Undo::Stop(child.id()));
+        Process(Some(child), id)
+    }
+}
 
 impl Drop for Process {
     fn drop(&mut self) {
+        unregister(self.1);
         if let Some(mut c) = self.0.take() {
             // SAFETY: kill with a valid pid of our own child.
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
@@ -435,27 +491,61 @@ impl Drop for Process {
     }
 }
 
+/// Stops a child by its pid from the signal thread (the `Child` stays with
+/// its guard): SIGTERM, then SIGKILL after 30 s.
+fn stop_pid(pid: u32) {
+    let pid = pid as libc::pid_t;
+    // SAFETY: signals and waits for our own child by pid.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let mut status = 0;
+        // SAFETY: as above, with a valid status pointer.
+        if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } != 0 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: as above.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
+}
+
 /// Unmounts a mount point when dropped (the daemon then takes its final CP and exits).
-struct Unmount(PathBuf);
+struct Unmount(PathBuf, u64);
+
+impl Unmount {
+    fn new(mp: PathBuf) -> Unmount {
+        let id = register(Undo::Unmount(mp.clone()));
+        Unmount(mp, id)
+    }
+}
 
 impl Drop for Unmount {
     fn drop(&mut self) {
-        for _ in 0..50 {
-            let st = Command::new("umount")
-                .arg(&self.0)
-                .stderr(Stdio::null())
-                .status();
-            if matches!(st, Ok(s) if s.success()) || !is_mounted(&self.0) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        if is_mounted(&self.0) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-        // Give the daemon time to take its final CP and exit.
-        std::thread::sleep(Duration::from_millis(300));
+        unregister(self.1);
+        unmount(&self.0);
     }
+}
+
+fn unmount(mp: &Path) {
+    for _ in 0..50 {
+        let st = Command::new("umount")
+            .arg(mp)
+            .stderr(Stdio::null())
+            .status();
+        if matches!(st, Ok(s) if s.success()) || !is_mounted(mp) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    if is_mounted(mp) {
+        let _ = Command::new("umount").arg("-l").arg(mp).status();
+    }
+    // Give the daemon time to take its final CP and exit.
+    std::thread::sleep(Duration::from_millis(300));
 }
 
 fn is_mounted(p: &Path) -> bool {
@@ -465,10 +555,11 @@ fn is_mounted(p: &Path) -> bool {
         .unwrap_or(false)
 }
 
-struct RemoveOnDrop(PathBuf);
+struct RemoveOnDrop(PathBuf, u64);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
+        unregister(self.1);
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use twinfs_fs::device::FileDevice;
 use twinfs_fs::fsck;
+use twinfs_fs::FsError;
 
 use crate::cli::FsckArgs;
 use crate::cmd::require_image;
@@ -44,19 +45,35 @@ pub fn run(args: FsckArgs) -> Result<(), CmdError> {
             let _ = writeln!(err, "{line}");
         }
     };
-    let report = fsck::check(&dev, &mut progress).map_err(|e| {
-        CmdError::failed(
+    let report = fsck::check(&dev, &mut progress).map_err(|e| match e {
+        FsError::NotAVolume => CmdError::failed(
+            &what,
+            e,
+            "give the image made by `twinfs mkfs` (a peer's is DIR/mirror.img)",
+        ),
+        FsError::CorruptVolume(why) => CmdError::failed(
+            &what,
+            why,
+            "the image cannot be checked; restore it from the peer or a backup",
+        ),
+        e => CmdError::failed(
             &what,
             e,
             "the image cannot be checked; restore it from the peer or a backup",
-        )
+        ),
     })?;
     if tty && !args.quiet {
         eprintln!();
     }
-    println!("{report}");
+    if args.quiet {
+        print!("{}", problems_only(&report));
+    } else {
+        println!("{report}");
+    }
     if report.is_clean() {
-        println!("clean");
+        if !args.quiet {
+            println!("clean");
+        }
         Ok(())
     } else {
         Err(CmdError::failed(
@@ -69,4 +86,19 @@ pub fn run(args: FsckArgs) -> Result<(), CmdError> {
             "see the report above; restore damaged files from a snapshot or the peer",
         ))
     }
+}
+
+/// What `fsck --quiet` prints: the warnings and errors, one per line, and
+/// how many more there were; nothing for a clean image.
+fn problems_only(report: &fsck::Report) -> String {
+    let mut out = String::new();
+    for p in &report.problems {
+        if p.severity != fsck::Severity::Note {
+            out.push_str(&format!("{p}\n"));
+        }
+    }
+    if report.omitted > 0 {
+        out.push_str(&format!("... and {} more problems\n", report.omitted));
+    }
+    out
 }

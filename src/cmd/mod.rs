@@ -44,6 +44,12 @@ pub fn run(command: Command) -> Result<(), CmdError> {
         Command::Demo(args) => demo::run(args),
         Command::Keygen(args) => keygen::run(args),
         Command::Relay(args) => relay::run(args),
+        Command::Completions(args) => {
+            use clap::CommandFactory;
+            let mut cmd = crate::cli::Cli::command();
+            clap_complete::generate(args.shell, &mut cmd, "twinfs", &mut std::io::stdout());
+            Ok(())
+        }
     }
 }
 

@@ -28,6 +28,15 @@ pub fn run(args: MountArgs) -> Result<(), CmdError> {
         config.image.display(),
         config.mountpoint.display()
     );
+    if let Some(f) = &config.log_file {
+        crate::logging::add_file(f).map_err(|e| {
+            CmdError::failed(
+                format!("mount: log file {}", f.display()),
+                e,
+                "give a writable path for --log-file",
+            )
+        })?;
+    }
     let mut ready = if config.foreground {
         Ready::foreground()
     } else {
@@ -99,10 +108,21 @@ fn serve(config: &MountConfig, what: &str, ready: &mut Ready) -> Result<(), CmdE
     let n = node.clone();
     daemon::on_termination(move |sig| {
         log::info!("signal {sig}: unmounting");
+        daemon::notify_stopping();
         if let Some(node) = n.lock().ok().and_then(|g| g.clone()) {
             node.stop();
         }
     })?;
+    if let Some(addr) = &config.metrics {
+        crate::metrics::serve(&addr.to_string(), crate::metrics::node_source(node.clone()))
+            .map_err(|e| {
+                CmdError::failed(
+                    format!("{what}: metrics at {addr}"),
+                    e,
+                    "give a free address for --metrics",
+                )
+            })?;
+    }
     let options = fuse_options(config);
     let read_only = options.iter().any(|o| o == "ro");
     let shares = MemoryShares::of(config.memory_bytes);
@@ -152,12 +172,11 @@ fn serve(config: &MountConfig, what: &str, ready: &mut Ready) -> Result<(), CmdE
         },
     });
     let started = Node::start_primary(settings, &config.image, read_only, mirror_to)
-        .map_err(|e| CmdError::failed(what, e, "see the message for what to fix"))?;
+        .map_err(|e| CmdError::said(what, e))?;
     *node
         .lock()
         .map_err(|_| CmdError::failed(what, "lock poisoned", "report a bug"))? =
         Some(started.clone());
-    let mut warnings = Vec::new();
     if let (Some(m), Some(p)) = (started.mirror(), &config.peer) {
         if let Err(why) = m.wait_first_outcome(PEER_CHECK_WAIT) {
             let msg = format!(
@@ -173,18 +192,19 @@ fn serve(config: &MountConfig, what: &str, ready: &mut Ready) -> Result<(), CmdE
                     "fix the peer (see `twinfs status --dir` there), or mount without --require-peer",
                 ));
             }
-            log::warn!("{msg}; mounted anyway, mirroring retries by itself (see `twinfs status`)");
-            warnings.push(format!(
-                "{msg}; mounted anyway without a working mirror: see `twinfs status {}`",
+            log::warn!(
+                "{msg}; mounted anyway without a working mirror (it retries by itself): see `twinfs status {}`",
                 config.mountpoint.display()
-            ));
+            );
         }
     }
     log::info!("{what}: mounted");
-    ready.ok_with_warnings(&warnings);
+    ready.ok();
+    daemon::notify_ready(&format!("serving {}", config.mountpoint.display()));
     started
         .run()
         .map_err(|e| CmdError::failed(what, e, "run `twinfs fsck` on the image"))?;
+    daemon::notify_stopping();
     log::info!("{what}: unmounted cleanly");
     Ok(())
 }
@@ -243,6 +263,9 @@ pub fn check(args: &MountArgs) -> Result<MountConfig, CmdError> {
         &config.mountpoint,
         "create the mount point directory first",
     )?;
+    if !config.nonempty {
+        refuse_nonempty(&config.mountpoint)?;
+    }
     if let Some(peer) = &config.peer {
         load_credentials(
             "mount",
@@ -252,6 +275,29 @@ pub fn check(args: &MountArgs) -> Result<MountConfig, CmdError> {
         )?;
     }
     Ok(config)
+}
+
+/// Fails when `mountpoint` holds anything: the mount would hide it (and a
+/// mount point that already holds files is more often a wrong path than a
+/// wish). `-o nonempty` mounts anyway.
+fn refuse_nonempty(mountpoint: &std::path::Path) -> Result<(), CmdError> {
+    let Ok(mut entries) = std::fs::read_dir(mountpoint) else {
+        return Ok(()); // unreadable: the mount itself says why
+    };
+    if entries.next().is_none() {
+        return Ok(());
+    }
+    let count = 1 + entries.count();
+    let held = if count == 1 {
+        "1 entry".to_string()
+    } else {
+        format!("{count} entries")
+    };
+    Err(CmdError::failed(
+        format!("mount {}", mountpoint.display()),
+        format!("the mount point is not empty: mounting would hide the {held} it holds"),
+        "give an empty directory, or add -o nonempty to mount over them",
+    ))
 }
 
 #[cfg(test)]

@@ -24,7 +24,23 @@ pub fn run(args: PeerArgs) -> Result<(), CmdError> {
     if let Some(mp) = &args.mount {
         require_dir("peer --mount", mp, "create the mount point directory first")?;
     }
+    if let Some(f) = &args.log_file {
+        crate::logging::add_file(f).map_err(|e| {
+            CmdError::failed(
+                format!("peer: log file {}", f.display()),
+                e,
+                "give a writable path for --log-file",
+            )
+        })?;
+    }
     let what = format!("peer --dir {}", args.dir.display());
+    if args.dir.exists() && !args.dir.is_dir() {
+        return Err(CmdError::failed(
+            &what,
+            "it exists and is not a directory",
+            "give a directory for the replica (it is created if missing)",
+        ));
+    }
     let credentials = load_credentials(
         &what,
         &args.secret,
@@ -51,10 +67,12 @@ pub fn run(args: PeerArgs) -> Result<(), CmdError> {
     let n = node.clone();
     daemon::on_termination(move |sig| {
         log::info!("signal {sig}: stopping");
+        daemon::notify_stopping();
         if let Some(node) = n.lock().ok().and_then(|g| g.clone()) {
             node.stop();
         }
     })?;
+    serve_metrics(&args, &what, crate::metrics::node_source(node.clone()))?;
     let settings = PrimarySettings {
         mountpoint: std::fs::canonicalize(mp)
             .map_err(|e| CmdError::failed(&what, e, "check the mount point"))?,
@@ -77,6 +95,7 @@ pub fn run(args: PeerArgs) -> Result<(), CmdError> {
         .lock()
         .map_err(|_| CmdError::failed(&what, "lock poisoned", "report a bug"))? =
         Some(started.clone());
+    daemon::notify_ready(&format!("serving {}", args.dir.display()));
     started
         .run()
         .map_err(|e| CmdError::failed(what, e, "see the log above"))
@@ -94,10 +113,12 @@ fn run_daemon(
     let s = stop_flag.clone();
     daemon::on_termination(move |sig| {
         log::info!("signal {sig}: stopping the peer");
+        daemon::notify_stopping();
         if let Some(h) = s.lock().ok().and_then(|g| g.clone()) {
             h.shutdown();
         }
     })?;
+    serve_metrics(args, what, crate::metrics::dir_source(args.dir.clone()))?;
     let daemon = PeerDaemon::start(PeerConfig {
         dir: args.dir.clone(),
         listen: listen.to_string(),
@@ -123,7 +144,33 @@ fn run_daemon(
         daemon.local_addr(),
         args.dir.display()
     );
+    daemon::notify_ready(&format!(
+        "listening on {} for {}",
+        daemon.local_addr(),
+        args.dir.display()
+    ));
     daemon
         .run()
         .map_err(|e| CmdError::failed(what, e, "see the log above"))
+}
+
+/// `--metrics ADDR`: serves the peer's metrics (refusing to start when the
+/// address is taken).
+fn serve_metrics(
+    args: &PeerArgs,
+    what: &str,
+    source: crate::metrics::Source,
+) -> Result<(), CmdError> {
+    let Some(addr) = &args.metrics else {
+        return Ok(());
+    };
+    let bound = crate::metrics::serve(&addr.to_string(), source).map_err(|e| {
+        CmdError::failed(
+            format!("{what}: metrics at {addr}"),
+            e,
+            "give a free address for --metrics",
+        )
+    })?;
+    eprintln!("twinfs peer: metrics at http://{bound}/metrics");
+    Ok(())
 }

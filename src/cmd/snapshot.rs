@@ -15,7 +15,10 @@ pub fn run(command: SnapshotCommand) -> Result<(), CmdError> {
     };
     require_dir("snapshot", mp, "give the mount point of a twinfs volume")?;
     let what = format!("snapshot {label} {}", mp.display());
-    let todo = "check the name and `twinfs status`";
+    let todo = format!(
+        "check the name against `twinfs snapshot list {}`",
+        mp.display()
+    );
     let req = match &command {
         SnapshotCommand::List(_) => Request::SnapshotList,
         SnapshotCommand::Delete(a) => Request::SnapshotDelete {
@@ -25,7 +28,7 @@ pub fn run(command: SnapshotCommand) -> Result<(), CmdError> {
             name: a.name.clone(),
         },
     };
-    let v = request(mp, &req).map_err(|e| CmdError::failed(&what, e, todo))?;
+    let v = request(mp, &req).map_err(|e| e.into_cmd(&what, &todo))?;
     match req {
         Request::SnapshotList => {
             for s in v["snapshots"].as_array().into_iter().flatten() {

@@ -24,7 +24,7 @@ pub fn run(args: SwitchoverArgs) -> Result<(), CmdError> {
             dir: args.dir.clone(),
         },
     )
-    .map_err(|e| CmdError::failed(&what, e, "check `twinfs status` on both sides"))?;
+    .map_err(|e| e.into_cmd(&what, "check `twinfs status` on both sides"))?;
     println!(
         "final CP {} handed over in {:.2} s: the peer is the primary (its CP {})",
         v["final_cp"],

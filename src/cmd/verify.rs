@@ -11,8 +11,12 @@ pub fn run(args: VerifyArgs) -> Result<(), CmdError> {
     let mp = &args.mountpoint;
     require_dir("verify", mp, "give the mount point of a twinfs volume")?;
     let what = format!("verify {}", mp.display());
-    let v = request(mp, &Request::Verify { deep: args.deep })
-        .map_err(|e| CmdError::failed(&what, e, "check the peer with `twinfs status`"))?;
+    let v = request(mp, &Request::Verify { deep: args.deep }).map_err(|e| {
+        e.into_cmd(
+            &what,
+            &format!("check the peer with `twinfs status {}`", mp.display()),
+        )
+    })?;
     let cp = v["cp"].as_u64().unwrap_or(0);
     let show = |k: &str| v[k].as_str().unwrap_or("-").to_string();
     println!(

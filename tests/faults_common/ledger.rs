@@ -120,6 +120,10 @@ pub struct Check {
 #[derive(Clone, Debug, Default)]
 pub struct Ledger {
     pub paths: BTreeMap<PathBuf, PathState>,
+    /// `(from, to, bytes)`: `from` was durable with `bytes` when it was
+    /// renamed to `to`, and the rename is not durable yet: at least one of
+    /// the two names exists.
+    pub pairs: Vec<(PathBuf, PathBuf, u64)>,
     /// fsyncs that returned success, and the file bytes they covered.
     pub fsyncs: u64,
     pub fsynced_bytes: u64,
@@ -173,7 +177,8 @@ impl Ledger {
     }
 
     /// `rename(from, to)` returned (not yet durable): either name may hold
-    /// what it held before or what moved.
+    /// what it held before or what moved, and `to` may still be missing (a
+    /// crash may keep `from` instead); one of the two exists if `from` did.
     pub fn renamed(&mut self, from: &Path, to: &Path) -> PathState {
         let moving = self
             .paths
@@ -185,14 +190,19 @@ impl Ledger {
             .entry(to.to_path_buf())
             .or_insert_with(PathState::absent);
         target.versions.extend(moving.versions.iter().copied());
-        target.may_be_absent &= moving.may_be_absent;
         self.paths.get_mut(from).expect("known").may_be_absent = true;
+        if !moving.may_be_absent {
+            let bytes = moving.versions.iter().map(|v| v.min_len).min().unwrap_or(0);
+            self.pairs
+                .push((from.to_path_buf(), to.to_path_buf(), bytes));
+        }
         moving
     }
 
     /// The directory fsync after `rename(from, to)` returned: the move is
     /// durable. `moving` is what [`Ledger::renamed`] returned.
     pub fn rename_durable(&mut self, from: &Path, to: &Path, moving: PathState) {
+        self.pairs.retain(|(f, t, _)| !(f == from && t == to));
         self.paths.insert(from.to_path_buf(), PathState::absent());
         self.paths.get_mut(from).expect("known").versions.clear();
         self.paths.insert(to.to_path_buf(), moving);
@@ -215,6 +225,7 @@ impl Ledger {
     /// Forgets every path under `dir` (removed, durably, by the workload).
     pub fn forget_under(&mut self, dir: &Path) {
         self.paths.retain(|p, _| !p.starts_with(dir));
+        self.pairs.retain(|(f, _, _)| !f.starts_with(dir));
     }
 
     /// Checks the tree under `root` (a mount of the source, or of a
@@ -291,6 +302,16 @@ impl Ledger {
                 }
             }
         }
+        for (from, to, bytes) in &self.pairs {
+            if !root.join(from).exists() && !root.join(to).exists() {
+                c.bytes_lost += bytes;
+                c.problems.push(format!(
+                    "{} and {}: both missing, though the first was durable ({bytes} bytes) when renamed",
+                    from.display(),
+                    to.display()
+                ));
+            }
+        }
         c
     }
 
@@ -313,6 +334,8 @@ impl Ledger {
     /// After a check of the source's own tree: every path now holds exactly
     /// what was seen, which every later crash must keep.
     pub fn settle(&mut self, root: &Path) {
+        // Every name is pinned to what was seen, renamed or not.
+        self.pairs.clear();
         for (rel, st) in self.paths.iter_mut() {
             match std::fs::read(root.join(rel)) {
                 Err(_) => *st = PathState::absent(),

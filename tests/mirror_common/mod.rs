@@ -130,9 +130,11 @@ pub fn serial() -> Serial {
 // ---- scratch space, secrets, ports -----------------------------------------
 
 /// A temporary directory with short paths (mount points, sockets).
+/// `TWINFS_TEST_KEEP=1` keeps it (and every daemon's log in it) after the test.
 pub fn scratch() -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix("tm")
+        .disable_cleanup(std::env::var_os("TWINFS_TEST_KEEP").is_some())
         .tempdir_in("/tmp")
         .expect("temp dir")
 }
@@ -248,16 +250,19 @@ pub struct Peer {
     pub port: u16,
     /// Extra environment of the process (e.g. a fault-injecting LD_PRELOAD).
     pub env: Vec<(String, String)>,
+    /// Extra arguments of `twinfs peer`, kept for restarts.
+    pub args: Vec<String>,
 }
 
 impl Peer {
     /// Starts `twinfs -v peer --dir DIR --listen 127.0.0.1:PORT --secret S
     /// [--mount M]` (port 0: any) and waits until it listens.
     pub fn start(dir: &Path, port: u16, secret: &Path, mount: Option<&Path>, log: &Path) -> Peer {
-        Peer::start_with_env(dir, port, secret, mount, log, &[])
+        Peer::start_with_env(dir, port, secret, mount, log, &[], &[])
     }
 
-    /// [`Peer::start`] with extra environment variables, kept for restarts.
+    /// [`Peer::start`] with extra environment variables and arguments, kept
+    /// for restarts.
     pub fn start_with_env(
         dir: &Path,
         port: u16,
@@ -265,6 +270,7 @@ impl Peer {
         mount: Option<&Path>,
         log: &Path,
         env: &[(String, String)],
+        args: &[&str],
     ) -> Peer {
         let mut p = Peer {
             child: None,
@@ -274,6 +280,7 @@ impl Peer {
             log: log.to_path_buf(),
             port,
             env: env.to_vec(),
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         p.spawn();
         p
@@ -290,6 +297,7 @@ impl Peer {
             cmd.args(["--mount", s(m)]);
         }
         let child = cmd
+            .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log_file(&self.log))
@@ -513,6 +521,17 @@ impl Source {
             .nth(1)
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("checkpoint output: {out}"))
+    }
+
+    /// `twinfs checkpoint MNT` with the peer away, in sync or strict mode:
+    /// the CP commits here and the command says the peer does not have it.
+    pub fn checkpoint_alone(&self) {
+        let ran = self.checkpoint_ran();
+        assert_eq!(ran.code, 1, "checkpoint without the peer: {ran:?}");
+        assert!(
+            ran.stderr.contains("committed here, not at the peer"),
+            "checkpoint without the peer: {ran:?}"
+        );
     }
 
     /// `twinfs checkpoint MNT` whatever the peer does; returns what it did.

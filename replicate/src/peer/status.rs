@@ -36,7 +36,7 @@ use twinfs_fs::superblock;
 
 use super::logstore;
 use super::state::{write_atomic, DirLock, PeerState};
-use super::{PeerError, Result, IMAGE_FILE, LOG_DIR, STATUS_FILE};
+use super::{PeerError, Result, IMAGE_FILE, LOCK_FILE, LOG_DIR, STATE_FILE, STATUS_FILE};
 use crate::history::{lineage_json, DivergenceReport, GenerationJson};
 
 /// Largest status file read.
@@ -125,6 +125,14 @@ pub fn peer_status(dir: &Path) -> Result<PeerStatus> {
             problem: "no such directory; give the --dir of a twinfs peer".into(),
         });
     }
+    if !is_peer_dir(dir) {
+        return Err(PeerError::Dir {
+            dir: dir.to_path_buf(),
+            problem: format!(
+                "not a twinfs peer directory (it holds no {STATE_FILE}, {IMAGE_FILE} or {LOG_DIR}/); give the --dir that `twinfs peer` uses"
+            ),
+        });
+    }
     let reported = read_status_file(dir);
     if DirLock::is_held(dir) {
         if let Some(mut s) = reported {
@@ -137,6 +145,15 @@ pub fn peer_status(dir: &Path) -> Result<PeerStatus> {
     s.last_error = reported.and_then(|r| r.last_error);
     s.state = s.headline();
     Ok(s)
+}
+
+/// Whether `dir` looks like a peer directory: `twinfs peer` has written
+/// its state, its mirror image or its log store there (an empty directory
+/// it was just given has the lock file once the daemon started on it).
+pub fn is_peer_dir(dir: &Path) -> bool {
+    [STATE_FILE, IMAGE_FILE, LOG_DIR, STATUS_FILE, LOCK_FILE]
+        .iter()
+        .any(|f| dir.join(f).exists())
 }
 
 /// The status worked out from the directory alone (the daemon is down).

@@ -8,8 +8,15 @@
 //! implementations); one tokio task per connection sends the queue in order
 //! and another reads the peer's answers. Order on the wire is what makes
 //! references safe: every transfer a CP refers to is queued before the CP.
+//!
+//! The decisions (what a queued item or an answer of the peer makes the
+//! session send, which transfers count as acknowledged, when an fsync
+//! returns, degrades or fails, how a session resumes or resyncs, what the
+//! peer's verdict on our history allows) live in [`machine`], without
+//! threads, sockets or clocks; this module is the driver that runs them on
+//! tokio tasks, condvars and real time, and `crate::sim` drives the same
+//! machine (and the same [`Sink`]) in simulated time.
 
-use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -32,10 +39,14 @@ use crate::handshake::{handshake_client, HandshakeInfo};
 use crate::history::{DivergenceReport, Side};
 use crate::keys::Credentials;
 use crate::message::{
-    self, lineage_from_wire, wire_lineage, CpBlock, Encoding, HoldRecord, Message, Refusal,
-    WireGeneration, MAX_BLOCKS_PER_CP_FRAME,
+    wire_lineage, CpBlock, Encoding, HoldRecord, Message, Refusal, WireGeneration,
+    MAX_BLOCKS_PER_CP_FRAME,
 };
 use crate::session::{Compression, RecvHalf, SendHalf};
+
+pub mod machine;
+
+use machine::{Applied, Item, Link, Missing, Outbound, Resume, SenderState, Step};
 
 /// When fsync waits for the peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -220,68 +231,6 @@ impl ResyncProgress {
     }
 }
 
-enum Item {
-    Transfer(SealedBatch),
-    CpBegin {
-        cp: CpNumber,
-        base: CpNumber,
-        covers: Option<TransferId>,
-    },
-    CpBlocks {
-        cp: CpNumber,
-        blocks: Vec<CpBlock>,
-    },
-    CpEnd {
-        sb: Box<Superblock>,
-        superblock: Box<Block>,
-    },
-}
-
-impl Item {
-    fn bytes(&self) -> usize {
-        match self {
-            Item::Transfer(b) => b.bytes.len(),
-            Item::CpBlocks { blocks, .. } => blocks.iter().map(|b| encode::wire_size(&b.enc)).sum(),
-            _ => BLOCK_SIZE,
-        }
-    }
-}
-
-#[derive(Default)]
-struct Outbound {
-    items: VecDeque<Item>,
-    bytes: usize,
-    /// A session is up: producers queue (otherwise they drop, and the next
-    /// session resyncs).
-    accepting: bool,
-    /// Something was dropped while accepting: the session must resync.
-    lost: bool,
-    last_queued_transfer: TransferId,
-    /// Bytes taken off the queue to be sent, since start (the drain rate
-    /// writers are paced to).
-    sent_bytes: u64,
-}
-
-struct Link {
-    phase: Phase,
-    connected: bool,
-    acked_transfer: TransferId,
-    applied: Option<(CpNumber, RootHash)>,
-    degraded: bool,
-    last_error: Option<String>,
-    alarm: Option<String>,
-    resync: Option<ResyncProgress>,
-    rtt: Option<Duration>,
-    /// Superblocks of CPs sent and not yet applied, to check the peer's answer.
-    sent: HashMap<u64, Box<Superblock>>,
-    /// The peer directory's ID (from its verdict), recorded with the hold.
-    peer_id: u64,
-    divergence: Option<DivergenceReport>,
-    sessions_judged: u64,
-    /// This end's address of the last connection to the peer.
-    local_addr: Option<SocketAddr>,
-}
-
 struct Shared {
     vol: Arc<Volume>,
     cfg: MirrorConfig,
@@ -333,22 +282,7 @@ impl Mirror {
             out: Mutex::new(Outbound::default()),
             out_cv: Condvar::new(),
             wake: Notify::new(),
-            link: Mutex::new(Link {
-                phase: Phase::Disconnected,
-                connected: false,
-                acked_transfer: TransferId(0),
-                applied: None,
-                degraded: false,
-                last_error: None,
-                alarm: None,
-                resync: None,
-                rtt: None,
-                sent: HashMap::new(),
-                peer_id: 0,
-                divergence: None,
-                sessions_judged: 0,
-                local_addr: None,
-            }),
+            link: Mutex::new(Link::default()),
             link_cv: Condvar::new(),
             counters: Counters::default(),
             shutdown: AtomicBool::new(false),
@@ -362,10 +296,7 @@ impl Mirror {
             .enable_all()
             .build()?;
         vol.set_replicator(Some(Arc::new(Hooks(shared.clone()))));
-        vol.set_cp_sink(Some(Box::new(Sink {
-            shared: shared.clone(),
-            cur: None,
-        })));
+        vol.set_cp_sink(Some(Box::new(Sink::new(shared.clone()))));
         let s = shared.clone();
         rt.spawn(async move { connection_loop(s).await });
         Ok(Arc::new(Mirror {
@@ -604,36 +535,30 @@ impl Shared {
         let size = item.bytes();
         let mut q = self.out.lock();
         let deadline = Instant::now() + self.cfg.sync_timeout;
-        while q.accepting && q.bytes + size > self.cfg.queue_bytes && !q.items.is_empty() {
+        while q.is_full_for(size, self.cfg.queue_bytes) {
             if self.cfg.mode == Mode::Async
                 || Instant::now() >= deadline
                 || self.shutdown.load(Ordering::Relaxed)
             {
-                q.lost = true;
+                q.give_up();
                 break;
             }
             self.out_cv.wait_until(&mut q, deadline);
         }
-        if let Item::Transfer(b) = &item {
-            // Handed over: queued, or dropped for the catch-up to send from
-            // the log (a CP waiting for its transfers must not wait for it).
-            q.last_queued_transfer = b.id;
+        let transfer = matches!(item, Item::Transfer(_));
+        let queued = q.hand_over(item);
+        if transfer {
             self.out_cv.notify_all();
         }
-        if !q.accepting || q.lost {
-            return false;
-        }
-        q.bytes += size;
-        q.items.push_back(item);
         drop(q);
-        self.wake.notify_one();
-        true
+        if queued {
+            self.wake.notify_one();
+        }
+        queued
     }
 
     fn set_phase(&self, phase: Phase) {
-        let mut l = self.link.lock();
-        l.connected = matches!(phase, Phase::Resyncing | Phase::Streaming);
-        l.phase = phase;
+        self.link.lock().set_phase(phase);
         self.link_cv.notify_all();
     }
 }
@@ -671,48 +596,10 @@ impl Replicator for Hooks {
         let deadline = Instant::now() + s.cfg.sync_timeout;
         let mut l = s.link.lock();
         loop {
-            if l.acked_transfer >= id {
-                return Ok(());
-            }
-            if let Some(d) = &l.divergence {
-                // No peer will confirm anything until a person resolves it.
-                return match s.cfg.mode {
-                    Mode::Strict => Err(FsError::Replication(format!(
-                        "the peer refused this volume ({}); see `twinfs status`",
-                        d.kind
-                    ))),
-                    _ => Ok(()),
-                };
-            }
-            let waiting_is_pointless = !l.connected || l.degraded;
-            if waiting_is_pointless
-                && s.cfg.mode == Mode::Sync
-                && (l.degraded || Instant::now() >= deadline)
-            {
-                if !l.degraded {
-                    log::warn!(
-                        "the peer did not confirm transfer {} in time: carrying on without it",
-                        id.0
-                    );
-                    l.degraded = true;
-                }
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return match s.cfg.mode {
-                    Mode::Strict => Err(FsError::Replication(format!(
-                        "the peer did not confirm transfer {} within {:?} (strict mode)",
-                        id.0, s.cfg.sync_timeout
-                    ))),
-                    _ => {
-                        log::warn!(
-                            "the peer did not confirm transfer {} in time: carrying on without it",
-                            id.0
-                        );
-                        l.degraded = true;
-                        Ok(())
-                    }
-                };
+            let expired = Instant::now() >= deadline;
+            let poll = l.fsync_poll(id, s.cfg.mode, expired, s.cfg.sync_timeout);
+            if let Some(result) = Link::fsync_result(poll) {
+                return result;
             }
             s.link_cv.wait_until(
                 &mut l,
@@ -722,10 +609,73 @@ impl Replicator for Hooks {
     }
 }
 
+/// Where the CP sink queues a CP's stream: the daemon's outbound queue
+/// (behind its lock and condvar) or the simulator's.
+pub trait CpQueue: Send + Sync {
+    /// The volume (to encode against its cache and its committed image).
+    fn volume(&self) -> &Volume;
+    /// How CP blocks are encoded.
+    fn cp_sync(&self) -> CpSync;
+    fn counters(&self) -> &Counters;
+    /// Whether a session takes items now.
+    fn accepting(&self) -> bool;
+    /// Waits (a bounded time) until transfer `covers` was handed over; false
+    /// if it was not (the CP then sends no references).
+    fn wait_handed_over(&self, covers: TransferId) -> bool;
+    /// Queues an item; false when it was dropped (the session must resync).
+    fn push(&self, item: Item) -> bool;
+    /// A CP stream was abandoned half way: the session must resync.
+    fn abandon(&self);
+}
+
+impl CpQueue for Shared {
+    fn volume(&self) -> &Volume {
+        &self.vol
+    }
+
+    fn cp_sync(&self) -> CpSync {
+        self.cfg.cp_sync
+    }
+
+    fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    fn accepting(&self) -> bool {
+        self.out.lock().accepting
+    }
+
+    fn wait_handed_over(&self, c: TransferId) -> bool {
+        let deadline = Instant::now() + TRANSFER_WAIT;
+        let mut q = self.out.lock();
+        while q.accepting && q.last_queued_transfer < c {
+            if self.out_cv.wait_until(&mut q, deadline).timed_out() {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn push(&self, item: Item) -> bool {
+        Shared::push(self, item)
+    }
+
+    fn abandon(&self) {
+        self.out.lock().give_up();
+        self.wake.notify_one();
+    }
+}
+
 /// The volume's CP sink: encodes each block and queues the CP stream.
-struct Sink {
-    shared: Arc<Shared>,
+pub struct Sink<Q: CpQueue> {
+    shared: Arc<Q>,
     cur: Option<CpStream>,
+}
+
+impl<Q: CpQueue> Sink<Q> {
+    pub fn new(shared: Arc<Q>) -> Sink<Q> {
+        Sink { shared, cur: None }
+    }
 }
 
 struct CpStream {
@@ -744,7 +694,7 @@ impl PrevReader for CacheReader<'_> {
     }
 }
 
-impl Sink {
+impl<Q: CpQueue> Sink<Q> {
     fn flush_blocks(&mut self) {
         let Some(cur) = &mut self.cur else { return };
         if cur.pending.is_empty() {
@@ -758,26 +708,16 @@ impl Sink {
     }
 }
 
-impl CpSink for Sink {
+impl<Q: CpQueue> CpSink for Sink<Q> {
     fn begin(&mut self, cp: CpNumber, base: CpNumber, covers: Option<TransferId>) {
         self.cur = None;
-        if !self.shared.out.lock().accepting {
+        if !self.shared.accepting() {
             return;
         }
         // Every transfer the CP contains must be queued before its blocks,
         // so that references resolve at the peer.
-        let mut refs_ok = true;
-        if let Some(c) = covers {
-            let deadline = Instant::now() + TRANSFER_WAIT;
-            let mut q = self.shared.out.lock();
-            while q.accepting && q.last_queued_transfer < c {
-                if self.shared.out_cv.wait_until(&mut q, deadline).timed_out() {
-                    refs_ok = false;
-                    break;
-                }
-            }
-        }
-        let first_new = base_covers(&self.shared.vol, base);
+        let refs_ok = covers.is_none_or(|c| self.shared.wait_handed_over(c));
+        let first_new = base_covers(self.shared.volume(), base);
         let ok = self.shared.push(Item::CpBegin { cp, base, covers });
         self.cur = Some(CpStream {
             cp,
@@ -796,14 +736,14 @@ impl CpSink for Sink {
     }
 
     fn block(&mut self, b: &FsCpBlock<'_>) {
-        let mode = self.shared.cfg.cp_sync;
+        let mode = self.shared.cp_sync();
         let Some(cur) = &mut self.cur else { return };
         if !cur.ok {
             return;
         }
-        let enc = encode::encode(mode, b, cur.peer, &CacheReader(&self.shared.vol));
+        let enc = encode::encode(mode, b, cur.peer, &CacheReader(self.shared.volume()));
         let size = encode::wire_size(&enc);
-        let c = &self.shared.counters;
+        let c = self.shared.counters();
         match EncKind::of(&enc) {
             EncKind::Full => c.full.add(size),
             EncKind::Ref => c.refs.add(size),
@@ -834,8 +774,7 @@ impl CpSink for Sink {
 
     fn abort(&mut self) {
         if self.cur.take().is_some() {
-            self.shared.out.lock().lost = true;
-            self.shared.wake.notify_one();
+            self.shared.abandon();
         }
     }
 }
@@ -885,11 +824,7 @@ async fn connection_loop(s: Arc<Shared>) {
         }
         .await;
         {
-            let mut q = s.out.lock();
-            q.accepting = false;
-            q.items.clear();
-            q.bytes = 0;
-            q.lost = false;
+            s.out.lock().close();
             s.out_cv.notify_all();
         }
         *s.ctrl.lock() = None;
@@ -987,25 +922,12 @@ async fn run_session(
     // hold some that a crash took from us: it drops what lies past our
     // log's end, and only what both hold counts as acknowledged.
     let log_end = tokio::task::block_in_place(|| s.vol.status().last_durable_transfer);
-    let held = TransferId(info.resume.durable_transfer.min(log_end.0));
-    {
-        let mut l = s.link.lock();
-        l.applied = info
-            .resume
-            .applied_cp
-            .map(|a| (CpNumber(a.cp), RootHash(a.root_hash)));
-        l.acked_transfer = held;
-        l.sent.clear();
-    }
+    let held = s.link.lock().begin_session(&info.resume, log_end);
     // Pin the committed image and start queueing before deciding, so that
     // nothing produced from now on is missed.
     let pinned = {
         let sb = tokio::task::block_in_place(|| s.vol.peer_tracking_start());
-        let mut q = s.out.lock();
-        q.accepting = true;
-        q.lost = false;
-        let covered = TransferId(sb.log.next_transfer.0.saturating_sub(1));
-        q.last_queued_transfer = q.last_queued_transfer.max(covered);
+        s.out.lock().open(&sb);
         sb
     };
     let (peer_tx, mut peer_rx) = mpsc::unbounded_channel();
@@ -1013,10 +935,7 @@ async fn run_session(
     let mut sender = Sender {
         s: s.clone(),
         tx: &mut tx,
-        last_transfer_sent: TransferId(0),
-        last_cp_sent: CpNumber(0),
-        streaming_cp: None,
-        last_cp_begun: CpNumber(0),
+        st: SenderState::default(),
         pending_verify: None,
         pending_switchover: None,
     };
@@ -1031,37 +950,21 @@ async fn run_session(
                 &s.counters.wire_total,
             )
             .await?;
-        match resume {
-            Some(a) if a.cp == pinned.cp.0 && a.root_hash == pinned.root_hash().0 => {
-                log::info!("peer is at CP {}: streaming", a.cp);
-                sender.last_cp_sent = pinned.cp;
-                // The peer keeps transfers it already has (and those its CP
-                // contains): start after them.
+        let plan = sender
+            .st
+            .plan_resume(resume, &pinned, held, |cp| s.vol.known_root_hash(cp));
+        match plan {
+            Resume::Stream => {
+                log::info!("peer is at CP {}: streaming", pinned.cp.0);
                 let covered = TransferId(pinned.log.next_transfer.0 - 1);
-                sender.last_transfer_sent = covered.max(held);
                 let mut l = s.link.lock();
                 l.acked_transfer = l.acked_transfer.max(covered);
             }
-            other => {
-                // The peer's verdict (checked again by state_history) puts
-                // its CP on our history: resync from there, unless we know
-                // that CP's root hash and the peer's differs (its copy is
-                // damaged), when only a full resync repairs it.
-                let damaged = other.filter(|a| {
-                    s.vol
-                        .known_root_hash(CpNumber(a.cp))
-                        .is_some_and(|h| h.0 != a.root_hash)
-                });
-                if let Some(a) = damaged {
-                    let msg = format!(
-                        "ALARM: the peer's CP {} has root {}, not ours: full resync",
-                        a.cp,
-                        twinfs_fs::hex(&a.root_hash)
-                    );
+            Resume::Resync { base, alarm } => {
+                if let Some(msg) = alarm {
                     log::error!("{msg}");
                     s.link.lock().alarm = Some(msg);
                 }
-                let base = other.filter(|_| damaged.is_none()).map(|a| CpNumber(a.cp));
                 sender.resync(&pinned, base).await?;
             }
         }
@@ -1070,18 +973,7 @@ async fn run_session(
         sender.fill_gap(TransferId(u64::MAX)).await?;
         let durable = tokio::task::block_in_place(|| s.vol.status().last_durable_transfer);
         s.set_phase(Phase::Streaming);
-        {
-            // A peer that already holds everything sends no acknowledgement
-            // to end the degraded state with: end it here.
-            let mut l = s.link.lock();
-            if l.degraded
-                && l.acked_transfer >= durable
-                && l.applied.is_some_and(|(c, _)| c >= pinned.cp)
-            {
-                log::info!("the peer holds everything again: fsync waits for it again");
-                l.degraded = false;
-            }
-        }
+        s.link.lock().caught_up(durable, pinned.cp);
         sender.stream(&mut ctrl_rx, &mut peer_rx).await
     }
     .await;
@@ -1146,57 +1038,19 @@ async fn state_history(
             Some(_) => continue,
         }
     };
-    let peer_lineage = lineage_from_wire(&generations)
-        .map_err(|e| ReplicateError::Protocol(format!("LineageVerdict: {e}")))?;
-    let theirs = match (resume, peer_lineage) {
-        (Some(a), Some(l)) => Some(Side {
-            lineage: l,
-            cp: a.cp,
-            root_hash: a.root_hash,
-            uncommitted: false,
-        }),
-        (None, None) => None,
-        _ => {
-            return Err(ReplicateError::Protocol(
-                "the peer's verdict and resume point disagree on whether it holds a CP".into(),
-            ))
-        }
-    };
-    // Never trust a verdict alone to send anything that overwrites the peer.
-    let refusal = refusal.or_else(|| crate::history::verdict(theirs.as_ref(), 0, &ours, None));
-    let mut l = s.link.lock();
-    l.sessions_judged += 1;
-    if let Some(r) = refusal {
-        let report = DivergenceReport::new(&r, &ours, theirs.as_ref());
-        l.divergence = Some(report);
-        l.degraded = true;
-        s.link_cv.notify_all();
-        return Err(ReplicateError::Diverged {
-            kind: r.kind.name(),
-            reason: r.reason,
-        });
-    }
-    if l.divergence.take().is_some() {
-        log::info!("the peer accepts this volume's history again");
-    }
-    l.peer_id = peer_id;
+    let judged = s
+        .link
+        .lock()
+        .judge(&ours, resume, peer_id, &generations, refusal);
     s.link_cv.notify_all();
-    Ok(())
+    judged
 }
 
 struct Sender<'a> {
     s: Arc<Shared>,
     tx: &'a mut Tx,
-    last_transfer_sent: TransferId,
-    last_cp_sent: CpNumber,
-    /// The CP of the queue whose begin went out and whose end has not: the
-    /// rest of a CP goes out only after its begin did (a catch-up may clear
-    /// the begin from the queue while the CP is still being produced, and
-    /// a resync ends the CP open at the peer).
-    streaming_cp: Option<CpNumber>,
-    /// The CP of the last `CpBegin` sent. A new CP ends the one open at the
-    /// peer: blocks the peer asked for before it began come too late.
-    last_cp_begun: CpNumber,
+    /// The session's position in the stream (what the machine decides from).
+    st: SenderState,
     pending_verify: Option<oneshot::Sender<VerifyAnswer>>,
     pending_switchover: Option<oneshot::Sender<SwitchoverAnswer>>,
 }
@@ -1220,9 +1074,7 @@ impl Sender<'_> {
     async fn send_cp(&mut self, msg: &Message) -> Result<()> {
         let s = self.s.clone();
         self.send(msg, &s.counters.cp_sent).await?;
-        if let Message::CpBegin { cp, .. } = msg {
-            self.last_cp_begun = CpNumber(*cp);
-        }
+        self.st.sent(msg);
         Ok(())
     }
 
@@ -1257,13 +1109,7 @@ impl Sender<'_> {
             bytes_done: 0,
             started: Instant::now(),
         });
-        self.send_cp(&Message::CpBegin {
-            cp: sb.cp.0,
-            base_cp: base.map(|b| b.0),
-            covers_transfer: sb.log.next_transfer.0.saturating_sub(1),
-            resync: true,
-        })
-        .await?;
+        self.send_cp(&SenderState::resync_begin(sb, base)).await?;
         // A blocking walker feeds frames through a small channel: bounded memory.
         // Each frame is its blocks' (address, hash) and their contents back to
         // back, sent from that buffer as it is.
@@ -1311,8 +1157,7 @@ impl Sender<'_> {
             .map_err(|e| ReplicateError::Protocol(format!("resync walker: {e}")))?
             .map_err(|e| ReplicateError::Protocol(format!("resync failed: {e}")))?;
         self.end_cp(sb, &sb.encode()).await?;
-        self.last_cp_sent = sb.cp;
-        self.last_transfer_sent = TransferId(sb.log.next_transfer.0.saturating_sub(1));
+        self.st.resync_sent(sb);
         log::info!("resync stream of CP {} sent ({total} blocks)", sb.cp.0);
         Ok(())
     }
@@ -1323,21 +1168,15 @@ impl Sender<'_> {
             .lock()
             .sent
             .insert(sb.cp.0, Box::new(sb.clone()));
-        self.send_cp(&Message::CpEnd {
-            cp: sb.cp.0,
-            superblock: superblock.to_vec(),
-            root_hash: sb.root_hash().0,
-        })
-        .await
+        self.send_cp(&machine::cp_end(sb, superblock)).await
     }
 
     /// Sends transfers still in the source's log that the peer lacks, up to `before`.
     async fn fill_gap(&mut self, before: TransferId) -> Result<()> {
         loop {
-            let from = TransferId(self.last_transfer_sent.0 + 1);
-            if from >= before {
+            let Some(from) = self.st.gap_from(before) else {
                 return Ok(());
-            }
+            };
             let vol = self.s.vol.clone();
             let batches =
                 tokio::task::spawn_blocking(move || vol.live_batches(from, FILL_GAP_BYTES))
@@ -1357,7 +1196,7 @@ impl Sender<'_> {
     }
 
     async fn send_transfer(&mut self, b: &SealedBatch) -> Result<()> {
-        if b.id <= self.last_transfer_sent {
+        if !self.st.wants_transfer(b.id) {
             return Ok(());
         }
         self.tx.note_backlog(self.s.out.lock().bytes);
@@ -1366,7 +1205,7 @@ impl Sender<'_> {
         s.counters.log_sent.fetch_add(n as u64, Ordering::Relaxed);
         s.counters.wire_total.fetch_add(n as u64, Ordering::Relaxed);
         s.counters.transfers.add(b.bytes.len());
-        self.last_transfer_sent = b.id;
+        self.st.transfer_sent(b.id);
         Ok(())
     }
 
@@ -1393,56 +1232,31 @@ impl Sender<'_> {
             }
             let item = {
                 let mut q = self.s.out.lock();
-                let item = q.items.pop_front();
-                if let Some(i) = &item {
-                    q.bytes -= i.bytes();
-                    q.sent_bytes += i.bytes() as u64;
+                let item = q.pop();
+                if item.is_some() {
                     self.s.out_cv.notify_all();
                 }
                 item
             };
-            match item {
-                Some(Item::Transfer(b)) => {
+            match item.map(|i| self.st.on_item(i)) {
+                Some(Step::Transfer(b)) => {
                     self.fill_gap(b.id).await?;
                     self.send_transfer(&b).await?;
                 }
-                Some(Item::CpBegin { cp, base, covers }) => {
-                    self.streaming_cp = None;
-                    if base != self.last_cp_sent {
-                        // A CP was produced while we could not stream it.
-                        log::info!(
-                            "CP {} builds on CP {} which the peer lacks: resyncing",
-                            cp.0,
-                            base.0
-                        );
-                        self.catch_up().await?;
-                        continue;
-                    }
+                Some(Step::CatchUp) => {
+                    // A CP was produced while we could not stream it.
+                    self.catch_up().await?;
+                    continue;
+                }
+                Some(Step::CpBegin { covers, msg }) => {
                     if let Some(c) = covers {
                         self.fill_gap(TransferId(c.0 + 1)).await?;
                     }
-                    self.send_cp(&Message::CpBegin {
-                        cp: cp.0,
-                        base_cp: Some(base.0),
-                        covers_transfer: covers.map_or(message::NO_TRANSFER, |c| c.0),
-                        resync: false,
-                    })
-                    .await?;
-                    self.streaming_cp = Some(cp);
+                    self.send_cp(&msg).await?;
                 }
-                Some(Item::CpBlocks { cp, blocks }) => {
-                    if self.streaming_cp == Some(cp) {
-                        self.send_cp(&Message::CpBlocks { cp: cp.0, blocks })
-                            .await?;
-                    }
-                }
-                Some(Item::CpEnd { sb, superblock }) => {
-                    if self.streaming_cp == Some(sb.cp) {
-                        self.end_cp(&sb, &superblock).await?;
-                        self.last_cp_sent = sb.cp;
-                    }
-                    self.streaming_cp = None;
-                }
+                Some(Step::Send(msg)) => self.send_cp(&msg).await?,
+                Some(Step::EndCp { sb, superblock }) => self.end_cp(&sb, &superblock).await?,
+                Some(Step::Skip) => {}
                 None => {
                     tokio::select! {
                         _ = self.s.wake.notified() => {}
@@ -1463,28 +1277,19 @@ impl Sender<'_> {
     /// Brings a peer that missed CPs up to the committed CP with a resync
     /// of the blocks born since its applied CP.
     async fn catch_up(&mut self) -> Result<()> {
-        self.streaming_cp = None;
         // Whatever was queued builds on CPs the peer will not have.
         {
             let mut q = self.s.out.lock();
-            q.items.clear();
-            q.bytes = 0;
-            q.lost = false;
+            q.clear();
             self.s.out_cv.notify_all();
         }
         let sb = tokio::task::block_in_place(|| self.s.vol.peer_tracking_start());
-        let base =
-            (self.last_cp_sent.0 > 0 && self.last_cp_sent < sb.cp).then_some(self.last_cp_sent);
-        if self.last_cp_sent == sb.cp {
+        let Some(base) = self.st.catch_up_base(&sb) else {
             return Ok(());
-        }
-        {
-            // Transfers the resync covers count as handed over; so do the
-            // newer ones cleared from the queue (fill_gap sends them).
-            let mut q = self.s.out.lock();
-            let pinned = TransferId(sb.log.next_transfer.0.saturating_sub(1));
-            q.last_queued_transfer = q.last_queued_transfer.max(pinned);
-        }
+        };
+        // Transfers the resync covers count as handed over; so do the
+        // newer ones cleared from the queue (fill_gap sends them).
+        self.s.out.lock().pinned(&sb);
         self.resync(&sb, base).await?;
         self.s.set_phase(Phase::Streaming);
         Ok(())
@@ -1520,25 +1325,18 @@ impl Sender<'_> {
     async fn answer(&mut self, m: FromPeer) -> Result<()> {
         match m {
             FromPeer::Missing { cp, addrs, more } => {
-                if self.last_cp_begun > CpNumber(cp) {
-                    // The peer asked at CP cp's end while the next CP's begin
-                    // was on its way; that begin abandoned CP cp there, and
-                    // the peer rejects the next CP (it builds on cp), which
-                    // starts the resync that brings the peer up to date.
-                    // Answering would send blocks of a CP no longer open.
-                    log::info!(
-                        "the peer asks for {} blocks of CP {cp}, but CP {} began since: \
-                         leaving it to the resync",
-                        addrs.len(),
-                        self.last_cp_begun.0
-                    );
-                    return Ok(());
-                }
-                let sb = self.s.link.lock().sent.get(&cp).cloned();
-                let Some(sb) = sb else {
-                    return Err(ReplicateError::Protocol(format!(
-                        "the peer asks for blocks of CP {cp} we did not send"
-                    )));
+                let sent = self.s.link.lock().sent.get(&cp).cloned();
+                let sb = match self.st.on_missing(cp, sent)? {
+                    Missing::Resend(sb) => sb,
+                    Missing::Late => {
+                        log::info!(
+                            "the peer asks for {} blocks of CP {cp}, but CP {} began since: \
+                             leaving it to the resync",
+                            addrs.len(),
+                            self.st.last_cp_begun.0
+                        );
+                        return Ok(());
+                    }
                 };
                 // A frame's worth at a time: a request may name 65,536 blocks.
                 for chunk in addrs.chunks(MAX_BLOCKS_PER_CP_FRAME) {
@@ -1561,11 +1359,12 @@ impl Sender<'_> {
             }
             FromPeer::Rejected { cp, reason } => {
                 log::warn!("the peer rejected CP {cp}: {reason}; resyncing");
-                self.last_cp_sent = self.s.link.lock().applied.map_or(CpNumber(0), |(c, _)| c);
+                let applied = self.s.link.lock().applied.map(|(c, _)| c);
+                self.st.on_rejected(applied);
                 self.catch_up().await
             }
             FromPeer::Mismatch => {
-                self.last_cp_sent = CpNumber(0);
+                self.st.on_mismatch();
                 self.catch_up().await
             }
             FromPeer::Ended(Some(e)) => Err(e),
@@ -1619,52 +1418,23 @@ async fn receive_loop(s: Arc<Shared>, mut rx: Rx, to_sender: mpsc::UnboundedSend
                 .map_err(|_| ReplicateError::Protocol("the peer went silent".into()))??;
             match msg {
                 Message::TransferAck { id } => {
-                    let mut l = s.link.lock();
-                    l.acked_transfer = l.acked_transfer.max(TransferId(id));
-                    if l.degraded && l.phase == Phase::Streaming {
-                        log::info!("the peer confirms transfers again: fsync waits for it again");
-                        l.degraded = false;
-                    }
+                    let handed_over = s.out.lock().last_queued_transfer;
+                    s.link.lock().on_transfer_ack(TransferId(id), handed_over);
                     s.link_cv.notify_all();
                 }
                 Message::CpApplied { cp, root_hash } => {
-                    let sb = s.link.lock().sent.remove(&cp);
-                    let Some(sb) = sb else {
-                        return Err(ReplicateError::Protocol(format!(
-                            "the peer applied CP {cp} we did not send"
-                        )));
-                    };
-                    if sb.root_hash().0 != root_hash {
-                        let msg = format!(
-                            "ALARM: the peer's root hash for CP {cp} is {} but ours is {}",
-                            twinfs_fs::hex(&root_hash),
-                            sb.root_hash()
-                        );
-                        log::error!("{msg}");
-                        s.link.lock().alarm = Some(msg);
-                        let _ = to_sender.send(FromPeer::Mismatch);
-                        continue;
+                    let applied = s.link.lock().on_cp_applied(cp, root_hash)?;
+                    match applied {
+                        Applied::Mismatch => {
+                            let _ = to_sender.send(FromPeer::Mismatch);
+                            continue;
+                        }
+                        Applied::Ack(sb, peer_id) => {
+                            tokio::task::block_in_place(|| s.vol.peer_acked(&sb, peer_id));
+                            s.link.lock().applied_recorded(&sb);
+                            s.link_cv.notify_all();
+                        }
                     }
-                    let peer_id = s.link.lock().peer_id;
-                    tokio::task::block_in_place(|| s.vol.peer_acked(&sb, peer_id));
-                    let mut l = s.link.lock();
-                    l.applied = Some((sb.cp, sb.root_hash()));
-                    // The peer holds every transfer the applied CP contains,
-                    // after a resync some only there: an fsync of those
-                    // changes has nothing more to wait for.
-                    let covered = TransferId(sb.log.next_transfer.0.saturating_sub(1));
-                    l.acked_transfer = l.acked_transfer.max(covered);
-                    l.sent.retain(|&c, _| c > cp);
-                    if l.resync.as_ref().is_some_and(|r| r.target_cp <= sb.cp) {
-                        l.resync = None;
-                    }
-                    // A resync ends with a CP, not with transfers: its
-                    // application is what says the peer is back.
-                    if l.degraded && l.phase == Phase::Streaming {
-                        log::info!("the peer applied CP {cp}: fsync waits for it again");
-                        l.degraded = false;
-                    }
-                    s.link_cv.notify_all();
                 }
                 Message::CpMissing { cp, addrs, more } => {
                     let _ = to_sender.send(FromPeer::Missing { cp, addrs, more });

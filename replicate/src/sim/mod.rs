@@ -1,0 +1,714 @@
+//! Deterministic simulation of the whole mirror (`twinfs-sim`).
+//!
+//! One thread, one seeded RNG, simulated time. A run mounts a source volume
+//! on a simulated device ([`CrashDevice`] under a [`FaultDevice`]: power
+//! cuts that drop, keep or tear unflushed writes, and EIO from a countdown),
+//! installs the source's hooks (the same [`Sink`] and the same decisions,
+//! [`crate::source::machine`], as the daemon), connects it over a simulated
+//! link (delay, resets, damaged frames, partitions and heals) to a peer
+//! ([`crate::peer::replica::Replica`] on a directory in memory-backed
+//! `/dev/shm`), and drives a random workload checked against a [`Model`].
+//! It kills and restarts either side, kills the peer inside a commit, and
+//! rots bytes of the peer's log store.
+//!
+//! Checked after every step:
+//! - an fsync that returns in sync or strict mode while the peer is not
+//!   degraded has its transfers durable at the peer (RPO 0);
+//! - the peer's image is exactly a CP the source committed (its root hash is
+//!   one of the source's and every block matches its pointer);
+//! - after the link heals, the peer reaches the source's CP within a bound;
+//! - after every crash and replay the volume's files equal the model at some
+//!   point between the last durable one and the crash;
+//! - the peer never refuses the source's history (nothing here forks it);
+//! - queues and in-flight frames stay within their bounds.
+//!
+//! A breach ends the run with the seed and a trace of what happened.
+
+pub mod model;
+pub mod net;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use twinfs_fs::cp::{CpBlock as FsCpBlock, CpSink};
+use twinfs_fs::device::{BlockDevice, CrashDevice, FaultDevice, LostWrite};
+use twinfs_fs::lineage::GenerationId;
+use twinfs_fs::nvlog::batch::SealedBatch;
+use twinfs_fs::superblock::Superblock;
+use twinfs_fs::volume::{self, AttrChanges, Clock, MkfsOptions, Replicator, Volume, VolumeConfig};
+use twinfs_fs::{Block, CpNumber, FileKind, FsError, Ino, Timestamp, TransferId, ROOT_INO};
+
+use crate::encode::CpSync;
+use crate::peer::replica::Replica;
+use crate::planted::Bug;
+use crate::source::machine::{FsyncPoll, Item};
+use crate::source::{Counters, CpQueue, Mode, Sink};
+
+use model::Model;
+use net::{Net, SYNC_TIMEOUT_MS};
+
+/// Blocks of the simulated source volume (32 MiB, the log at its minimum).
+const VOLUME_BLOCKS: u64 = 8192;
+/// Most steps an fsync may pump the network while it waits.
+const MAX_FSYNC_PUMPS: u32 = 20_000;
+/// Most network steps the peer may take to reach the source's CP once the
+/// link is healed and quiet.
+const CONVERGE_PUMPS: u32 = 20_000;
+/// Names the workload uses in each directory.
+const NAMES: [&[u8]; 6] = [b"a", b"b", b"c", b"d", b"e", b"f"];
+
+/// What one run does.
+#[derive(Clone, Debug)]
+pub struct SimOptions {
+    pub seed: u64,
+    /// Workload and fault steps.
+    pub steps: u32,
+    pub plant: Option<Bug>,
+    /// Keep the trace of a clean run too (it is always kept on a breach).
+    pub keep_trace: bool,
+}
+
+impl SimOptions {
+    pub fn new(seed: u64) -> SimOptions {
+        SimOptions {
+            seed,
+            steps: 200,
+            plant: None,
+            keep_trace: false,
+        }
+    }
+}
+
+/// What a run did, and the breach it found.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub seed: u64,
+    pub mode: String,
+    pub cp_sync: String,
+    pub steps: u32,
+    pub ops: u64,
+    pub fsyncs: u64,
+    pub checkpoints: u64,
+    pub source_crashes: u64,
+    pub eio: u64,
+    pub net: net::Stats,
+    pub breach: Option<String>,
+    pub trace: Vec<String>,
+}
+
+/// Simulated time for the volume's timestamps.
+struct SimClock(Arc<AtomicU64>);
+
+impl Clock for SimClock {
+    fn now(&self) -> Timestamp {
+        let ms = self.0.load(Ordering::Relaxed);
+        Timestamp::new(
+            1_700_000_000 + (ms / 1000) as i64,
+            (ms % 1000) as u32 * 1_000_000,
+        )
+    }
+}
+
+/// The source's hooks in the volume: they reach the simulated network.
+struct Hooks {
+    net: Arc<Mutex<Net>>,
+    vol: Arc<Volume>,
+    counters: Counters,
+}
+
+impl Replicator for Hooks {
+    fn batch_logged(&self, batch: &SealedBatch) {
+        self.net.lock().push(Item::Transfer(batch.clone()));
+    }
+
+    /// Pumps the network until the machine lets the fsync go.
+    fn wait_for_peer(&self, id: TransferId) -> twinfs_fs::Result<()> {
+        let mut net = self.net.lock();
+        let mode = net.mode;
+        let deadline = net.now() + SYNC_TIMEOUT_MS;
+        for _ in 0..MAX_FSYNC_PUMPS {
+            let expired = net.now() >= deadline;
+            let timeout = std::time::Duration::from_millis(SYNC_TIMEOUT_MS);
+            let poll = net.link.fsync_poll(id, mode, expired, timeout);
+            if poll != FsyncPoll::Wait {
+                if mode != Mode::Async && poll == FsyncPoll::Done && !net.link.degraded {
+                    let held = net.peer_durable().max(net.peer_high_water);
+                    if held < id.0 {
+                        let msg = format!(
+                            "fsync of transfer {} returned in {} mode, but the peer holds transfers only to {held}",
+                            id.0,
+                            mode.name()
+                        );
+                        net.breach(msg);
+                    }
+                }
+                net.note(format!("fsync of transfer {}: {poll:?}", id.0));
+                return crate::source::machine::Link::fsync_result(poll).expect("not Wait");
+            }
+            if net.breach.is_some() {
+                return Err(FsError::Replication("the simulation found a breach".into()));
+            }
+            net.pump();
+        }
+        net.breach(format!("fsync of transfer {} waited forever", id.0));
+        Err(FsError::Replication("the simulation found a breach".into()))
+    }
+}
+
+impl CpQueue for Hooks {
+    fn volume(&self) -> &Volume {
+        &self.vol
+    }
+
+    fn cp_sync(&self) -> CpSync {
+        self.net.lock().cp_sync
+    }
+
+    fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    fn accepting(&self) -> bool {
+        self.net.lock().out.accepting
+    }
+
+    fn wait_handed_over(&self, covers: TransferId) -> bool {
+        let net = self.net.lock();
+        !net.out.accepting || net.out.last_queued_transfer >= covers
+    }
+
+    fn push(&self, item: Item) -> bool {
+        self.net.lock().push(item)
+    }
+
+    fn abandon(&self) {
+        self.net.lock().out.give_up();
+    }
+}
+
+/// The daemon's [`Sink`], plus a record of every CP the source commits.
+struct RecordingSink {
+    inner: Sink<Hooks>,
+    net: Arc<Mutex<Net>>,
+}
+
+impl CpSink for RecordingSink {
+    fn begin(&mut self, cp: CpNumber, base: CpNumber, covers: Option<TransferId>) {
+        self.inner.begin(cp, base, covers)
+    }
+
+    fn block(&mut self, b: &FsCpBlock<'_>) {
+        self.inner.block(b)
+    }
+
+    fn commit(&mut self, sb: &Superblock, superblock: &Block) {
+        {
+            let mut net = self.net.lock();
+            net.roots.insert(sb.root_hash().0);
+            net.note(format!("source: CP {} committed", sb.cp.0));
+        }
+        self.inner.commit(sb, superblock)
+    }
+
+    fn abort(&mut self) {
+        self.inner.abort()
+    }
+}
+
+/// The simulated machine pair.
+struct Sim {
+    rng: StdRng,
+    now: Arc<AtomicU64>,
+    dev: Arc<FaultDevice<CrashDevice>>,
+    vol: Arc<Volume>,
+    net: Arc<Mutex<Net>>,
+    /// The workload's second directory.
+    dir: u64,
+    model: Model,
+    /// States the volume may hold after a crash: the model at the last
+    /// durable point and after every operation since.
+    since_durable: Vec<Model>,
+    /// The volume failed (EIO): the next step restarts it.
+    failed: bool,
+    /// The disk's EIO countdown is armed (until the next power cut).
+    eio_armed: bool,
+    report: Report,
+}
+
+impl Sim {
+    fn new(opts: &SimOptions, peer_dir: PathBuf) -> Result<Sim, String> {
+        let mut rng = StdRng::seed_from_u64(opts.seed);
+        let mode = [Mode::Sync, Mode::Sync, Mode::Strict, Mode::Async][rng.gen_range(0..4)];
+        let cp_sync = [CpSync::Best, CpSync::Best, CpSync::Refs, CpSync::Full][rng.gen_range(0..4)];
+        let now = Arc::new(AtomicU64::new(0));
+        let dev = Arc::new(FaultDevice::new(CrashDevice::new(VOLUME_BLOCKS)));
+        let mut uuid = [0u8; 16];
+        rng.fill(&mut uuid);
+        let opts_mkfs = MkfsOptions {
+            uuid: Some(uuid),
+            log_blocks: Some(volume::MIN_LOG_BLOCKS),
+            time: Some(Timestamp::new(1_700_000_000, 0)),
+            generation: Some(GenerationId(rng.gen())),
+            ..MkfsOptions::default()
+        };
+        volume::mkfs(dev.clone(), &opts_mkfs).map_err(|e| format!("mkfs: {e}"))?;
+        dev.inner().flush().map_err(|e| format!("flush: {e}"))?;
+        let net_rng = StdRng::seed_from_u64(rng.gen());
+        let mut net = Net::new(net_rng, now.clone(), mode, cp_sync, peer_dir.clone());
+        net.peer = Some(Replica::open(&peer_dir, None).map_err(|e| format!("peer: {e}"))?);
+        let net = Arc::new(Mutex::new(net));
+        let report = Report {
+            seed: opts.seed,
+            mode: mode.name().into(),
+            cp_sync: cp_sync.name().into(),
+            ..Report::default()
+        };
+        let vol = open_volume(&dev, &now, &mut rng, &net)?;
+        let mut sim = Sim {
+            rng,
+            now,
+            dev,
+            vol,
+            net,
+            dir: 0,
+            model: Model::default(),
+            since_durable: Vec::new(),
+            failed: false,
+            eio_armed: false,
+            report,
+        };
+        let d = sim
+            .vol
+            .create(ROOT_INO, b"d", FileKind::Directory, 0o755, 0, 0, 0)
+            .map_err(|e| format!("mkdir: {e}"))?;
+        sim.dir = d.ino.0;
+        sim.vol.checkpoint().map_err(|e| format!("first CP: {e}"))?;
+        sim.since_durable = vec![sim.model.clone()];
+        Ok(sim)
+    }
+
+    fn note(&self, line: String) {
+        self.net.lock().note(line);
+    }
+
+    fn breached(&self) -> bool {
+        self.net.lock().breach.is_some()
+    }
+
+    fn breach(&self, what: String) {
+        self.net.lock().breach(what);
+    }
+
+    /// One step: an operation, some network, or a fault.
+    fn step(&mut self) {
+        if self.failed {
+            return self.crash_source();
+        }
+        let r = self.rng.gen_range(0..1000);
+        match r {
+            0..=449 => self.op(),
+            450..=899 => {
+                let n = self.rng.gen_range(1..40);
+                let mut net = self.net.lock();
+                for _ in 0..n {
+                    net.pump();
+                }
+            }
+            900..=914 => self.crash_source(),
+            915..=929 => self.net.lock().kill_peer(),
+            930..=949 => self.net.lock().partition(),
+            950..=979 => {
+                let mut net = self.net.lock();
+                net.heal();
+                drop(net);
+                if self.rng.gen_ratio(1, 3) {
+                    self.converge();
+                }
+            }
+            980..=989 => self.net.lock().corrupt_peer_log(),
+            _ => {
+                let after = self.rng.gen_range(0..200);
+                self.note(format!(
+                    "source: the disk fails with EIO after {after} more I/Os"
+                ));
+                self.dev.fail_after(after);
+                self.eio_armed = true;
+            }
+        }
+    }
+
+    fn pick_name(&mut self) -> (u64, Vec<u8>) {
+        let dir = if self.rng.gen_bool(0.5) {
+            ROOT_INO.0
+        } else {
+            self.dir
+        };
+        (dir, NAMES[self.rng.gen_range(0..NAMES.len())].to_vec())
+    }
+
+    fn pick_file(&mut self) -> Option<u64> {
+        if self.model.files.is_empty() {
+            return None;
+        }
+        let i = self.rng.gen_range(0..self.model.files.len());
+        self.model.files.keys().nth(i).copied()
+    }
+
+    /// A workload operation, applied to the volume and the model.
+    fn op(&mut self) {
+        self.report.ops += 1;
+        let r = self.rng.gen_range(0..100);
+        let result: Result<String, FsError> = match r {
+            0..=14 => self.op_create(),
+            15..=49 => self.op_write(),
+            50..=57 => self.op_truncate(),
+            58..=63 => self.op_link(),
+            64..=71 => self.op_unlink(),
+            72..=79 => self.op_rename(),
+            80..=93 => {
+                self.report.fsyncs += 1;
+                self.vol.fsync().map(|()| {
+                    self.since_durable = vec![self.model.clone()];
+                    "fsync".to_string()
+                })
+            }
+            _ => {
+                self.report.checkpoints += 1;
+                self.vol.checkpoint().map(|cp| {
+                    self.since_durable = vec![self.model.clone()];
+                    format!("checkpoint: CP {}", cp.0)
+                })
+            }
+        };
+        match result {
+            Ok(what) => {
+                if !what.is_empty() {
+                    self.note(format!("op: {what}"));
+                }
+                if self.since_durable.last() != Some(&self.model) {
+                    self.since_durable.push(self.model.clone());
+                }
+            }
+            Err(e) => {
+                self.note(format!("op failed: {e}"));
+                if self.breached() {
+                    return;
+                }
+                let strict = self.net.lock().mode == Mode::Strict;
+                match e {
+                    FsError::Replication(_) if strict => {}
+                    _ => {
+                        // An I/O error: the operation may or may not be in
+                        // the log; the volume stops and is restarted.
+                        self.report.eio += 1;
+                        self.failed = true;
+                    }
+                }
+            }
+        }
+    }
+
+    fn op_create(&mut self) -> Result<String, FsError> {
+        let (dir, name) = self.pick_name();
+        if self.model.names.contains_key(&(dir, name.clone())) {
+            return Ok(String::new());
+        }
+        let a = self
+            .vol
+            .create(Ino(dir), &name, FileKind::Regular, 0o644, 0, 0, 0)?;
+        self.model.add(dir, &name, a.ino.0);
+        Ok(format!("create {dir}/{} = inode {}", show(&name), a.ino.0))
+    }
+
+    fn op_write(&mut self) -> Result<String, FsError> {
+        let Some(ino) = self.pick_file() else {
+            return Ok(String::new());
+        };
+        let size = self.model.files[&ino].len() as u64;
+        let bs = 4096u64;
+        let off = match self.rng.gen_range(0..4) {
+            0 => 0,
+            1 => size,
+            2 => self.rng.gen_range(0..=size / bs + 1) * bs,
+            _ => self.rng.gen_range(0..=size + 5000),
+        };
+        let len = match self.rng.gen_range(0..6) {
+            0 => self.rng.gen_range(1..100),
+            1 => bs,
+            2 => bs * self.rng.gen_range(2..5),
+            3 => self.rng.gen_range(1..3 * bs),
+            4 => bs * 16,
+            _ => self.rng.gen_range(bs..20 * bs),
+        } as usize;
+        let off = off.min(200 * bs);
+        let mut data = vec![0u8; len];
+        self.rng.fill(&mut data[..]);
+        if self.rng.gen_ratio(1, 5) {
+            data.iter_mut().for_each(|b| *b = 0);
+        }
+        self.vol.write(Ino(ino), off, &data, false)?;
+        self.model.write(ino, off, &data);
+        Ok(format!("write inode {ino} {off}+{len}"))
+    }
+
+    fn op_truncate(&mut self) -> Result<String, FsError> {
+        let Some(ino) = self.pick_file() else {
+            return Ok(String::new());
+        };
+        let size = self.model.files[&ino].len() as u64;
+        let to = self.rng.gen_range(0..=size + 10_000);
+        let ch = AttrChanges {
+            size: Some(to),
+            ..AttrChanges::default()
+        };
+        self.vol.setattr(Ino(ino), &ch)?;
+        self.model.truncate(ino, to);
+        Ok(format!("truncate inode {ino} to {to}"))
+    }
+
+    fn op_link(&mut self) -> Result<String, FsError> {
+        let Some(ino) = self.pick_file() else {
+            return Ok(String::new());
+        };
+        let (dir, name) = self.pick_name();
+        if self.model.names.contains_key(&(dir, name.clone())) {
+            return Ok(String::new());
+        }
+        self.vol.link(Ino(ino), Ino(dir), &name)?;
+        self.model.add(dir, &name, ino);
+        Ok(format!("link inode {ino} as {dir}/{}", show(&name)))
+    }
+
+    fn op_unlink(&mut self) -> Result<String, FsError> {
+        let (dir, name) = self.pick_name();
+        if !self.model.names.contains_key(&(dir, name.clone())) {
+            return Ok(String::new());
+        }
+        self.vol.unlink(Ino(dir), &name)?;
+        self.model.remove(dir, &name);
+        Ok(format!("unlink {dir}/{}", show(&name)))
+    }
+
+    fn op_rename(&mut self) -> Result<String, FsError> {
+        let (dir, name) = self.pick_name();
+        let (ndir, nname) = self.pick_name();
+        let Some(&ino) = self.model.names.get(&(dir, name.clone())) else {
+            return Ok(String::new());
+        };
+        if self.model.names.get(&(ndir, nname.clone())) == Some(&ino) {
+            return Ok(String::new());
+        }
+        self.vol.rename(Ino(dir), &name, Ino(ndir), &nname, 0)?;
+        self.model.remove(ndir, &nname);
+        self.model.names.remove(&(dir, name.clone()));
+        self.model.names.insert((ndir, nname.clone()), ino);
+        Ok(format!(
+            "rename {dir}/{} to {ndir}/{}",
+            show(&name),
+            show(&nname)
+        ))
+    }
+
+    /// Cuts the source's power: unflushed writes are dropped, kept or torn;
+    /// the volume mounts again and must hold a state the model allows.
+    fn crash_source(&mut self) {
+        self.report.source_crashes += 1;
+        self.failed = false;
+        self.net.lock().source_gone();
+        self.vol.set_replicator(None);
+        self.vol.set_cp_sink(None);
+        self.vol.crash();
+        let mut kept = [0u32; 3];
+        let rng = &mut self.rng;
+        self.dev.inner().crash(|_| {
+            let fate = match rng.gen_range(0..3) {
+                0 => LostWrite::Dropped,
+                1 => LostWrite::Kept,
+                _ => LostWrite::Torn,
+            };
+            kept[match fate {
+                LostWrite::Dropped => 0,
+                LostWrite::Kept => 1,
+                LostWrite::Torn => 2,
+            }] += 1;
+            (fate, rng.gen())
+        });
+        self.dev.heal();
+        self.eio_armed = false;
+        self.note(format!(
+            "source: power cut ({} writes dropped, {} kept, {} torn); mounting again",
+            kept[0], kept[1], kept[2]
+        ));
+        let vol = match open_volume(&self.dev, &self.now, &mut self.rng, &self.net) {
+            Ok(v) => v,
+            Err(e) => return self.breach(format!("the volume does not mount after a crash: {e}")),
+        };
+        self.vol = vol;
+        let found = match Model::of_volume(&self.vol, &[ROOT_INO.0, self.dir]) {
+            Ok(m) => m,
+            Err(e) => return self.breach(format!("the volume cannot be read after a crash: {e}")),
+        };
+        match self.since_durable.iter().rposition(|m| *m == found) {
+            Some(i) => {
+                self.note(format!(
+                    "source: replayed to the state after {i} of {} operations since the last durable point",
+                    self.since_durable.len() - 1
+                ));
+                self.model = found;
+                self.since_durable = vec![self.model.clone()];
+            }
+            None => {
+                let d = found.diff(&self.since_durable[0]);
+                self.breach(format!(
+                    "after a crash the volume holds no state the model allows (vs the last durable one: {d})"
+                ));
+            }
+        }
+    }
+
+    /// Heals the link, stops faults, and pumps until the peer holds the
+    /// source's CP (a liveness check).
+    fn converge(&mut self) {
+        if self.eio_armed {
+            // A disk that fails every I/O stops the source: it restarts first.
+            self.crash_source();
+            if self.breached() {
+                return;
+            }
+        }
+        {
+            let mut net = self.net.lock();
+            net.heal();
+            net.faults = false;
+        }
+        let cp = self.vol.checkpoint();
+        self.note(format!("converge: checkpoint {cp:?}"));
+        if cp.is_err() {
+            self.failed = true;
+            self.net.lock().faults = true;
+            return;
+        }
+        let want = self.vol.committed();
+        let mut net = self.net.lock();
+        for _ in 0..CONVERGE_PUMPS {
+            if net.peer_applied().map(|a| a.1) == Some(want.root_hash().0) || net.breach.is_some() {
+                break;
+            }
+            net.pump();
+        }
+        match net.peer_applied() {
+            Some((_, root)) if root == want.root_hash().0 => {
+                net.note(format!("converge: the peer holds CP {}", want.cp.0))
+            }
+            other => {
+                let msg = format!(
+                    "the link healed but the peer did not reach CP {} within {CONVERGE_PUMPS} steps (it holds {:?})",
+                    want.cp.0,
+                    other.map(|a| a.0)
+                );
+                net.breach(msg);
+            }
+        }
+        net.faults = true;
+    }
+}
+
+/// Opens the source volume on `dev` with the simulator's clock and hooks.
+fn open_volume(
+    dev: &Arc<FaultDevice<CrashDevice>>,
+    now: &Arc<AtomicU64>,
+    rng: &mut StdRng,
+    net: &Arc<Mutex<Net>>,
+) -> Result<Arc<Volume>, String> {
+    let cfg = VolumeConfig {
+        cp_interval: None,
+        background: false,
+        cache_meta_blocks: 512,
+        cache_data_blocks: 512,
+        clock: Arc::new(SimClock(now.clone())),
+        generation: Some(GenerationId(rng.gen())),
+        ..VolumeConfig::default()
+    };
+    let vol = Arc::new(Volume::open(dev.clone(), cfg).map_err(|e| e.to_string())?);
+    let hooks = Arc::new(Hooks {
+        net: net.clone(),
+        vol: vol.clone(),
+        counters: Counters::default(),
+    });
+    vol.set_replicator(Some(hooks.clone()));
+    vol.set_cp_sink(Some(Box::new(RecordingSink {
+        inner: Sink::new(hooks),
+        net: net.clone(),
+    })));
+    let sb = vol.committed();
+    let mut n = net.lock();
+    n.roots.insert(sb.root_hash().0);
+    n.vol = Some(vol.clone());
+    Ok(vol)
+}
+
+fn show(name: &[u8]) -> String {
+    String::from_utf8_lossy(name).into_owned()
+}
+
+/// Where the peer's directories go: memory-backed when the machine has it.
+fn scratch_root() -> PathBuf {
+    let shm = PathBuf::from("/dev/shm");
+    if shm.is_dir() {
+        shm
+    } else {
+        std::env::temp_dir()
+    }
+}
+
+/// Runs one seed.
+pub fn run(opts: &SimOptions) -> Report {
+    #[cfg(feature = "planted-bugs")]
+    crate::planted::plant(opts.plant);
+    let dir = scratch_root().join(format!("twinfs-sim-{}-{}", std::process::id(), opts.seed));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut report = match Sim::new(opts, dir.clone()) {
+        Ok(mut sim) => {
+            for i in 0..opts.steps {
+                sim.report.steps = i + 1;
+                sim.step();
+                sim.net.lock().check_peer();
+                if sim.breached() {
+                    break;
+                }
+            }
+            if !sim.breached() {
+                if sim.failed {
+                    sim.crash_source();
+                }
+                sim.converge();
+            }
+            // Break the cycle volume → hooks → volume.
+            sim.vol.set_replicator(None);
+            sim.vol.set_cp_sink(None);
+            let mut net = sim.net.lock();
+            net.vol = None;
+            net.peer = None;
+            let mut report = sim.report.clone();
+            report.breach = net.breach.clone();
+            report.trace = std::mem::take(&mut net.trace);
+            report.net = net.stats.clone();
+            report
+        }
+        Err(e) => Report {
+            seed: opts.seed,
+            breach: Some(format!("setting up: {e}")),
+            ..Report::default()
+        },
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    if report.breach.is_none() && !opts.keep_trace {
+        report.trace.clear();
+    }
+    report
+}
