@@ -55,6 +55,12 @@ pub enum Request {
     },
 }
 
+/// Parses one request line as the control server reads it (JSON, one
+/// object); the error says why it is not a request.
+pub fn parse_request(line: &str) -> Result<Request, String> {
+    serde_json::from_str(line).map_err(|e| format!("bad request: {e}"))
+}
+
 /// The directory holding control sockets for this user.
 fn socket_dir() -> PathBuf {
     // SAFETY: geteuid has no preconditions.
@@ -283,8 +289,8 @@ fn handle<T: Serve>(conn: UnixStream, t: Arc<T>) {
     let mut reader = BufReader::new((&conn).take(MAX_REQUEST_BYTES));
     let answer = match reader.read_line(&mut line) {
         Err(e) => serde_json::json!({"ok": false, "error": format!("reading the request: {e}")}),
-        Ok(_) => match serde_json::from_str::<Request>(&line) {
-            Err(e) => serde_json::json!({"ok": false, "error": format!("bad request: {e}")}),
+        Ok(_) => match parse_request(&line) {
+            Err(e) => serde_json::json!({"ok": false, "error": e}),
             Ok(req) => match t.answer(req) {
                 Ok(mut v) => {
                     v["ok"] = true.into();

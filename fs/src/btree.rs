@@ -264,6 +264,28 @@ fn parse(block: &Block, level: u8) -> Result<Parsed, String> {
     Ok(node)
 }
 
+/// A decoded node: its keys and, per entry, the value's byte range in the
+/// block (leaf) or the child pointer (internal node). What the two decoders
+/// of the node format (this module's and fsck's) return when asked from
+/// outside, so that the fuzz target `btree` can check that they agree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeEntries {
+    pub keys: Vec<Key>,
+    pub values: Vec<std::ops::Range<usize>>,
+    pub children: Vec<BlockPtr>,
+}
+
+/// Decodes and validates a node that must be at `level`, with every check
+/// of [`parse`] (FORMAT.md, "Metadata B-tree node").
+pub fn decode_node(block: &Block, level: u8) -> Result<NodeEntries, String> {
+    let p = parse(block, level)?;
+    Ok(NodeEntries {
+        values: p.spans.iter().map(|&(start, end)| start..end).collect(),
+        keys: p.keys,
+        children: p.ptrs,
+    })
+}
+
 /// Reads the node `ptr` points to and checks it is a valid node at `level`.
 fn load(r: &(impl NodeReader + ?Sized), ptr: &BlockPtr, level: u8) -> Result<(Arc<Block>, Parsed)> {
     let block = r.read_node(ptr)?;

@@ -39,6 +39,18 @@ use disk::{DataQueue, Disk, Fault, Queued};
 use namespace::{name, Entry, InodeInfo, Namespace};
 pub use report::*;
 
+/// fsck's own decoding of a metadata B-tree node (module `node`), in the
+/// form [`crate::btree::decode_node`] gives, so that the fuzz target `btree`
+/// can check that the two decoders of the node format agree.
+pub fn decode_node(b: &Block, level: u8) -> std::result::Result<crate::btree::NodeEntries, String> {
+    let n = node::decode(b, level)?;
+    Ok(crate::btree::NodeEntries {
+        keys: n.keys,
+        values: n.values,
+        children: n.children,
+    })
+}
+
 /// Most problems listed in a report; the rest are only counted.
 pub const MAX_PROBLEMS: usize = 10_000;
 /// Most leaked-block ranges listed one by one.

@@ -407,7 +407,10 @@ impl Superblock {
                 self.log_start
             ));
         }
-        if self.log_blocks == 0 || self.data_start() >= self.total_blocks {
+        // checked_add: a log of nearly 2^64 blocks must not wrap `data_start`
+        // around to a small number (found by the superblock fuzz target).
+        let data_start = self.log_start.checked_add(self.log_blocks);
+        if self.log_blocks == 0 || data_start.is_none_or(|start| start >= self.total_blocks) {
             return Err(format!(
                 "log of {} blocks does not fit a volume of {} blocks",
                 self.log_blocks, self.total_blocks
@@ -668,6 +671,19 @@ mod tests {
                 Superblock::decode(&c, 0).is_err(),
                 "flip at {off} went unnoticed"
             );
+        }
+    }
+
+    /// Found by the `superblock` fuzz target (fuzz/regressions/superblock/):
+    /// `log_start + log_blocks` overflowed, a panic with overflow checks and,
+    /// without them, a wrapped `data_start` of 0 that passed validation.
+    #[test]
+    fn a_log_too_long_to_add_up_is_refused_not_overflowed() {
+        let mut sb = sample();
+        for log_blocks in [u64::MAX, u64::MAX - 1] {
+            sb.log_blocks = log_blocks;
+            let err = Superblock::decode(&sb.encode(), 1).unwrap_err().to_string();
+            assert!(err.contains("does not fit a volume"), "{err}");
         }
     }
 

@@ -207,9 +207,17 @@ pub fn scan(dev: &dyn BlockDevice, sb: &Superblock) -> ReplayScan {
         match found {
             Some(r) => {
                 prev = r.sealed.hash;
-                expect = TransferId(expect.0 + 1);
                 pos = (r.pos + r.sealed.size_blocks()) % sb.log_blocks;
                 batches.push(r);
+                // No transfer follows 2^64 - 1 (only a crafted image gets
+                // there; found by the nvlog_scan fuzz target).
+                let Some(next) = expect.0.checked_add(1) else {
+                    break format!(
+                        "replay ends after transfer {}: the last transfer ID",
+                        expect.0
+                    );
+                };
+                expect = TransferId(next);
             }
             None => {
                 let why = match try_read(dev, sb, pos) {
@@ -229,6 +237,46 @@ pub fn scan(dev: &dyn BlockDevice, sb: &Superblock) -> ReplayScan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `nvlog_scan` fuzz target (fuzz/regressions/nvlog_scan/):
+    /// a chained batch with the last transfer ID overflowed the next ID
+    /// expected (a panic with overflow checks).
+    #[test]
+    fn replay_stops_after_the_last_transfer_id() {
+        use crate::btree::TreeRoot;
+        use crate::device::MemDevice;
+        use crate::superblock::LogPosition;
+        let sealed = batch::OpenBatch::new(TransferId(u64::MAX)).seal(&[9; 16], [7; 32]);
+        let dev = MemDevice::new(64);
+        dev.write(BlockAddr(2 + 3), &sealed.bytes)
+            .expect("in the region");
+        let sb = Superblock {
+            uuid: [9; 16],
+            total_blocks: 64,
+            log_start: 2,
+            log_blocks: 20,
+            cp: CpNumber(1),
+            next_ino: Ino(2),
+            alloc_cursor: 0,
+            used_blocks: 0,
+            inodes: 1,
+            meta: TreeRoot::EMPTY,
+            alloc: TreeRoot::EMPTY,
+            log: LogPosition {
+                next_transfer: TransferId(u64::MAX),
+                replay_offset: 3,
+                last_batch_hash: [7; 32],
+            },
+            cp_time: Timestamp::new(0, 0),
+            peer_hold: None,
+            lineage: crate::lineage::Lineage::start(crate::lineage::GenerationId(1)),
+            replica: false,
+        };
+        let scan = scan(&dev, &sb);
+        assert_eq!(scan.batches.len(), 1);
+        assert_eq!(scan.batches[0].decoded.header.id, TransferId(u64::MAX));
+        assert!(scan.stop.contains("the last transfer ID"), "{}", scan.stop);
+    }
 
     #[test]
     fn region_places_wraps_and_refuses_when_full() {
