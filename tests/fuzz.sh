@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# tests/fuzz.sh — a short run of every fuzz target in fuzz/ (README.md,
+# tests/fuzz.sh — a short run of every fuzz target in tests/fuzz/ (README.md,
 # "Fuzzing"), as one step of tests/all.sh:
 #
 #   bash tests/fuzz.sh            # FUZZ_SECONDS per target (default 4)
@@ -20,7 +20,7 @@
 # The fuzz crate is its own workspace with its own Cargo.lock; --locked is
 # not used, so that a dependency the main workspace gains is resolved here
 # too instead of failing the step (cargo keeps every version already
-# pinned in fuzz/Cargo.lock).
+# pinned in tests/fuzz/Cargo.lock).
 #
 #   FUZZ_SECONDS   seconds of fuzzing per target (default 4)
 #   FUZZ_MODE      auto (default), libfuzzer or stable
@@ -34,7 +34,7 @@ TOOLS="${TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/twinfs-tools}"
 CARGO_FUZZ_VERSION="0.13.2"
 FUZZ_SECONDS="${FUZZ_SECONDS:-4}"
 FUZZ_MODE="${FUZZ_MODE:-auto}"
-MANIFEST=(--manifest-path "$ROOT/fuzz/Cargo.toml")
+MANIFEST=(--manifest-path "$ROOT/tests/fuzz/Cargo.toml")
 # `cargo fuzz` is found there once installed.
 export PATH="$TOOLS/bin:$PATH"
 # The stable build shares the main target directory, so the dependencies the
@@ -56,8 +56,8 @@ say "checking the fuzz crate (fmt, clippy)"
 cargo fmt "${MANIFEST[@]}" --check -- --color never
 cargo clippy "${MANIFEST[@]}" --release --all-targets --no-default-features --features stable -- -D warnings
 
-# Every target has its libFuzzer entry in fuzz/fuzz_targets/.
-TARGETS="${FUZZ_TARGETS:-$(cd fuzz/fuzz_targets && ls -- *.rs | sed 's/\.rs$//' | tr '\n' ' ')}"
+# Every target has its libFuzzer entry in tests/fuzz/fuzz_targets/.
+TARGETS="${FUZZ_TARGETS:-$(cd tests/fuzz/fuzz_targets && ls -- *.rs | sed 's/\.rs$//' | tr '\n' ' ')}"
 
 run_stable() {
     # The driver's own unit tests (mutations, seeds) share this build.
@@ -76,8 +76,8 @@ run_libfuzzer() {
     # own; 16 codegen units compile in parallel where cargo-fuzz's default
     # of one does not, for runs a little slower: the right trade for a few
     # seconds per target (a long campaign uses the default, README.md).
-    local dir="$ROOT/fuzz/target/ci"
-    (cd fuzz && cargo +nightly fuzz build -s none --codegen-units 16 --target-dir "$dir")
+    local dir="$ROOT/tests/fuzz/target/ci"
+    cargo +nightly fuzz build --fuzz-dir tests/fuzz -s none --codegen-units 16 --target-dir "$dir"
     local bin="$dir/x86_64-unknown-linux-gnu/release"
     local scratch passed=0 failed=0 t
     scratch="$(mktemp -d)"
@@ -85,10 +85,10 @@ run_libfuzzer() {
     printf '%-18s %12s %8s %8s\n' target executions cov ft
     for t in $TARGETS; do
         # New inputs go to a scratch corpus: the repository's is merged by hand.
-        mkdir -p "$scratch/$t" "fuzz/regressions/$t"
-        if "$bin/$t" "$scratch/$t" "fuzz/corpus/$t" "fuzz/regressions/$t" \
+        mkdir -p "$scratch/$t" "tests/fuzz/regressions/$t"
+        if "$bin/$t" "$scratch/$t" "tests/fuzz/corpus/$t" "tests/fuzz/regressions/$t" \
             -max_total_time="$FUZZ_SECONDS" -max_len=65536 -timeout=20 -rss_limit_mb=2048 \
-            -artifact_prefix="$ROOT/fuzz/artifacts/$t-" -print_final_stats=1 \
+            -artifact_prefix="$ROOT/tests/fuzz/artifacts/$t-" -print_final_stats=1 \
             >"$scratch/$t.log" 2>&1; then
             passed=$((passed + 1))
             local runs cov ft
@@ -106,7 +106,7 @@ run_libfuzzer() {
     [ "$failed" -eq 0 ]
 }
 
-mkdir -p fuzz/artifacts
+mkdir -p tests/fuzz/artifacts
 # The file-based targets keep empty scratch directories for reuse, which a
 # process that exits leaves behind: they go in one directory of this run.
 if [ -d /dev/shm ]; then

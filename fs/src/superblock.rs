@@ -674,7 +674,7 @@ mod tests {
         }
     }
 
-    /// Found by the `superblock` fuzz target (fuzz/regressions/superblock/):
+    /// Found by the `superblock` fuzz target (tests/fuzz/regressions/superblock/):
     /// `log_start + log_blocks` overflowed, a panic with overflow checks and,
     /// without them, a wrapped `data_start` of 0 that passed validation.
     #[test]

@@ -238,7 +238,7 @@ pub fn scan(dev: &dyn BlockDevice, sb: &Superblock) -> ReplayScan {
 mod tests {
     use super::*;
 
-    /// Found by the `nvlog_scan` fuzz target (fuzz/regressions/nvlog_scan/):
+    /// Found by the `nvlog_scan` fuzz target (tests/fuzz/regressions/nvlog_scan/):
     /// a chained batch with the last transfer ID overflowed the next ID
     /// expected (a panic with overflow checks).
     #[test]
