@@ -781,12 +781,22 @@ fn a_full_peer_disk_refuses_what_it_cannot_store_and_recovers() {
                         .contains("degraded"),
                     "sync mode says it carries on without the peer: {st:#}"
                 );
-                assert!(
-                    st["peer"]["last_error"]
-                        .as_str()
-                        .is_some_and(|e| e.contains("No space left on device")),
-                    "the source's status names the peer's full disk: {st:#}"
-                );
+                // Each retry ends with the peer's refusal; the source reads
+                // it unless its own write met the closed connection first
+                // ("Connection reset"), so look over a few retries.
+                let mut last = st.clone();
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while !last["peer"]["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("No space left on device"))
+                {
+                    assert!(
+                        Instant::now() < deadline,
+                        "the source's status names the peer's full disk: {last:#}"
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                    last = r.src().status();
+                }
             }
             _ => {
                 let err = err.expect("strict fsync with the peer's disk full");
