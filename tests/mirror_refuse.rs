@@ -34,7 +34,8 @@ fn replica_files(dir: &Path) -> BTreeMap<String, String> {
 fn replica_status(v: &serde_json::Value) -> serde_json::Value {
     let mut v = v.clone();
     let o = v.as_object_mut().unwrap();
-    for k in ["last_error", "source_connected", "daemon_running"] {
+    // `action` follows daemon_running (start the daemon, or nothing to do).
+    for k in ["last_error", "source_connected", "daemon_running", "action"] {
         o.remove(k);
     }
     v

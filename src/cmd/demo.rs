@@ -187,6 +187,9 @@ fn one_round(exe: &Path, dir: &Path, tree: &Path, mode: &'static str) -> Result<
         image.display(),
         src_mp.display()
     ));
+    // Registered before mounting: a signal may come while `twinfs mount`
+    // is returning, with the mount already in place.
+    let _source_mount = Unmount::new(src_mp.clone());
     twinfs(
         exe,
         &[
@@ -201,7 +204,6 @@ fn one_round(exe: &Path, dir: &Path, tree: &Path, mode: &'static str) -> Result<
             mode,
         ],
     )?;
-    let _source_mount = Unmount::new(src_mp.clone());
     let started = Instant::now();
     say(&format!(
         "[{mode}] cp -a {} and write the large file",
