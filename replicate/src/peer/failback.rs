@@ -207,21 +207,14 @@ pub fn become_peer_dir(image: &Path, dir: &Path, sb: &Superblock) -> Result<()> 
         peer_hold: None,
         ..sb.clone()
     };
-    let mut state = PeerState {
-        volume_uuid: Some(sb.uuid),
-        rollback: Some(rolled.encode().to_vec()),
-        ..PeerState::default()
-    };
-    state.ensure_peer_id();
-    state.store(dir)?;
-    for f in [JOURNAL_FILE, STATUS_FILE] {
-        let _ = std::fs::remove_file(dir.join(f));
-    }
-    let log = dir.join(LOG_DIR);
-    if log.exists() {
-        std::fs::remove_dir_all(&log)
-            .map_err(|e| PeerError::io(format!("removing {}", log.display()), e))?;
-    }
+    let mut state = start_over(
+        dir,
+        PeerState {
+            volume_uuid: Some(sb.uuid),
+            rollback: Some(rolled.encode().to_vec()),
+            ..PeerState::default()
+        },
+    )?;
     let _lock = DirLock::acquire(dir)?;
     let mut img = MirrorImage::open(&mirror)?;
     img.roll_back_to(&rolled)?;
@@ -396,20 +389,13 @@ pub fn resolve_keep_as(dir: &Path, keep_as: &Path, progress: Progress<'_>) -> Re
         });
     };
     let _lock = DirLock::acquire(dir)?;
-    let mut fresh = PeerState {
-        volume_uuid: state.volume_uuid,
-        ..PeerState::default()
-    };
-    fresh.ensure_peer_id();
-    fresh.store(dir)?;
-    for f in [JOURNAL_FILE, STATUS_FILE] {
-        let _ = std::fs::remove_file(dir.join(f));
-    }
-    let log = dir.join(LOG_DIR);
-    if log.exists() {
-        std::fs::remove_dir_all(&log)
-            .map_err(|e| PeerError::io(format!("removing {}", log.display()), e))?;
-    }
+    start_over(
+        dir,
+        PeerState {
+            volume_uuid: state.volume_uuid,
+            ..PeerState::default()
+        },
+    )?;
     fsync_dir(dir)?;
     log::info!(
         "{}: the replica is kept as the volume {}; the directory starts over",
@@ -433,4 +419,21 @@ pub fn resolve_keep_replica(dir: &Path) -> Result<bool> {
     state.store(dir)?;
     let _ = std::fs::remove_file(dir.join(STATUS_FILE));
     Ok(true)
+}
+
+/// Gives peer directory `dir` the state `state` (with a new peer ID) and
+/// nothing else of its past: no staging journal, status or log store.
+/// Returns the state as stored.
+fn start_over(dir: &Path, mut state: PeerState) -> Result<PeerState> {
+    state.ensure_peer_id();
+    state.store(dir)?;
+    for f in [JOURNAL_FILE, STATUS_FILE] {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
+    let log = dir.join(LOG_DIR);
+    if log.exists() {
+        std::fs::remove_dir_all(&log)
+            .map_err(|e| PeerError::io(format!("removing {}", log.display()), e))?;
+    }
+    Ok(state)
 }
