@@ -369,6 +369,25 @@ impl Allocator {
         true
     }
 
+    /// Gives up the blocks kept for the peer (see
+    /// `Volume::release_peer_hold_for_space`); a peer being tracked is then
+    /// tracked again from committed CP `committed` on. Returns how many
+    /// blocks came free; with none, the hold stays as it was.
+    pub fn release_peer_hold(&mut self, committed: CpNumber) -> u64 {
+        let before = self.free_blocks();
+        let Some(old) = self.hold.take() else {
+            return 0;
+        };
+        if old.tracking_since.is_some() {
+            self.track_peer_from(committed);
+        }
+        let gained = self.free_blocks().saturating_sub(before);
+        if gained == 0 {
+            self.hold = Some(old);
+        }
+        gained
+    }
+
     /// Stops protecting anything for a peer.
     pub fn drop_peer_hold(&mut self) {
         self.hold = None;
@@ -477,6 +496,37 @@ mod tests {
         assert!(a.peer_acked(CpNumber(3)));
         assert_eq!(a.peer_hold(), Some(CpNumber(3)));
         assert_eq!(a.alloc().unwrap().0, 10);
+    }
+
+    #[test]
+    fn releasing_the_peer_hold_frees_its_blocks_and_tracks_again_from_the_committed_cp() {
+        let mut a = fresh(14);
+        a.alloc().unwrap();
+        a.committed();
+        assert_eq!(
+            a.release_peer_hold(CpNumber(2)),
+            0,
+            "no hold, nothing to give"
+        );
+        a.track_peer_from(CpNumber(2));
+        assert_eq!(
+            a.release_peer_hold(CpNumber(2)),
+            0,
+            "a hold holding nothing stays"
+        );
+        assert_eq!(a.peer_hold(), Some(CpNumber(2)));
+        a.free(BlockAddr(10), CpNumber(3)).unwrap();
+        a.committed();
+        let free = a.free_blocks();
+        assert_eq!(a.release_peer_hold(CpNumber(3)), 1);
+        assert_eq!(a.free_blocks(), free + 1);
+        assert_eq!(
+            a.peer_hold(),
+            Some(CpNumber(3)),
+            "still tracking, from CP 3"
+        );
+        assert!(!a.peer_acked(CpNumber(2)), "CP 2 is no longer intact here");
+        assert!(a.peer_acked(CpNumber(4)));
     }
 
     #[test]

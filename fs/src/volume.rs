@@ -1784,6 +1784,36 @@ impl Inner {
         Ok(())
     }
 
+    /// The volume is full while blocks are kept only for the peer (freed
+    /// since the CP it last acknowledged; an absent peer keeps them until it
+    /// returns): stop keeping them, so that writers get the space rather
+    /// than ENOSPC. The peer's own image stays whole (its staging journal
+    /// takes what the next resync overwrites); it only loses the cheap
+    /// resume. Returns whether any block came free.
+    fn release_peer_hold_for_space(&self) -> bool {
+        let committed = self.state.read().image.cp;
+        let (held, gained) = {
+            let mut ctl = self.cp.lock();
+            let held = ctl.alloc.peer_hold();
+            let gained = ctl.alloc.release_peer_hold(committed);
+            if gained > 0 {
+                self.free_blocks
+                    .store(ctl.alloc.free_blocks(), Ordering::Relaxed);
+            }
+            (held, gained)
+        };
+        if gained == 0 {
+            return false;
+        }
+        self.state.write().peer_hold = None;
+        log::warn!(
+            "the volume is full: released {gained} blocks kept for the peer's CP {}; \
+             the peer's copy stays whole and catches up by a resync when it is back",
+            held.map_or(0, |c| c.0)
+        );
+        true
+    }
+
     /// Builds the records of one operation under the state lock, checks log
     /// and disk space, applies them in order and appends them to the log.
     /// `make` may run more than once (after waiting for log space).
@@ -1792,6 +1822,7 @@ impl Inner {
         need: Need,
         mut make: impl FnMut(&State, Timestamp) -> Result<Vec<Record>>,
     ) -> Result<()> {
+        let mut space_tries = 0;
         loop {
             self.check_usable()?;
             let mut st = self.state.write();
@@ -1836,7 +1867,21 @@ impl Inner {
                     continue;
                 }
             }
-            self.check_space(&st, need)?;
+            if let Err(e) = self.check_space(&st, need) {
+                // Before calling the volume full: blocks freed by changes
+                // not yet committed come back with a CP (two, if one is
+                // already running without them), and blocks kept only for
+                // an absent or slow peer are given up.
+                let uncommitted = !st.active.is_empty() || st.frozen.is_some();
+                drop(st);
+                space_tries += 1;
+                match space_tries {
+                    1 | 2 if uncommitted => self.wait_for_cp()?,
+                    1..=3 if self.release_peer_hold_for_space() => {}
+                    _ => return Err(e),
+                }
+                continue;
+            }
             self.apply_records(&mut st, &recs)?;
             let dirty = st.active.dirty_bytes();
             let log_busy = st.region.used() * 2 > st.region.capacity();

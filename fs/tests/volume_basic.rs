@@ -337,3 +337,75 @@ fn live_batches_come_in_order_a_bounded_slice_at_a_time() {
     assert_eq!(one.len(), 1);
     assert_eq!(one[0].id, all[0].id);
 }
+
+/// Writes `len` bytes of `seed`'s pattern to `ino` in 1 MiB writes.
+fn fill(vol: &Volume, ino: Ino, len: usize, seed: u8) -> Result<()> {
+    let chunk: Vec<u8> = (0..1 << 20)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+        .collect();
+    let mut off = 0;
+    while off < len {
+        let n = chunk.len().min(len - off);
+        vol.write(ino, off as u64, &chunk[..n], false)?;
+        off += n;
+    }
+    Ok(())
+}
+
+#[test]
+fn space_freed_by_an_uncommitted_delete_is_found_before_enospc() {
+    let (_dev, vol) = new_volume(8192);
+    let free = vol.statfs().blocks_free as usize * 4096;
+    let big = free * 3 / 4;
+    let a = file(&vol, "a");
+    fill(&vol, a, big, 1).unwrap();
+    vol.checkpoint().unwrap();
+    vol.unlink(ROOT_INO, b"a").unwrap();
+    // No CP in between: the delete's blocks come free only with one.
+    let b = file(&vol, "b");
+    fill(&vol, b, big, 2).unwrap();
+    vol.checkpoint().unwrap();
+    let back = vol.read(View::Live, b, 0, 1 << 20).unwrap();
+    assert_eq!(
+        back[..16],
+        (0..16)
+            .map(|i| (i as u8).wrapping_mul(31) ^ 2)
+            .collect::<Vec<_>>()[..]
+    );
+    assert!(
+        matches!(fill(&vol, b, free * 2, 3), Err(FsError::NoSpace)),
+        "a volume really full still says so"
+    );
+}
+
+#[test]
+fn an_absent_peer_gives_up_its_blocks_rather_than_fill_the_volume() {
+    let (dev, vol) = new_volume(8192);
+    let free = vol.statfs().blocks_free as usize * 4096;
+    let a = file(&vol, "a");
+    let size = free / 4;
+    fill(&vol, a, size, 0).unwrap();
+    vol.checkpoint().unwrap();
+    // A peer applied this CP, then went away: every block the rewrites
+    // below free is kept for it while the hold tracks it.
+    vol.peer_tracking_start();
+    vol.peer_acked(&vol.committed(), 7);
+    assert!(vol.held_for_peer().is_some());
+    for round in 1..=12u8 {
+        fill(&vol, a, size, round).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        vol.checkpoint().unwrap();
+    }
+    assert!(
+        vol.held_for_peer().is_none(),
+        "the hold was given up and the next CPs record none"
+    );
+    let back = vol.read(View::Live, a, 0, 64).unwrap();
+    assert_eq!(
+        back,
+        (0..64)
+            .map(|i| (i as u8).wrapping_mul(31) ^ 12)
+            .collect::<Vec<_>>()
+    );
+    let vol = reopen(&dev, vol);
+    assert_eq!(vol.read(View::Live, a, 0, 64).unwrap(), back);
+}

@@ -28,6 +28,10 @@ const BIG_FILE_MIB: usize = 256;
 /// take themselves off when dropped normally.
 static CLEANUP: parking_lot::Mutex<Vec<(u64, Undo)>> = parking_lot::Mutex::new(Vec::new());
 static NEXT_UNDO: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Set by the signal thread before it undoes anything: from then on the
+/// demo's own failures (a `cp` that met the vanishing mount) are its
+/// doing, and the exit status is the signal's.
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 #[derive(Clone)]
 enum Undo {
@@ -49,6 +53,7 @@ fn unregister(id: u64) {
 /// Runs on the signal thread: undo everything, newest first, and exit
 /// 128 + the signal's number, as a shell reports a killed command.
 fn interrupted(sig: i32) {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
     eprintln!("demo: interrupted by signal {sig}: unmounting and stopping what the demo started");
     let undo: Vec<Undo> = CLEANUP
         .lock()
@@ -70,6 +75,18 @@ fn interrupted(sig: i32) {
 
 pub fn run(args: DemoArgs) -> Result<(), CmdError> {
     crate::daemon::on_termination(interrupted)?;
+    let result = run_rounds(args);
+    if INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+        // The signal thread is undoing the rest and exits with the
+        // signal's status; this thread must not exit first.
+        loop {
+            std::thread::park();
+        }
+    }
+    result
+}
+
+fn run_rounds(args: DemoArgs) -> Result<(), CmdError> {
     let (dir, _temp) = match &args.dir {
         Some(d) => {
             std::fs::create_dir_all(d).map_err(|e| fail("create the demo directory", e))?;
