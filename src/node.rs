@@ -123,6 +123,11 @@ pub struct Node {
     cv: Condvar,
     /// Serialises role switches (they take seconds; status must not wait).
     switching: Mutex<()>,
+    /// Serialises the replica view's opening with its reloads: the peer
+    /// daemon's first applied CP and a switchover's own call may both find
+    /// no view, and a second mount stacked on the first would hide the one
+    /// that follows the CPs.
+    view_opening: Mutex<()>,
     control: Mutex<Option<control::Server>>,
 }
 
@@ -174,6 +179,7 @@ impl Node {
             }),
             cv: Condvar::new(),
             switching: Mutex::new(()),
+            view_opening: Mutex::new(()),
             control: Mutex::new(None),
         })
     }
@@ -624,6 +630,7 @@ impl ReplicaView for Node {
     }
 
     fn after_commit(&self, cp: u64, _root_hash: [u8; 32]) {
+        let _opening = self.view_opening.lock();
         let (dir, has_view) = match &self.state.lock().role {
             Role::Replica(r) => (r.dir.clone(), r.view.is_some()),
             _ => return,

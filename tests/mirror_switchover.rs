@@ -172,6 +172,14 @@ fn two_switchovers_with_a_writer_running_lose_no_fsynced_file() {
     let out = twinfs_ok(&["verify", s(&ma), "--deep"]);
     assert!(out.contains("equal"), "{out}");
     wait_same_tree(&ma, &mb, Compare::EXACT, WAIT);
+    for m in [&ma, &mb] {
+        assert_eq!(
+            mounts_on(m),
+            1,
+            "one mount on {}, none stacked",
+            m.display()
+        );
+    }
     // The lineage shows the two handovers: each new primary began a generation.
     let gens = st["lineage"].as_array().unwrap().len();
     assert!(gens >= 3, "{st:#}");
@@ -182,6 +190,15 @@ fn two_switchovers_with_a_writer_running_lose_no_fsynced_file() {
         let fsck = twinfs(&["fsck", s(&root.join(img))]);
         assert_eq!(fsck.code, 0, "{img}: {}{}", fsck.stdout, fsck.stderr);
     }
+}
+
+/// How many mounts sit on `dir` (stacked mounts each count).
+fn mounts_on(dir: &Path) -> usize {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let dir = dir.to_str().unwrap();
+    info.lines()
+        .filter(|l| l.split(' ').nth(4) == Some(dir))
+        .count()
 }
 
 /// Median of `v` (sorted in place).

@@ -175,6 +175,8 @@ use fuser::{
 };
 use parking_lot::Mutex;
 
+mod kernel_mount;
+
 use crate::error::FsError;
 use crate::nvlog::record::{RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE};
 use crate::types::{FileKind, Ino, Timestamp, ROOT_INO};
@@ -2105,7 +2107,18 @@ pub fn mount_with(
         config.mount_options,
         cfg.threads
     );
-    let session = Session::new(fs, &mountpoint, &config)?;
+    let acl = config.acl;
+    let session = match kernel_mount::mount(&mountpoint, &config.mount_options, acl)? {
+        Some(fd) => Session::from_fd(fs, fd, acl, config).inspect_err(|_| {
+            // The kernel never got its answer to INIT: take the mount away.
+            let _ = Unmounter {
+                mountpoint: Arc::new(mountpoint.clone()),
+                finished: Arc::new(AtomicBool::new(false)),
+            }
+            .unmount_lazy();
+        })?,
+        None => Session::new(fs, &mountpoint, &config)?,
+    };
     let workers = (0..SYNC_WORKERS)
         .map(|i| {
             let rx = rx.clone();

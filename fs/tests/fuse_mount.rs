@@ -85,3 +85,34 @@ fn a_busy_mount_refuses_unmount_but_detaches_lazily() {
     }
     handle.wait().unwrap();
 }
+
+#[test]
+fn a_detached_session_ending_leaves_a_new_mount_on_the_same_path_alone() {
+    let mut m = Mounted::new(&[]);
+    fs::write(m.path("old"), b"old").unwrap();
+    let open = fs::File::open(m.path("old")).unwrap();
+    let old = m.take_handle();
+    old.unmounter().unmount_lazy().unwrap();
+    // A second volume takes the mount point while the first still serves
+    // its open file.
+    let other = Mounted::new(&[]);
+    let new = fuse::mount(other.volume.clone(), m.root(), &[] as &[&str]).unwrap();
+    fs::write(m.path("new"), b"new").unwrap();
+    drop(open);
+    let unmounter = old.unmounter();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while unmounter.is_mounted() {
+        assert!(
+            Instant::now() < deadline,
+            "the detached session did not end"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    old.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!new.is_finished(), "the new mount's session goes on");
+    assert_eq!(fs::read(m.path("new")).unwrap(), b"new");
+    assert!(mountinfo_line(m.root()).is_some());
+    new.unmount().unwrap();
+    new.wait().unwrap();
+}
