@@ -494,8 +494,11 @@ fn age_secs(secs: i64) -> u64 {
 /// The volume's space as `df` sees it, and its snapshots.
 fn capacity(vol: &Volume) -> Capacity {
     let f = vol.statfs();
+    let st = vol.status();
     let block = u64::from(f.block_size);
     Capacity {
+        snapshot_bytes: st.snapshot_only_blocks * block,
+        peer_held_bytes: st.peer_only_blocks * block,
         size_bytes: f.blocks * block,
         used_bytes: f.blocks.saturating_sub(f.blocks_free) * block,
         free_bytes: f.blocks_free * block,

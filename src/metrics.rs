@@ -302,13 +302,15 @@ fn mount_metrics(r: &mut Registry, v: &Value) {
         ("size", "size_bytes"),
         ("used", "used_bytes"),
         ("free", "free_bytes"),
+        ("snapshots", "snapshot_bytes"),
+        ("peer_held", "peer_held_bytes"),
     ] {
         cap.get_or_create(&labels(&[("kind", kind)]))
             .set(i64::try_from(u(&c[key])).unwrap_or(i64::MAX));
     }
     r.register(
         "capacity_bytes",
-        "Space of the volume: size, used, free (as df shows it)",
+        "Space of the volume: size, used, free (as df shows it); kept only by snapshots, only for the peer",
         cap,
     );
     gauge(r, "snapshots", "Snapshots kept", u(&c["snapshots"]));

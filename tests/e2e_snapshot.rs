@@ -243,6 +243,15 @@ fn snapshots_keep_the_old_tree_read_only_and_out_of_copies() {
         &Compare::default(),
     );
 
+    // Status says how much only the snapshots keep: the victim, deleted
+    // from the live tree since s1 was taken.
+    let held = |m: &Mount| m.status()["capacity"]["snapshot_bytes"].as_u64().expect("snapshot_bytes");
+    assert!(
+        held(&mount) >= VICTIM_BYTES as u64,
+        "status counts {} bytes kept only by snapshots; the {VICTIM_BYTES}-byte victim is one of them",
+        held(&mount)
+    );
+
     // Delete: gone from list and view; the victim's blocks come back.
     let (bsize, _, avail_before) = statfs(&mount.mp);
     let out = snapshot_ok(&["delete", "s1"], &mount.mp);
@@ -269,6 +278,11 @@ fn snapshots_keep_the_old_tree_read_only_and_out_of_copies() {
         freed,
         "deleting s1 gave back {} bytes; the {VICTIM_BYTES} bytes only it kept should come back",
         avail.saturating_sub(avail_before) * bsize
+    );
+    assert!(
+        held(&mount) < VICTIM_BYTES as u64 / 10,
+        "after deleting s1, snapshots keep {} bytes",
+        held(&mount)
     );
     let missing = snapshot(&["delete", "s1"], &mount.mp);
     assert_eq!(

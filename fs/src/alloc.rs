@@ -191,6 +191,22 @@ impl Allocator {
         self.map.count_ones() + self.tree.len() as u64
     }
 
+    /// Blocks kept only by snapshots, and only for the peer (by no snapshot
+    /// either): what deleting every snapshot, or the peer catching up,
+    /// would give back.
+    pub fn held_only_blocks(&self) -> (u64, u64) {
+        let (mut snapshots, mut peer) = (0, 0);
+        for w in 0..self.map.words.len() {
+            let live = self.map.word(w) | self.committed.word(w);
+            let snap = self.snapshots.word(w);
+            snapshots += u64::from((snap & !live).count_ones());
+            if let Some(h) = &self.hold {
+                peer += u64::from((h.word(w) & !live & !snap).count_ones());
+            }
+        }
+        (snapshots, peer)
+    }
+
     /// Whether a protected image (not the working one) references block `i`.
     fn held(&self, i: u64) -> bool {
         self.committed.get(i)

@@ -309,6 +309,10 @@ pub struct VolumeStatus {
     pub used_blocks: u64,
     pub total_blocks: u64,
     pub peer_hold: Option<CpNumber>,
+    /// Blocks only snapshots keep (deleting them all gives these back).
+    pub snapshot_only_blocks: u64,
+    /// Blocks kept only for the peer's CP (given back as it catches up).
+    pub peer_only_blocks: u64,
     pub failed: Option<String>,
     pub read_only: bool,
     /// When the committed CP was taken.
@@ -377,6 +381,25 @@ struct Signals {
     cps_done: u64,
 }
 
+/// The allocator's counts as last taken (after each CP, a peer
+/// acknowledgement or a release), read without its lock by statfs, the
+/// ENOSPC checks and status.
+#[derive(Default)]
+struct SpaceCounts {
+    free: AtomicU64,
+    snapshot_only: AtomicU64,
+    peer_only: AtomicU64,
+}
+
+impl SpaceCounts {
+    fn store(&self, alloc: &Allocator) {
+        let (snapshots, peer) = alloc.held_only_blocks();
+        self.free.store(alloc.free_blocks(), Ordering::Relaxed);
+        self.snapshot_only.store(snapshots, Ordering::Relaxed);
+        self.peer_only.store(peer, Ordering::Relaxed);
+    }
+}
+
 struct Inner {
     cfg: VolumeConfig,
     cache: BlockCache,
@@ -392,7 +415,7 @@ struct Inner {
     signals: Mutex<Signals>,
     signals_cv: Condvar,
     failed: Mutex<Option<String>>,
-    free_blocks: AtomicU64,
+    space: SpaceCounts,
     meta_reserve: u64,
     replicator: RwLock<Option<Arc<dyn Replicator>>>,
     closed: AtomicBool,
@@ -588,7 +611,8 @@ impl Volume {
             );
         }
         let meta_reserve = (sb.total_blocks / 100).max(META_RESERVE_MIN);
-        let free = allocator.free_blocks();
+        let space = SpaceCounts::default();
+        space.store(&allocator);
         let state = State {
             active: Overlay::new(sb.next_ino),
             frozen: None,
@@ -625,7 +649,7 @@ impl Volume {
             signals: Mutex::new(Signals::default()),
             signals_cv: Condvar::new(),
             failed: Mutex::new(None),
-            free_blocks: AtomicU64::new(free),
+            space,
             meta_reserve,
             replicator: RwLock::new(None),
             closed: AtomicBool::new(false),
@@ -849,6 +873,8 @@ impl Volume {
             used_blocks: st.image.used_blocks,
             total_blocks: st.image.total_blocks,
             peer_hold,
+            snapshot_only_blocks: self.inner.space.snapshot_only.load(Ordering::Relaxed),
+            peer_only_blocks: self.inner.space.peer_only.load(Ordering::Relaxed),
             failed: self.inner.failed.lock().clone(),
             read_only: self.inner.read_only(),
             cp_time: st.image.cp_time,
@@ -1077,7 +1103,8 @@ impl Volume {
         let reserved = self.inner.reserved_blocks(&st);
         let free = self
             .inner
-            .free_blocks
+            .space
+            .free
             .load(Ordering::Relaxed)
             .saturating_sub(reserved);
         let inodes = (st.image.inodes as i64
@@ -1556,9 +1583,7 @@ impl Volume {
                 // Blocks kept only for the peer are free now: count them at
                 // once, or a full volume refuses every write until another
                 // CP recounts, and with nothing dirty none comes.
-                self.inner
-                    .free_blocks
-                    .store(ctl.alloc.free_blocks(), Ordering::Relaxed);
+                self.inner.space.store(&ctl.alloc);
             }
             moved
         };
@@ -1770,7 +1795,7 @@ impl Inner {
     }
 
     fn check_space(&self, st: &State, need: Need) -> Result<()> {
-        let free = self.free_blocks.load(Ordering::Relaxed);
+        let free = self.space.free.load(Ordering::Relaxed);
         let reserved = self.reserved_blocks(st);
         let (extra, reserve) = match need {
             Need::Free => (0, 0),
@@ -1797,8 +1822,7 @@ impl Inner {
             let held = ctl.alloc.peer_hold();
             let gained = ctl.alloc.release_peer_hold(committed);
             if gained > 0 {
-                self.free_blocks
-                    .store(ctl.alloc.free_blocks(), Ordering::Relaxed);
+                self.space.store(&ctl.alloc);
             }
             (held, gained)
         };
@@ -2281,7 +2305,6 @@ impl Inner {
             }
         };
         alloc.committed();
-        let free = alloc.free_blocks();
         // Commit: the new image replaces the frozen overlay atomically for readers.
         {
             let mut st = self.state.write();
@@ -2299,7 +2322,7 @@ impl Inner {
             }
             st.snapshots.retain(|(id, _)| !retained.delete.contains(id));
         }
-        self.free_blocks.store(free, Ordering::Relaxed);
+        self.space.store(alloc);
         if !retained.delete.is_empty() {
             let snaps: Vec<RetainedImage> = self
                 .state
@@ -2311,8 +2334,7 @@ impl Inner {
             match cp::snapshot_union(&self.cache, &snaps, sb.total_blocks) {
                 Ok(u) => {
                     alloc.set_snapshots(u);
-                    self.free_blocks
-                        .store(alloc.free_blocks(), Ordering::Relaxed);
+                    self.space.store(alloc);
                 }
                 Err(e) => log::error!("recomputing snapshot space after a delete: {e}"),
             }

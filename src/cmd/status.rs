@@ -100,6 +100,10 @@ pub struct Capacity {
     pub free_bytes: u64,
     /// Snapshots kept.
     pub snapshots: u64,
+    /// Kept only by snapshots: what deleting them all would free.
+    pub snapshot_bytes: u64,
+    /// Kept only for the peer's CP until it catches up.
+    pub peer_held_bytes: u64,
 }
 
 /// The headline states of a mount, most urgent first: the first that
@@ -518,18 +522,25 @@ pub fn human(v: &serde_json::Value) -> String {
         let c = &v["capacity"];
         let size = u(&c["size_bytes"]);
         let used = u(&c["used_bytes"]);
-        lines.push((
-            "capacity",
-            format!(
-                "{} used of {} ({}%), {} free, {} snapshot{}",
-                human_bytes(used),
-                human_bytes(size),
-                (used * 100).checked_div(size).unwrap_or(0),
-                human_bytes(u(&c["free_bytes"])),
-                u(&c["snapshots"]),
-                if u(&c["snapshots"]) == 1 { "" } else { "s" }
-            ),
-        ));
+        let mut line = format!(
+            "{} used of {} ({}%), {} free, {} snapshot{}",
+            human_bytes(used),
+            human_bytes(size),
+            (used * 100).checked_div(size).unwrap_or(0),
+            human_bytes(u(&c["free_bytes"])),
+            u(&c["snapshots"]),
+            if u(&c["snapshots"]) == 1 { "" } else { "s" }
+        );
+        if u(&c["snapshots"]) > 0 {
+            line += &format!(" holding {}", human_bytes(u(&c["snapshot_bytes"])));
+        }
+        if u(&c["peer_held_bytes"]) > 0 {
+            line += &format!(
+                ", {} kept for the peer's CP",
+                human_bytes(u(&c["peer_held_bytes"]))
+            );
+        }
+        lines.push(("capacity", line));
         let b = &v["bytes"];
         lines.push((
             "traffic",
@@ -643,6 +654,8 @@ mod tests {
                 used_bytes: 1 << 30,
                 free_bytes: 9 << 30,
                 snapshots: 2,
+                snapshot_bytes: 100 << 20,
+                peer_held_bytes: 0,
             };
             f(&mut st);
             let (h, action) = headline(&st, None, false);
@@ -653,7 +666,7 @@ mod tests {
         let mirrored = with(&|_| {});
         assert_eq!(
             mirrored,
-            "   state: MIRRORED\n  action: none\n      cp: 7, taken 3 s ago, root ab12\n    mode: sync\n    peer: b:7070 streaming, applied CP 7 (lag 0 CPs)\ncapacity: 1.0 GiB used of 10.0 GiB (10%), 9.0 GiB free, 2 snapshots\n traffic: 8.0 KiB written by clients, 0 B sent to the peer (log 0 B, CPs 0 B)\n"
+            "   state: MIRRORED\n  action: none\n      cp: 7, taken 3 s ago, root ab12\n    mode: sync\n    peer: b:7070 streaming, applied CP 7 (lag 0 CPs)\ncapacity: 1.0 GiB used of 10.0 GiB (10%), 9.0 GiB free, 2 snapshots holding 100.0 MiB\n traffic: 8.0 KiB written by clients, 0 B sent to the peer (log 0 B, CPs 0 B)\n"
         );
         let degraded = with(&|st| {
             let p = st.peer.as_mut().expect("peer");
