@@ -245,7 +245,11 @@ fn snapshots_keep_the_old_tree_read_only_and_out_of_copies() {
 
     // Status says how much only the snapshots keep: the victim, deleted
     // from the live tree since s1 was taken.
-    let held = |m: &Mount| m.status()["capacity"]["snapshot_bytes"].as_u64().expect("snapshot_bytes");
+    let held = |m: &Mount| {
+        m.status()["capacity"]["snapshot_bytes"]
+            .as_u64()
+            .expect("snapshot_bytes")
+    };
     assert!(
         held(&mount) >= VICTIM_BYTES as u64,
         "status counts {} bytes kept only by snapshots; the {VICTIM_BYTES}-byte victim is one of them",

@@ -145,6 +145,12 @@ fn the_old_source_back_after_a_promote_is_refused_and_failback_keeps_both_sides(
     );
     assert!(d["reason"].as_str().unwrap().contains("failback"), "{st:#}");
     assert_ne!(d["source_lineage"], d["peer_lineage"]);
+    assert_eq!(st["state"], "refused", "{st:#}");
+    let text = o.status_text_says("refused");
+    assert!(
+        text.contains("failback"),
+        "the action is the way out:\n{text}"
+    );
     // The old source keeps working alone: fsync does not wait (sync mode).
     write_synced(
         &o.path("o-diverged"),

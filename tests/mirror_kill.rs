@@ -84,6 +84,13 @@ fn a_peer_killed_mid_copy_is_resynced_and_the_copy_never_noticed() {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let st = status_of(&src.mnt);
+        if st["peer"]["state"] == "resyncing" && st["peer"]["resync"].is_object() {
+            assert_eq!(st["state"], "resyncing", "{st:#}");
+            assert!(
+                st["action"].as_str().is_some_and(|a| a.contains("left")),
+                "the action says how much is left: {st:#}"
+            );
+        }
         saw_resync |= st["peer"]["state"] == "resyncing" || st["peer"]["resync"].is_object();
         if st["peer"]["connected"] == true
             && st["peer"]["acked_cp"] == st["cp"]

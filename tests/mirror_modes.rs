@@ -106,6 +106,15 @@ fn sync_mode_waits_then_carries_on_degraded_and_recovers_when_the_peer_returns()
     let st = src.status();
     assert_eq!(st["peer"]["connected"], false, "{st:#}");
     assert_eq!(st["peer"]["state"], "degraded-async", "{st:#}");
+    assert_eq!(st["state"], "degraded", "{st:#}");
+    assert_eq!(st["mode"], "sync", "{st:#}");
+    assert_eq!(st["mode_in_force"], "async", "{st:#}");
+    let text = src.status_text_says("degraded");
+    assert!(text.contains("sync configured, async in force"), "{text}");
+    assert!(
+        text.contains(&peer.addr()),
+        "the action names the peer to check:\n{text}"
+    );
     // Degraded: the next fsync does not wait.
     let (r, took) = write_and_fsync(&src.path("during2"), b"no wait");
     r.expect("fsync while degraded");

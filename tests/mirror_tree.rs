@@ -111,6 +111,9 @@ fn cp_and_rsync_trees_reach_the_replica_mount_identical_and_verified() {
     let p = &st["peer"];
     assert_eq!(p["connected"], true, "{st:#}");
     assert_eq!(p["state"], "streaming", "{st:#}");
+    assert_eq!(st["state"], "mirrored", "{st:#}");
+    assert_eq!(st["action"], "none", "{st:#}");
+    src.status_text_says("mirrored");
     assert_eq!(p["addr"], peer.addr(), "{st:#}");
     assert!(st["cp"].as_u64().unwrap() >= cp, "{st:#}");
     assert_eq!(p["acked_cp"], st["cp"], "{st:#}");

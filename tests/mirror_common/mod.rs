@@ -512,6 +512,20 @@ impl Source {
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("status JSON: {e}: {out}"))
     }
 
+    /// `twinfs status MNT`, the human view, which must name the headline
+    /// `state` (upper case) on its first line; returns the whole text.
+    pub fn status_text_says(&self, state: &str) -> String {
+        let out = twinfs_ok(&["status", s(&self.mnt)]);
+        let first = out.lines().next().unwrap_or_default();
+        assert_eq!(
+            first.trim(),
+            format!("state: {}", state.to_uppercase()),
+            "the human status leads with its state:\n{out}"
+        );
+        assert!(out.contains("action: "), "and says what to do:\n{out}");
+        out
+    }
+
     /// `twinfs checkpoint MNT`, which must say the peer applied the CP;
     /// returns the CP number.
     pub fn checkpoint(&self) -> u64 {
