@@ -1816,9 +1816,11 @@ impl Inner {
     /// takes what the next resync overwrites); it only loses the cheap
     /// resume. Returns whether any block came free.
     fn release_peer_hold_for_space(&self) -> bool {
-        let committed = self.state.read().image.cp;
         let (held, gained) = {
             let mut ctl = self.cp.lock();
+            // Read under the CP lock: tracking must start at the CP
+            // committed now, whose frees the released hold no longer keeps.
+            let committed = self.state.read().image.cp;
             let held = ctl.alloc.peer_hold();
             let gained = ctl.alloc.release_peer_hold(committed);
             if gained > 0 {
@@ -2251,7 +2253,11 @@ impl Inner {
         let (frozen, base, log_pos, covers, retained, peer_hold, lineage) = {
             let mut st = self.state.write();
             if st.active.is_empty() && st.retained.is_empty() && !st.force_cp {
-                return Ok(st.image.cp);
+                let cp = st.image.cp;
+                drop(st);
+                // Everything is committed: whoever waits for a CP has it.
+                self.cp_done();
+                return Ok(cp);
             }
             st.force_cp = false;
             self.seal(&mut st)?;
@@ -2350,12 +2356,15 @@ impl Inner {
         self.stats.cps.fetch_add(1, Ordering::Relaxed);
         self.stats.last_cp_ms.store(ms, Ordering::Relaxed);
         self.stats.longest_cp_ms.fetch_max(ms, Ordering::Relaxed);
-        {
-            let mut s = self.signals.lock();
-            s.cps_done += 1;
-            self.signals_cv.notify_all();
-        }
+        self.cp_done();
         Ok(sb.cp)
+    }
+
+    /// Wakes the writers waiting in [`Inner::want_cp`].
+    fn cp_done(&self) {
+        let mut s = self.signals.lock();
+        s.cps_done += 1;
+        self.signals_cv.notify_all();
     }
 
     /// Replays the batches newer than the CP into the active overlay.
