@@ -48,6 +48,23 @@ pub fn check_name(name: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// `n - by` for a count the volume keeps exact (links, entries, blocks):
+/// going below zero means the volume's own records disagree, which is
+/// corruption, never a value to clamp.
+fn less(ino: Ino, what: &str, n: u64, by: u64) -> Result<u64> {
+    n.checked_sub(by).ok_or_else(|| {
+        FsError::CorruptVolume(format!(
+            "inode {}: {what} {n} would drop by {by} below zero; run `twinfs fsck`",
+            ino.0
+        ))
+    })
+}
+
+/// One link less for inode `ino` (see [`less`]).
+fn one_link_less(ino: Ino, nlink: u32) -> Result<u32> {
+    less(ino, "link count", u64::from(nlink), 1).map(|n| n as u32)
+}
+
 fn block_range(offset: u64, len: u64) -> (u64, u64) {
     (
         offset / BLOCK_SIZE_U64,
@@ -264,7 +281,7 @@ impl Applier<'_> {
         if a.kind == FileKind::Directory {
             a.nlink = 0;
         } else {
-            a.nlink = a.nlink.saturating_sub(1);
+            a.nlink = one_link_less(ino, a.nlink)?;
         }
         a.ctime = time;
         if a.nlink == 0 {
@@ -294,11 +311,11 @@ impl Applier<'_> {
             if !self.layers().dir_is_empty(ino)? {
                 return Err(FsError::NotEmpty);
             }
-            p.nlink = p.nlink.saturating_sub(1);
+            p.nlink = one_link_less(parent, p.nlink)?;
         } else if kind == FileKind::Directory {
             return Err(FsError::IsDir);
         }
-        p.size = p.size.saturating_sub(1);
+        p.size = less(parent, "entry count", p.size, 1)?;
         p.mtime = time;
         p.ctime = time;
         self.put_inode(parent, p);
@@ -387,7 +404,7 @@ impl Applier<'_> {
         if let Some((d, dst_kind)) = dst {
             if dst_kind == FileKind::Directory {
                 let mut np = self.attrs(new_parent)?;
-                np.nlink = np.nlink.saturating_sub(1);
+                np.nlink = one_link_less(new_parent, np.nlink)?;
                 self.put_inode(new_parent, np);
             }
             self.drop_link(d, time)?;
@@ -401,9 +418,9 @@ impl Applier<'_> {
         }
         self.put_inode(src, s);
         let mut p = self.attrs(parent)?;
-        p.size = p.size.saturating_sub(1);
+        p.size = less(parent, "entry count", p.size, 1)?;
         if src_dir && parent != new_parent {
-            p.nlink = p.nlink.saturating_sub(1);
+            p.nlink = one_link_less(parent, p.nlink)?;
         }
         p.mtime = time;
         p.ctime = time;
@@ -462,7 +479,7 @@ impl Applier<'_> {
             g.nlink += 1;
             self.put_inode(gains, g);
             let mut l = self.attrs(loses)?;
-            l.nlink = l.nlink.saturating_sub(1);
+            l.nlink = one_link_less(loses, l.nlink)?;
             self.put_inode(loses, l);
         }
         for p in [parent, new_parent] {
@@ -525,7 +542,7 @@ impl Applier<'_> {
             let old_end = a.size.div_ceil(BLOCK_SIZE_U64);
             let removed = self.layers().count_data(ino, first_gone..old_end)?;
             self.drop_blocks(ino, first_gone..u64::MAX);
-            a.blocks = a.blocks.saturating_sub(removed);
+            a.blocks = less(ino, "block count", a.blocks, removed)?;
             let into = (size % BLOCK_SIZE_U64) as usize;
             if into != 0 {
                 let len = BLOCK_SIZE - into;
@@ -794,7 +811,7 @@ impl Applier<'_> {
         if first_whole < end_whole {
             let removed = self.layers().count_data(ino, first_whole..end_whole)?;
             self.drop_blocks(ino, first_whole..end_whole);
-            a.blocks = a.blocks.saturating_sub(removed);
+            a.blocks = less(ino, "block count", a.blocks, removed)?;
         }
         let (b0, b1) = block_range(start, end - start);
         for index in [b0, b1 - 1] {
@@ -893,5 +910,25 @@ impl Applier<'_> {
         self.set_orphan(ino, false);
         self.top.inode_delta -= 1;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exact_counts_going_below_zero_are_corruption_not_clamped() {
+        assert_eq!(less(Ino(5), "block count", 3, 3).unwrap(), 0);
+        assert_eq!(one_link_less(Ino(5), 2).unwrap(), 1);
+        let e = one_link_less(Ino(5), 0).unwrap_err();
+        assert!(
+            matches!(&e, FsError::CorruptVolume(m) if m.contains("inode 5") && m.contains("link count")),
+            "{e}"
+        );
+        assert!(matches!(
+            less(Ino(9), "entry count", 0, 1),
+            Err(FsError::CorruptVolume(_))
+        ));
     }
 }

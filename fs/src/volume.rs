@@ -1908,7 +1908,14 @@ impl Inner {
                 }
                 continue;
             }
-            self.apply_records(&mut st, &recs)?;
+            if let Err(e) = self.apply_records(&mut st, &recs) {
+                if matches!(e, FsError::CorruptVolume(_)) {
+                    // Part of the operation may be applied and none of it
+                    // is logged: no CP may commit this state.
+                    self.fail(&e);
+                }
+                return Err(e);
+            }
             let dirty = st.active.dirty_bytes();
             let log_busy = st.region.used() * 2 > st.region.capacity();
             if st.batch.bytes() >= BATCH_TARGET_BYTES {
