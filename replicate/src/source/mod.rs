@@ -121,6 +121,9 @@ const DIVERGED_RETRY: Duration = Duration::from_secs(15);
 const VERDICT_WAIT: Duration = Duration::from_secs(30);
 /// First pause before reconnecting.
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
+/// How long a session that failed on the connection waits for the peer's
+/// stated reason (see `peer_reason`).
+const PEER_REASON_WAIT: Duration = Duration::from_millis(300);
 /// A session that lasted this long starts the pauses over from the shortest.
 const STABLE_SESSION: Duration = Duration::from_secs(10);
 
@@ -977,9 +980,35 @@ async fn run_session(
         sender.stream(&mut ctrl_rx, &mut peer_rx).await
     }
     .await;
+    let result = match result {
+        Err(e @ (ReplicateError::Io { .. } | ReplicateError::ConnectionClosed { .. })) => {
+            Err(peer_reason(&mut peer_rx).await.unwrap_or(e))
+        }
+        r => r,
+    };
     reader.abort();
     let _ = tx.close().await;
     result
+}
+
+/// A peer that refuses something says why and closes; a write of ours may
+/// meet the closed connection before the reader has the reason. Waits
+/// briefly for the reader's end and returns the error it met, if any, so
+/// that status names the peer's reason rather than a reset connection.
+async fn peer_reason(from_peer: &mut mpsc::UnboundedReceiver<FromPeer>) -> Option<ReplicateError> {
+    let ended = async {
+        loop {
+            match from_peer.recv().await {
+                Some(FromPeer::Ended(e)) => return e,
+                Some(_) => {}
+                None => return None,
+            }
+        }
+    };
+    tokio::time::timeout(PEER_REASON_WAIT, ended)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// States this volume's history to the peer (`SourceLineage`) and waits for
