@@ -7,8 +7,9 @@
 # installs what it needs through tests/setup.sh, then runs, each step
 # announced and timed:
 #   setup, cargo fmt --check, cargo clippy -D warnings, cargo build --release,
-#   the workspace's tests (nextest) and doc tests, a short run of every fuzz
-#   target (tests/fuzz.sh), then against a real mount:
+#   the workspace's tests (nextest) and doc tests, the simulator over fresh
+#   seeds (tests/sim.sh), a short run of every fuzz target (tests/fuzz.sh),
+#   then against a real mount:
 #   a mount smoke test, pjdfstest and fsx (tests/external/).
 # Every step runs even if an earlier one failed (so one run shows every
 # problem), except that nothing runs after a failed setup or build. Exits 1
@@ -16,6 +17,7 @@
 #
 #   TOOLS     cache of the test tools (default ${XDG_CACHE_HOME:-$HOME/.cache}/twinfs-tools)
 #   FSX_OPS, FSX_SEED, PJDFSTEST_TIMEOUT, FSX_TIMEOUT: see tests/external/*.sh
+#   SIM_SEEDS, SIM_START: see tests/sim.sh
 #   FUZZ_SECONDS, FUZZ_MODE, FUZZ_TARGETS: see tests/fuzz.sh
 set -uo pipefail
 
@@ -91,6 +93,7 @@ step "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnin
 step "cargo build --release" cargo build --release --locked || finish
 step "tests (cargo nextest, release)" run_tests
 step "doc tests" cargo test --workspace --release --locked --doc
+step "simulator (${SIM_SEEDS:-3000} fresh seeds)" bash tests/sim.sh
 step "fuzz targets (${FUZZ_SECONDS:-4}s each)" bash tests/fuzz.sh
 
 if ! step "mount smoke test" bash tests/external/mount-smoke.sh; then

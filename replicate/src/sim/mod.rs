@@ -40,7 +40,9 @@ use twinfs_fs::device::{BlockDevice, CrashDevice, FaultDevice, LostWrite};
 use twinfs_fs::lineage::GenerationId;
 use twinfs_fs::nvlog::batch::SealedBatch;
 use twinfs_fs::superblock::Superblock;
-use twinfs_fs::volume::{self, AttrChanges, Clock, MkfsOptions, Replicator, Volume, VolumeConfig};
+use twinfs_fs::volume::{
+    self, AttrChanges, Clock, MkfsOptions, Replicator, View, Volume, VolumeConfig,
+};
 use twinfs_fs::{Block, CpNumber, FileKind, FsError, Ino, Timestamp, TransferId, ROOT_INO};
 
 use crate::encode::CpSync;
@@ -61,6 +63,10 @@ const MAX_FSYNC_PUMPS: u32 = 20_000;
 const CONVERGE_PUMPS: u32 = 20_000;
 /// Names the workload uses in each directory.
 const NAMES: [&[u8]; 6] = [b"a", b"b", b"c", b"d", b"e", b"f"];
+/// Extended attribute names the workload uses.
+const XATTR_NAMES: [&[u8]; 3] = [b"user.a", b"user.b", b"trusted.c"];
+/// Snapshot names the workload uses.
+const SNAPSHOT_NAMES: [&str; 3] = ["s1", "s2", "s3"];
 
 /// What one run does.
 #[derive(Clone, Debug)]
@@ -94,6 +100,10 @@ pub struct Report {
     pub ops: u64,
     pub fsyncs: u64,
     pub checkpoints: u64,
+    /// Extended attribute sets and removals.
+    pub xattr_ops: u64,
+    /// Snapshots created and deleted.
+    pub snapshot_ops: u64,
     pub source_crashes: u64,
     pub eio: u64,
     pub net: net::Stats,
@@ -237,6 +247,9 @@ struct Sim {
     failed: bool,
     /// The disk's EIO countdown is armed (until the next power cut).
     eio_armed: bool,
+    /// Snapshots the volume holds: name → (id, what it must show), or
+    /// `None` when an interrupted create or delete left its content unknown.
+    snapshots: std::collections::BTreeMap<String, Option<(u64, Model)>>,
     report: Report,
 }
 
@@ -280,11 +293,12 @@ impl Sim {
             since_durable: Vec::new(),
             failed: false,
             eio_armed: false,
+            snapshots: Default::default(),
             report,
         };
         let d = sim
             .vol
-            .create(ROOT_INO, b"d", FileKind::Directory, 0o755, 0, 0, 0)
+            .create(ROOT_INO, b"dir", FileKind::Directory, 0o755, 0, 0, 0)
             .map_err(|e| format!("mkdir: {e}"))?;
         sim.dir = d.ino.0;
         sim.vol.checkpoint().map_err(|e| format!("first CP: {e}"))?;
@@ -332,7 +346,7 @@ impl Sim {
             }
             980..=989 => self.net.lock().corrupt_peer_log(),
             _ => {
-                let after = self.rng.gen_range(0..200);
+                let after = self.rng.gen_range(0..10);
                 self.note(format!(
                     "source: the disk fails with EIO after {after} more I/Os"
                 ));
@@ -363,9 +377,25 @@ impl Sim {
     fn op(&mut self) {
         self.report.ops += 1;
         let r = self.rng.gen_range(0..100);
+        let kind = match r {
+            0..=14 => "create",
+            15..=43 => "write",
+            44..=47 => "setxattr",
+            48..=49 => "removexattr",
+            50..=57 => "truncate",
+            58..=63 => "link",
+            64..=71 => "unlink",
+            72..=79 => "rename",
+            80..=93 => "fsync",
+            94..=96 => "checkpoint",
+            97..=98 => "snapshot create",
+            _ => "snapshot delete",
+        };
         let result: Result<String, FsError> = match r {
             0..=14 => self.op_create(),
-            15..=49 => self.op_write(),
+            15..=43 => self.op_write(),
+            44..=47 => self.op_setxattr(),
+            48..=49 => self.op_removexattr(),
             50..=57 => self.op_truncate(),
             58..=63 => self.op_link(),
             64..=71 => self.op_unlink(),
@@ -377,13 +407,15 @@ impl Sim {
                     "fsync".to_string()
                 })
             }
-            _ => {
+            94..=96 => {
                 self.report.checkpoints += 1;
                 self.vol.checkpoint().map(|cp| {
                     self.since_durable = vec![self.model.clone()];
                     format!("checkpoint: CP {}", cp.0)
                 })
             }
+            97..=98 => self.op_snapshot_create(),
+            _ => self.op_snapshot_delete(),
         };
         match result {
             Ok(what) => {
@@ -395,13 +427,15 @@ impl Sim {
                 }
             }
             Err(e) => {
-                self.note(format!("op failed: {e}"));
+                self.note(format!("op {kind} failed: {e}"));
                 if self.breached() {
                     return;
                 }
                 let strict = self.net.lock().mode == Mode::Strict;
                 match e {
                     FsError::Replication(_) if strict => {}
+                    // Refused before anything changed.
+                    FsError::NoSpace | FsError::NoAttr => {}
                     _ => {
                         // An I/O error: the operation may or may not be in
                         // the log; the volume stops and is restarted.
@@ -454,6 +488,137 @@ impl Sim {
         self.vol.write(Ino(ino), off, &data, false)?;
         self.model.write(ino, off, &data);
         Ok(format!("write inode {ino} {off}+{len}"))
+    }
+
+    fn op_setxattr(&mut self) -> Result<String, FsError> {
+        let Some(ino) = self.pick_file() else {
+            return Ok(String::new());
+        };
+        let name = XATTR_NAMES[self.rng.gen_range(0..XATTR_NAMES.len())];
+        let len = match self.rng.gen_range(0..3) {
+            0 => 0,
+            1 => self.rng.gen_range(1..64),
+            // Values past a block live in blocks of their own.
+            _ => self.rng.gen_range(64..9000),
+        };
+        let mut value = vec![0u8; len];
+        self.rng.fill(&mut value[..]);
+        self.report.xattr_ops += 1;
+        self.vol.setxattr(Ino(ino), name, &value, 0)?;
+        self.model.set_xattr(ino, name, &value);
+        Ok(format!("setxattr inode {ino} {} ({len} bytes)", show(name)))
+    }
+
+    fn op_removexattr(&mut self) -> Result<String, FsError> {
+        let Some(ino) = self.pick_file() else {
+            return Ok(String::new());
+        };
+        let name = XATTR_NAMES[self.rng.gen_range(0..XATTR_NAMES.len())];
+        let has = self
+            .model
+            .xattrs
+            .get(&ino)
+            .is_some_and(|x| x.contains_key(name));
+        self.report.xattr_ops += 1;
+        match self.vol.removexattr(Ino(ino), name) {
+            Ok(()) if has => {}
+            Err(FsError::NoAttr) if !has => return Ok(String::new()),
+            Ok(()) => {
+                self.breach(format!(
+                    "removexattr of absent {} on inode {ino} succeeded",
+                    show(name)
+                ));
+                return Ok(String::new());
+            }
+            Err(e) => return Err(e),
+        }
+        self.model.remove_xattr(ino, name);
+        Ok(format!("removexattr inode {ino} {}", show(name)))
+    }
+
+    /// Creates a snapshot (it commits the live tree, which it then shows).
+    fn op_snapshot_create(&mut self) -> Result<String, FsError> {
+        let name = SNAPSHOT_NAMES[self.rng.gen_range(0..SNAPSHOT_NAMES.len())];
+        if self.snapshots.contains_key(name) {
+            return Ok(String::new());
+        }
+        self.report.snapshot_ops += 1;
+        // Until it returns, the snapshot may or may not come to be.
+        self.snapshots.insert(name.to_string(), None);
+        let id = self.vol.snapshot_create(name)?;
+        self.snapshots
+            .insert(name.to_string(), Some((id, self.model.clone())));
+        self.since_durable = vec![self.model.clone()];
+        self.check_snapshots("after a snapshot create");
+        Ok(format!("snapshot create {name} = {id}"))
+    }
+
+    fn op_snapshot_delete(&mut self) -> Result<String, FsError> {
+        let name = SNAPSHOT_NAMES[self.rng.gen_range(0..SNAPSHOT_NAMES.len())];
+        if !self.snapshots.contains_key(name) {
+            return Ok(String::new());
+        }
+        self.report.snapshot_ops += 1;
+        let known = self.snapshots.insert(name.to_string(), None).flatten();
+        match self.vol.snapshot_delete(name) {
+            Ok(()) => {}
+            // An interrupted create that never came to be.
+            Err(FsError::NotFound) if known.is_none() => {}
+            Err(FsError::NotFound) => {
+                self.breach(format!("snapshot {name} was not there to delete"));
+                return Ok(String::new());
+            }
+            Err(e) => return Err(e),
+        }
+        self.snapshots.remove(name);
+        self.since_durable = vec![self.model.clone()];
+        Ok(format!("snapshot delete {name}"))
+    }
+
+    /// Every snapshot the volume lists shows what it showed when it was
+    /// taken, and none whose create returned is missing. Snapshots an
+    /// interrupted operation left unknown are taken as the volume lists them.
+    fn check_snapshots(&mut self, when: &str) {
+        let listed: std::collections::BTreeMap<String, u64> = self
+            .vol
+            .snapshot_list()
+            .into_iter()
+            .map(|s| (s.name, s.id))
+            .collect();
+        for (name, known) in std::mem::take(&mut self.snapshots) {
+            let Some(&id) = listed.get(&name) else {
+                if known.is_some() {
+                    return self.breach(format!("{when}: snapshot {name} is gone"));
+                }
+                continue;
+            };
+            match &known {
+                Some((want_id, _)) if *want_id != id => {
+                    return self.breach(format!(
+                        "{when}: snapshot {name} has id {id}, not {want_id}"
+                    ))
+                }
+                Some((_, want)) => {
+                    match Model::of_volume(&self.vol, View::Snapshot(id), &[ROOT_INO.0, self.dir]) {
+                        Ok(got) if got == *want => {}
+                        Ok(got) => {
+                            return self.breach(format!(
+                                "{when}: snapshot {name} differs from the tree it was taken of: {}",
+                                got.diff(want)
+                            ))
+                        }
+                        // The disk's EIO countdown ran out: the volume restarts.
+                        Err(_) if self.eio_armed => self.failed = true,
+                        Err(e) => return self.breach(format!("{when}: snapshot {name}: {e}")),
+                    }
+                }
+                None => {}
+            }
+            self.snapshots.insert(name, known);
+        }
+        for name in listed.keys() {
+            self.snapshots.entry(name.clone()).or_insert(None);
+        }
     }
 
     fn op_truncate(&mut self) -> Result<String, FsError> {
@@ -549,7 +714,11 @@ impl Sim {
             Err(e) => return self.breach(format!("the volume does not mount after a crash: {e}")),
         };
         self.vol = vol;
-        let found = match Model::of_volume(&self.vol, &[ROOT_INO.0, self.dir]) {
+        self.check_snapshots("after a crash");
+        if self.breached() {
+            return;
+        }
+        let found = match Model::of_volume(&self.vol, View::Live, &[ROOT_INO.0, self.dir]) {
             Ok(m) => m,
             Err(e) => return self.breach(format!("the volume cannot be read after a crash: {e}")),
         };

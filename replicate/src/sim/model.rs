@@ -1,6 +1,7 @@
 //! The simulator's reference: what the source volume's files must hold.
 //!
-//! Deliberately small (two directories, regular files, hard links): the
+//! Deliberately small (two directories, regular files, hard links, extended
+//! attributes): the
 //! simulator's point is the mirror, and `fs/tests/common/fsmodel.rs` already
 //! holds the volume's full semantics to account in the property tests. A
 //! file is its bytes; a name maps to an inode number the volume chose.
@@ -17,6 +18,8 @@ pub struct Model {
     pub names: BTreeMap<(u64, Vec<u8>), u64>,
     /// Inode → its bytes.
     pub files: BTreeMap<u64, Vec<u8>>,
+    /// Inode → its extended attributes (absent: none).
+    pub xattrs: BTreeMap<u64, BTreeMap<Vec<u8>, Vec<u8>>>,
 }
 
 impl Model {
@@ -34,6 +37,7 @@ impl Model {
         if let Some(ino) = self.names.remove(&(dir, name.to_vec())) {
             if self.links(ino) == 0 {
                 self.files.remove(&ino);
+                self.xattrs.remove(&ino);
             }
         }
     }
@@ -54,13 +58,29 @@ impl Model {
             .resize(size as usize, 0);
     }
 
-    /// What the volume holds in directories `dirs`, as a model; an error
-    /// names what could not be read.
-    pub fn of_volume(vol: &Volume, dirs: &[u64]) -> Result<Model, String> {
+    pub fn set_xattr(&mut self, ino: u64, name: &[u8], value: &[u8]) {
+        self.xattrs
+            .entry(ino)
+            .or_default()
+            .insert(name.to_vec(), value.to_vec());
+    }
+
+    pub fn remove_xattr(&mut self, ino: u64, name: &[u8]) {
+        if let Some(x) = self.xattrs.get_mut(&ino) {
+            x.remove(name);
+            if x.is_empty() {
+                self.xattrs.remove(&ino);
+            }
+        }
+    }
+
+    /// What `view` of the volume holds in directories `dirs`, as a model;
+    /// an error names what could not be read.
+    pub fn of_volume(vol: &Volume, view: View, dirs: &[u64]) -> Result<Model, String> {
         let mut m = Model::default();
         for &dir in dirs {
             let mut entries = Vec::new();
-            vol.readdir(View::Live, Ino(dir), 0, &mut |l| {
+            vol.readdir(view, Ino(dir), 0, &mut |l| {
                 entries.push(l);
                 true
             })
@@ -74,10 +94,10 @@ impl Model {
                     continue;
                 }
                 let a = vol
-                    .getattr(View::Live, l.ino)
+                    .getattr(view, l.ino)
                     .map_err(|e| format!("getattr of inode {}: {e}", l.ino.0))?;
                 let data = vol
-                    .read(View::Live, l.ino, 0, a.size as u32)
+                    .read(view, l.ino, 0, a.size as u32)
                     .map_err(|e| format!("read of inode {}: {e}", l.ino.0))?;
                 if data.len() as u64 != a.size {
                     return Err(format!(
@@ -88,11 +108,20 @@ impl Model {
                     ));
                 }
                 m.files.insert(l.ino.0, data);
+                let names = vol
+                    .listxattr(view, l.ino)
+                    .map_err(|e| format!("listxattr of inode {}: {e}", l.ino.0))?;
+                for name in names {
+                    let value = vol
+                        .getxattr(view, l.ino, &name)
+                        .map_err(|e| format!("getxattr of inode {}: {e}", l.ino.0))?;
+                    m.set_xattr(l.ino.0, &name, &value);
+                }
             }
         }
         for (&ino, _) in m.files.iter() {
             let a = vol
-                .getattr(View::Live, Ino(ino))
+                .getattr(view, Ino(ino))
                 .map_err(|e| format!("getattr of inode {ino}: {e}"))?;
             if a.nlink as usize != m.links(ino) {
                 return Err(format!(
@@ -130,6 +159,16 @@ impl Model {
                         e.len()
                     ));
                 }
+            }
+        }
+        for ino in self.xattrs.keys().chain(other.xattrs.keys()) {
+            if self.xattrs.get(ino) != other.xattrs.get(ino) {
+                out.push(format!(
+                    "inode {ino}: xattrs {:?} vs {:?}",
+                    self.xattrs.get(ino).map(|x| x.len()),
+                    other.xattrs.get(ino).map(|x| x.len())
+                ));
+                break;
             }
         }
         if out.is_empty() {
