@@ -310,3 +310,60 @@ fn measure_switchover_and_promote_times() {
     );
     println!("(4 GiB volume, {mib} MiB of data, sync mode, peer on loopback)");
 }
+
+/// A switchover while a process still uses the old primary's mount (an
+/// open file): that mount is detached and lingers until the process lets
+/// go; its session ending then (with the auto_unmount `twinfs mount` adds)
+/// must not take down the replica view the old primary serves on the same
+/// mount point meanwhile, as a session that unmounts by path would.
+#[test]
+fn a_switchover_with_the_old_mount_in_use_keeps_the_new_replica_view() {
+    let _serial = serial();
+    let root_tmp = scratch();
+    let root = root_tmp.path().to_path_buf();
+    let secret = secret_file(&root.join("secret"), b"twinfs busy switchover secret\n");
+    let image = root.join("a.img");
+    mkfs(&image, "256M");
+    let (ma, mb) = (root.join("ma"), root.join("mb"));
+    fs::create_dir_all(&mb).unwrap();
+    let port_a = free_port();
+    let mut b = Peer::start(&root.join("pb"), 0, &secret, Some(&mb), &root.join("b.log"));
+    let mut a = Source::mirrored(
+        &image,
+        &ma,
+        &b.addr(),
+        &secret,
+        &["--mode", "sync"],
+        &root.join("a.log"),
+    );
+    a.wait_streaming(WAIT);
+    fs::write(a.path("kept-open"), b"in use").unwrap();
+    a.checkpoint();
+    b.wait_view();
+    let user = fs::File::open(a.path("kept-open")).unwrap();
+
+    let out = twinfs_ok(&[
+        "switchover",
+        s(&ma),
+        "--listen",
+        &format!("127.0.0.1:{port_a}"),
+        "--dir",
+        s(&root.join("pa")),
+    ]);
+    assert!(out.contains("the peer is the primary"), "{out}");
+    wait_for("B to take writes", WAIT, || {
+        write_fsynced(&mb, "on-b", b"b").is_ok()
+    });
+    // The process lets go of the old mount; its session ends.
+    drop(user);
+    // Changes on B reach A's view, which must come up and stay.
+    for i in 0..3 {
+        write_fsynced(&mb, &format!("after-{i}"), &pattern(5000, i)).unwrap();
+        twinfs_ok(&["checkpoint", s(&mb)]);
+        wait_same_tree(&mb, &ma, Compare::EXACT, WAIT);
+        std::thread::sleep(Duration::from_millis(300));
+        a.assert_running("serving the replica view");
+    }
+    assert_eq!(mounts_on(&ma), 1, "one mount on {}", ma.display());
+    assert_eq!(status_of(&mb)["role"], "primary");
+}
