@@ -3,6 +3,7 @@
 //! the peer's protected CP). Each has a fixed little-endian layout (FORMAT.md).
 
 use crate::btree::{Key, TreeRoot};
+use crate::codec::Reader;
 use crate::error::{FsError, Result};
 use crate::types::*;
 
@@ -41,63 +42,6 @@ pub const SNAPSHOT_NAME_MAX: usize = 64;
 
 fn corrupt(what: &str) -> FsError {
     FsError::CorruptVolume(format!("malformed {what} item"))
-}
-
-/// A little-endian cursor that turns every short read into a corruption error.
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-    what: &'static str,
-}
-
-impl<'a> Reader<'a> {
-    fn new(buf: &'a [u8], what: &'static str) -> Self {
-        Reader { buf, pos: 0, what }
-    }
-    fn bytes(&mut self, n: usize) -> Result<&'a [u8]> {
-        let end = self.pos.checked_add(n).ok_or_else(|| corrupt(self.what))?;
-        let s = self
-            .buf
-            .get(self.pos..end)
-            .ok_or_else(|| corrupt(self.what))?;
-        self.pos = end;
-        Ok(s)
-    }
-    fn u8(&mut self) -> Result<u8> {
-        Ok(self.bytes(1)?[0])
-    }
-    fn u16(&mut self) -> Result<u16> {
-        Ok(u16::from_le_bytes(
-            self.bytes(2)?.try_into().expect("2 bytes"),
-        ))
-    }
-    fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_le_bytes(
-            self.bytes(4)?.try_into().expect("4 bytes"),
-        ))
-    }
-    fn u64(&mut self) -> Result<u64> {
-        Ok(u64::from_le_bytes(
-            self.bytes(8)?.try_into().expect("8 bytes"),
-        ))
-    }
-    fn ts(&mut self) -> Result<Timestamp> {
-        let t = Timestamp::decode(self.bytes(Timestamp::SIZE)?);
-        if t.nanos >= 1_000_000_000 {
-            return Err(corrupt(self.what));
-        }
-        Ok(t)
-    }
-    fn ptr(&mut self) -> Result<BlockPtr> {
-        Ok(BlockPtr::decode(self.bytes(BlockPtr::SIZE)?))
-    }
-    fn done(&self) -> Result<()> {
-        if self.pos == self.buf.len() {
-            Ok(())
-        } else {
-            Err(corrupt(self.what))
-        }
-    }
 }
 
 fn put_ts(out: &mut Vec<u8>, t: Timestamp) {
@@ -185,7 +129,7 @@ impl InodeRecord {
     }
 
     pub fn decode(buf: &[u8]) -> Result<InodeRecord> {
-        let mut r = Reader::new(buf, "inode");
+        let mut r = Reader::new(buf, "inode item");
         let kind = FileKind::from_u8(r.u8()?).ok_or_else(|| corrupt("inode"))?;
         r.bytes(3)?;
         let perm = r.u32()?;
@@ -269,7 +213,7 @@ pub fn encode_dir_bucket(entries: &[DirEntry]) -> Vec<u8> {
 }
 
 pub fn decode_dir_bucket(buf: &[u8]) -> Result<Vec<DirEntry>> {
-    let mut r = Reader::new(buf, "directory entry");
+    let mut r = Reader::new(buf, "directory entry item");
     let n = r.u16()? as usize;
     let mut out = Vec::with_capacity(n.min(16));
     for _ in 0..n {
@@ -329,7 +273,7 @@ pub fn encode_xattr_bucket(entries: &[XattrEntry]) -> Vec<u8> {
 }
 
 pub fn decode_xattr_bucket(buf: &[u8]) -> Result<Vec<XattrEntry>> {
-    let mut r = Reader::new(buf, "xattr");
+    let mut r = Reader::new(buf, "xattr item");
     let n = r.u16()? as usize;
     let mut out = Vec::with_capacity(n.min(16));
     for _ in 0..n {
@@ -407,7 +351,7 @@ impl RetainedImage {
     }
 
     pub fn decode(buf: &[u8]) -> Result<RetainedImage> {
-        let mut r = Reader::new(buf, "snapshot");
+        let mut r = Reader::new(buf, "snapshot item");
         let nlen = r.u8()? as usize;
         if nlen > SNAPSHOT_NAME_MAX {
             return Err(corrupt("snapshot"));

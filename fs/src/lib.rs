@@ -9,6 +9,7 @@ pub mod apply;
 pub mod blockhash;
 pub mod btree;
 pub mod cache;
+mod codec;
 pub mod cp;
 pub mod descriptor;
 pub mod device;

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::codec::Reader;
 use crate::error::{FsError, Result};
 use crate::types::*;
 
@@ -363,7 +364,7 @@ impl Record {
         blocks: &[Arc<Block>],
         hashes: &[Hash128],
     ) -> Result<(Record, WriteSpan)> {
-        let mut r = In { buf, pos: *pos };
+        let mut r = Reader::at(buf, *pos, "log record");
         let t = r.u8()?;
         let mut span = WriteSpan::default();
         let rec = match t {
@@ -453,9 +454,9 @@ impl Record {
                 let tail_len = r.u16()? as usize;
                 let first = r.u32()? as usize;
                 let n = r.u32()? as usize;
-                span.head_off = r.pos as u32;
+                span.head_off = r.pos() as u32;
                 let head = r.bytes(hl)?.to_vec();
-                span.tail_off = r.pos as u32;
+                span.tail_off = r.pos() as u32;
                 let tail = r.bytes(tail_len)?.to_vec();
                 span.first_block = first as u32;
                 let end = first.checked_add(n).ok_or_else(|| bad("block range"))?;
@@ -519,7 +520,7 @@ impl Record {
             tag::RECLAIM => Record::Reclaim { ino: Ino(r.u64()?) },
             other => return Err(bad(&format!("record type {other}"))),
         };
-        *pos = r.pos;
+        *pos = r.pos();
         Ok((rec, span))
     }
 }
@@ -534,52 +535,6 @@ pub struct WriteSpan {
 
 fn bad(what: &str) -> FsError {
     FsError::CorruptVolume(format!("malformed log record: bad {what}"))
-}
-
-struct In<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> In<'a> {
-    fn bytes(&mut self, n: usize) -> Result<&'a [u8]> {
-        let end = self.pos.checked_add(n).ok_or_else(|| bad("length"))?;
-        let s = self
-            .buf
-            .get(self.pos..end)
-            .ok_or_else(|| bad("length (record runs past the batch)"))?;
-        self.pos = end;
-        Ok(s)
-    }
-    fn u8(&mut self) -> Result<u8> {
-        Ok(self.bytes(1)?[0])
-    }
-    fn u16(&mut self) -> Result<u16> {
-        Ok(u16::from_le_bytes(
-            self.bytes(2)?.try_into().expect("2 bytes"),
-        ))
-    }
-    fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_le_bytes(
-            self.bytes(4)?.try_into().expect("4 bytes"),
-        ))
-    }
-    fn u64(&mut self) -> Result<u64> {
-        Ok(u64::from_le_bytes(
-            self.bytes(8)?.try_into().expect("8 bytes"),
-        ))
-    }
-    fn ts(&mut self) -> Result<Timestamp> {
-        let t = Timestamp::decode(self.bytes(Timestamp::SIZE)?);
-        if t.nanos >= 1_000_000_000 {
-            return Err(bad("time stamp"));
-        }
-        Ok(t)
-    }
-    fn name(&mut self) -> Result<Vec<u8>> {
-        let n = self.u8()? as usize;
-        Ok(self.bytes(n)?.to_vec())
-    }
 }
 
 #[cfg(test)]
