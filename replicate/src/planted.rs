@@ -17,13 +17,17 @@ pub enum Bug {
     SuperblockBeforeBlocks = 2,
     /// The peer writes a block rebuilt from a `Ref` without checking its hash.
     SkipRefHash = 3,
+    /// The peer keeps the transfers a CP it applied covers: its log store
+    /// grows without bound.
+    KeepCoveredLog = 4,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 3] = [
+    pub const ALL: [Bug; 4] = [
         Bug::AckBeforeDurable,
         Bug::SuperblockBeforeBlocks,
         Bug::SkipRefHash,
+        Bug::KeepCoveredLog,
     ];
 
     pub fn name(self) -> &'static str {
@@ -31,6 +35,7 @@ impl Bug {
             Bug::AckBeforeDurable => "ack-before-durable",
             Bug::SuperblockBeforeBlocks => "superblock-before-blocks",
             Bug::SkipRefHash => "skip-ref-hash",
+            Bug::KeepCoveredLog => "keep-covered-log",
         }
     }
 

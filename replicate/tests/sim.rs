@@ -91,6 +91,13 @@ fn planted_skip_ref_hash_is_reported_as_a_wrong_peer_image() {
 }
 
 #[test]
+fn planted_keep_covered_log_is_reported_as_an_unbounded_log_store() {
+    let r = first_report(Bug::KeepCoveredLog).expect("reported within the bound");
+    let why = r.breach.as_deref().unwrap_or_default();
+    assert!(why.contains("still keeps transfers"), "{}", explain(&r));
+}
+
+#[test]
 fn a_seed_replays_exactly() {
     let opts = SimOptions {
         keep_trace: true,

@@ -18,7 +18,7 @@ use twinfs_replicate::sim::{run, Report, SimOptions};
 const USAGE: &str =
     "usage: twinfs-sim (--seed S | --seeds A..B) [--steps N] [--plant BUG] [--trace] [--keep-going]
   --trace: print the trace of clean seeds too; --keep-going: run every seed, list the failing ones
-  BUG: ack-before-durable, superblock-before-blocks, skip-ref-hash (needs --features planted-bugs)";
+  BUG: ack-before-durable, superblock-before-blocks, skip-ref-hash, keep-covered-log (needs --features planted-bugs)";
 
 /// Lines of a failing run's trace printed (its end).
 const TRACE_LINES: usize = 400;

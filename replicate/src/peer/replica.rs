@@ -1087,7 +1087,9 @@ impl Replica {
             o.in_place,
             o.staged
         );
-        self.log.release_through(covered)?;
+        if !planted::active(Bug::KeepCoveredLog) {
+            self.log.release_through(covered)?;
+        }
         self.last_error = None;
         if let Some(view) = &self.view {
             view.after_commit(cp.0, root.0);

@@ -772,7 +772,15 @@ impl Sim {
         }
         match net.peer_applied() {
             Some((_, root)) if root == want.root_hash().0 => {
-                net.note(format!("converge: the peer holds CP {}", want.cp.0))
+                net.note(format!("converge: the peer holds CP {}", want.cp.0));
+                let kept = net.peer_keeps_covered(&want);
+                if !kept.is_empty() {
+                    let msg = format!(
+                        "the peer applied CP {} but still keeps transfers {kept:?} it covers",
+                        want.cp.0
+                    );
+                    net.breach(msg);
+                }
             }
             other => {
                 let msg = format!(

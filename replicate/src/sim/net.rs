@@ -780,6 +780,16 @@ impl Net {
             .map_or(0, |p| p.resume_point().durable_transfer)
     }
 
+    /// Transfers the peer still keeps that CP `sb` covers (once it applied
+    /// that CP they must be gone: the log store stays bounded by what no
+    /// applied CP covers).
+    pub fn peer_keeps_covered(&self, sb: &Superblock) -> Vec<u64> {
+        let covered = sb.log.next_transfer.0.saturating_sub(1);
+        self.peer.as_ref().map_or(Vec::new(), |p| {
+            p.log_store().ids().filter(|&id| id <= covered).collect()
+        })
+    }
+
     /// The peer's applied CP and root.
     pub fn peer_applied(&self) -> Option<(u64, [u8; 32])> {
         self.peer
