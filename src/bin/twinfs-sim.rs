@@ -143,6 +143,7 @@ fn main() -> ExitCode {
         totals.checkpoints += r.checkpoints;
         totals.xattr_ops += r.xattr_ops;
         totals.snapshot_ops += r.snapshot_ops;
+        totals.nospace += r.nospace;
         totals.source_crashes += r.source_crashes;
         totals.eio += r.eio;
         totals.net.peer_kills += r.net.peer_kills + r.net.peer_commit_kills;
@@ -163,13 +164,14 @@ fn main() -> ExitCode {
     }
     let per = |x: u64| x as f64 / n.max(1) as f64;
     println!(
-        "{n} seeds clean in {secs:.1} s ({:.0} seeds/min); per seed: {:.0} ops, {:.1} fsyncs, {:.1} checkpoints, {:.1} xattr sets/removes, {:.2} snapshot creates/deletes, {:.2} source crashes ({:.2} after EIO), {:.2} peer kills, {:.2} partitions, {:.1} session ends, {:.1} resyncs, {:.1} CPs applied at the peer, {:.2} peer log corruptions, {:.2} missing-block rounds",
+        "{n} seeds clean in {secs:.1} s ({:.0} seeds/min); per seed: {:.0} ops, {:.1} fsyncs, {:.1} checkpoints, {:.1} xattr sets/removes, {:.2} snapshot creates/deletes, {:.2} ENOSPC, {:.2} source crashes ({:.2} after EIO), {:.2} peer kills, {:.2} partitions, {:.1} session ends, {:.1} resyncs, {:.1} CPs applied at the peer, {:.2} peer log corruptions, {:.2} missing-block rounds",
         n as f64 / secs.max(1e-9) * 60.0,
         per(totals.ops),
         per(totals.fsyncs),
         per(totals.checkpoints),
         per(totals.xattr_ops),
         per(totals.snapshot_ops),
+        per(totals.nospace),
         per(totals.source_crashes),
         per(totals.eio),
         per(totals.net.peer_kills),

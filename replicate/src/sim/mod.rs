@@ -56,6 +56,9 @@ use net::{Net, SYNC_TIMEOUT_MS};
 
 /// Blocks of the simulated source volume (32 MiB, the log at its minimum).
 const VOLUME_BLOCKS: u64 = 8192;
+/// Data blocks of the small volume one seed in four gets: the workload
+/// fills it (ENOSPC, and blocks kept for an absent peer given up).
+const SMALL_VOLUME_DATA_BLOCKS: u64 = 260;
 /// Most steps an fsync may pump the network while it waits.
 const MAX_FSYNC_PUMPS: u32 = 20_000;
 /// Most network steps the peer may take to reach the source's CP once the
@@ -104,6 +107,8 @@ pub struct Report {
     pub xattr_ops: u64,
     /// Snapshots created and deleted.
     pub snapshot_ops: u64,
+    /// Operations refused for want of space.
+    pub nospace: u64,
     pub source_crashes: u64,
     pub eio: u64,
     pub net: net::Stats,
@@ -259,7 +264,12 @@ impl Sim {
         let mode = [Mode::Sync, Mode::Sync, Mode::Strict, Mode::Async][rng.gen_range(0..4)];
         let cp_sync = [CpSync::Best, CpSync::Best, CpSync::Refs, CpSync::Full][rng.gen_range(0..4)];
         let now = Arc::new(AtomicU64::new(0));
-        let dev = Arc::new(FaultDevice::new(CrashDevice::new(VOLUME_BLOCKS)));
+        let blocks = if rng.gen_ratio(1, 4) {
+            volume::MIN_LOG_BLOCKS + SMALL_VOLUME_DATA_BLOCKS
+        } else {
+            VOLUME_BLOCKS
+        };
+        let dev = Arc::new(FaultDevice::new(CrashDevice::new(blocks)));
         let mut uuid = [0u8; 16];
         rng.fill(&mut uuid);
         let opts_mkfs = MkfsOptions {
@@ -301,6 +311,10 @@ impl Sim {
             .create(ROOT_INO, b"dir", FileKind::Directory, 0o755, 0, 0, 0)
             .map_err(|e| format!("mkdir: {e}"))?;
         sim.dir = d.ino.0;
+        sim.note(format!(
+            "source: a volume of {blocks} blocks, {} free",
+            sim.vol.statfs().blocks_free
+        ));
         sim.vol.checkpoint().map_err(|e| format!("first CP: {e}"))?;
         sim.since_durable = vec![sim.model.clone()];
         Ok(sim)
@@ -435,7 +449,8 @@ impl Sim {
                 match e {
                     FsError::Replication(_) if strict => {}
                     // Refused before anything changed.
-                    FsError::NoSpace | FsError::NoAttr => {}
+                    FsError::NoSpace => self.report.nospace += 1,
+                    FsError::NoAttr => {}
                     _ => {
                         // An I/O error: the operation may or may not be in
                         // the log; the volume stops and is restarted.
@@ -471,13 +486,15 @@ impl Sim {
             2 => self.rng.gen_range(0..=size / bs + 1) * bs,
             _ => self.rng.gen_range(0..=size + 5000),
         };
-        let len = match self.rng.gen_range(0..6) {
-            0 => self.rng.gen_range(1..100),
-            1 => bs,
-            2 => bs * self.rng.gen_range(2..5),
-            3 => self.rng.gen_range(1..3 * bs),
-            4 => bs * 16,
-            _ => self.rng.gen_range(bs..20 * bs),
+        let len = match self.rng.gen_range(0..13) {
+            0 | 1 => self.rng.gen_range(1..100),
+            2 | 3 => bs,
+            4 | 5 => bs * self.rng.gen_range(2..5),
+            6 | 7 => self.rng.gen_range(1..3 * bs),
+            8 | 9 => bs * 16,
+            10 | 11 => self.rng.gen_range(bs..20 * bs),
+            // Now and then a large one: small volumes fill up.
+            _ => self.rng.gen_range(32 * bs..96 * bs),
         } as usize;
         let off = off.min(200 * bs);
         let mut data = vec![0u8; len];
