@@ -105,6 +105,8 @@ fn print_breach(r: &Report) {
 }
 
 fn main() -> ExitCode {
+    // The daemons' own log lines, when asked for (RUST_LOG=warn, ...).
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("off")).init();
     let args = match parse() {
         Ok(a) => a,
         Err(e) => {
