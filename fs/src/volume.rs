@@ -670,6 +670,16 @@ impl Volume {
             let adopting = vol.inner.state.read().force_cp;
             if replayed > 0 || orphans > 0 || adopting {
                 log::info!("replayed {replayed} log batches, reclaimed {orphans} orphans");
+                // The log was taken when blocks kept for the peer may have
+                // been given up already (that is not recorded until a CP):
+                // the replayed changes must find the same room again.
+                let short = {
+                    let st = vol.inner.state.read();
+                    vol.inner.check_space(&st, Need::Free).is_err()
+                };
+                if short {
+                    vol.inner.release_peer_hold_for_space();
+                }
                 vol.checkpoint()?;
             }
             if vol.inner.cfg.background {

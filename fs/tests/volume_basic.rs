@@ -409,3 +409,31 @@ fn an_absent_peer_gives_up_its_blocks_rather_than_fill_the_volume() {
     let vol = reopen(&dev, vol);
     assert_eq!(vol.read(View::Live, a, 0, 64).unwrap(), back);
 }
+
+#[test]
+fn a_crash_after_giving_up_the_peer_hold_for_space_still_mounts() {
+    const S: usize = 2 << 20;
+    let pat = |seed: u8| -> Vec<u8> { (0..S).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect() };
+    let (dev, vol) = new_volume(8192);
+    let a = file(&vol, "a");
+    vol.write(a, 0, &pat(0), false).unwrap();
+    vol.checkpoint().unwrap();
+    vol.peer_tracking_start();
+    vol.peer_acked(&vol.committed(), 7);
+    // The next CP records the hold: the first version of `a` stays for the peer.
+    vol.write(a, 0, &pat(1), false).unwrap();
+    vol.checkpoint().unwrap();
+    let b = file(&vol, "b");
+    let room = vol.statfs().blocks_free as usize * 4096;
+    fill(&vol, b, room - S / 2, 9).unwrap();
+    vol.checkpoint().unwrap();
+    // Fits only once the hold is given up; it reaches the log and no CP
+    // before the power cut, so the superblock still records the hold.
+    vol.write(a, 0, &pat(2), false).unwrap();
+    vol.fsync().unwrap();
+    assert!(vol.held_for_peer().is_none(), "the hold was given up");
+    std::mem::forget(vol);
+    let vol = Volume::open(dev.clone() as Arc<dyn BlockDevice>, quiet())
+        .expect("the volume mounts again and its log fits");
+    assert_eq!(vol.read(View::Live, a, 0, S as u32).unwrap(), pat(2));
+}

@@ -124,3 +124,15 @@ fn seed_1318_a_peer_disk_that_rots_after_acknowledging_is_no_rpo_breach() {
     assert!(r.breach.is_none(), "{}", explain(&r));
     assert!(r.net.peer_corruptions > 0 && r.net.peer_kills > 0, "{r:?}");
 }
+
+/// Seed 2015401 (found by a soak with small volumes): a full source gave up
+/// the blocks it kept for the peer, logged writes that fit only then, and
+/// lost power before the next CP recorded the release. On restart the
+/// superblock still held the peer's CP, the replayed log did not fit, and
+/// the volume did not mount (ENOSPC). The replay now gives up the hold too.
+#[test]
+fn seed_2015401_a_full_volume_that_gave_up_the_peer_hold_mounts_after_a_crash() {
+    let r = run(&SimOptions::new(2015401));
+    assert!(r.breach.is_none(), "{}", explain(&r));
+    assert!(r.source_crashes > 0, "{r:?}");
+}
