@@ -54,7 +54,8 @@
 //! entries, and negative entries (a lookup that finds nothing is cached too,
 //! which saves the ENOENT storms of compilers searching include paths). A mount whose volume changes under it
 //! (a replica view, [`MountConfig::changing`]) uses [`CHANGING_TTL`], no
-//! negative entries, no `KEEP_CACHE`, and `FUSE_AUTO_INVAL_DATA`.
+//! negative entries, no `KEEP_CACHE`, and `FUSE_AUTO_INVAL_DATA`; each
+//! opened directory is listed from one CP ([`Listings`]).
 //!
 //! Without the writeback cache the kernel marks inodes `S_NOCMTIME` and
 //! `S_NOATIME`: times come only from the volume, which updates mtime and ctime
@@ -229,6 +230,9 @@ const SYNC_QUEUE: usize = 1024;
 const SYNC_BATCH: usize = 256;
 /// Directory entries read from the volume at a time.
 const READDIR_BATCH: usize = 128;
+/// Most entries of a directory a replica view lists from one CP (see
+/// [`Listings`]); a larger directory is listed in batches, which may span CPs.
+const WHOLE_LISTING_MAX: usize = 1 << 20;
 /// Bytes copy_file_range moves per read/write.
 const COPY_CHUNK: u32 = 1 << 20;
 /// Most bytes one copy_file_range request copies (callers loop on short copies).
@@ -455,6 +459,52 @@ struct DirEntry<'a> {
 /// Takes one entry; returns true when the reply is full (the entry did not fit).
 type AddEntry<'a> = dyn FnMut(&DirEntry<'_>) -> bool + 'a;
 
+/// A [`DirEntry`] kept after the volume's lock is let go.
+struct ListedEntry {
+    node: Node,
+    fuse_ino: u64,
+    offset: u64,
+    kind: FileKind,
+    name: Vec<u8>,
+}
+
+impl ListedEntry {
+    fn of(e: &DirEntry<'_>) -> ListedEntry {
+        ListedEntry {
+            node: e.node,
+            fuse_ino: e.fuse_ino,
+            offset: e.offset,
+            kind: e.kind,
+            name: e.name.to_vec(),
+        }
+    }
+
+    fn entry(&self) -> DirEntry<'_> {
+        DirEntry {
+            node: self.node,
+            fuse_ino: self.fuse_ino,
+            offset: self.offset,
+            kind: self.kind,
+            name: &self.name,
+        }
+    }
+}
+
+/// Directories open on a mount whose image changes (a replica view). The
+/// kernel lists a directory in several requests, each starting after the
+/// last entry's offset; were each read from the CP shown at the time, a
+/// listing spanning a reload would mix two CPs (names of the old CP up to
+/// the offset, of the new one after it), a directory no CP ever held. So a
+/// handle's listing is read whole, from one image, when the kernel asks for
+/// offset 0 (the start, or a `rewinddir`), and later requests are answered
+/// from it.
+#[derive(Default)]
+struct Listings {
+    last_handle: u64,
+    /// Per handle: its listing (None before the first read, or if too large).
+    open: HashMap<u64, Option<Arc<[ListedEntry]>>>,
+}
+
 /// Snapshot slots handed out by this mount (never reused).
 #[derive(Default)]
 struct Slots {
@@ -598,6 +648,7 @@ pub struct TwinFs {
     /// The kernel took FUSE_POSIX_ACL: ACLs are enforced and kept in step with the mode.
     posix_acl: bool,
     slots: Mutex<Slots>,
+    listings: Mutex<Listings>,
     sync: Option<crossbeam_channel::Sender<ReplyEmpty>>,
 }
 
@@ -612,6 +663,7 @@ impl TwinFs {
             writeback_cache: cfg.writeback_cache,
             posix_acl: false,
             slots: Mutex::new(Slots::default()),
+            listings: Mutex::new(Listings::default()),
             sync: None,
         }
     }
@@ -623,6 +675,19 @@ impl TwinFs {
     /// still hold, for a name, an inode the CP now shown no longer has (a
     /// file replaced by a rename): ESTALE, not ENOENT, makes it look the
     /// name up again, and the new CP may well have it.
+    /// The handle of a directory opened in the live tree: one with a
+    /// [`Listings`] entry on a mount whose image changes, else 0.
+    fn listing_handle(&self) -> FileHandle {
+        if !self.changing {
+            return FileHandle(0);
+        }
+        let mut listings = self.listings.lock();
+        listings.last_handle += 1;
+        let fh = listings.last_handle;
+        listings.open.insert(fh, None);
+        FileHandle(fh)
+    }
+
     fn on_inode(&self, e: Errno) -> Errno {
         if self.changing && e == Errno::ENOENT {
             Errno::ESTALE
@@ -776,12 +841,12 @@ impl TwinFs {
 
     /// Up to READDIR_BATCH entries of `dir` after `cookie` (read under the
     /// volume's lock, so nothing may call the volume from inside).
-    fn dir_batch(&self, view: View, dir: Ino, cookie: u64) -> Res<Vec<Listing>> {
-        let mut out = Vec::with_capacity(READDIR_BATCH);
+    fn dir_batch(&self, view: View, dir: Ino, cookie: u64, limit: usize) -> Res<Vec<Listing>> {
+        let mut out = Vec::with_capacity(limit.min(READDIR_BATCH));
         self.volume
             .readdir(view, dir, cookie, &mut |l| {
                 out.push(l);
-                out.len() < READDIR_BATCH
+                out.len() < limit
             })
             .map_err(errno)?;
         Ok(out)
@@ -790,15 +855,26 @@ impl TwinFs {
     /// Lists `ino` after `offset`, giving each entry's FUSE inode, offset,
     /// kind and name to `add` until it says the reply is full.
     fn list(&self, ino: INodeNo, offset: u64, add: &mut AddEntry<'_>) -> Res<()> {
+        self.list_in_batches(ino, offset, READDIR_BATCH, add)
+    }
+
+    /// [`TwinFs::list`], reading `batch` entries under the volume's lock at a time.
+    fn list_in_batches(
+        &self,
+        ino: INodeNo,
+        offset: u64,
+        batch: usize,
+        add: &mut AddEntry<'_>,
+    ) -> Res<()> {
         let (tree, dir) = match self.node(ino)? {
             Node::SnapshotDir => return self.list_snapshots(offset, add),
             Node::Tree(tree, dir) => (tree, dir),
         };
         let mut cookie = offset;
         loop {
-            let batch = self.dir_batch(tree.view(), dir, cookie)?;
-            let n = batch.len();
-            for l in batch {
+            let batch_read = self.dir_batch(tree.view(), dir, cookie, batch)?;
+            let n = batch_read.len();
+            for l in batch_read {
                 let hidden = tree == Tree::Live && dir == ROOT_INO && l.name == SNAPSHOT_DIR_NAME;
                 if !hidden {
                     let (node, fino) = if l.name == b".." && dir == ROOT_INO && tree != Tree::Live {
@@ -819,10 +895,64 @@ impl TwinFs {
                 }
                 cookie = l.cookie;
             }
-            if n < READDIR_BATCH {
+            if n < batch {
                 return Ok(());
             }
         }
+    }
+
+    /// Lists `ino` after `offset` for the directory handle `fh`: from the
+    /// handle's listing read whole from one image (see [`Listings`]) where
+    /// it has one, else as [`TwinFs::list`] does.
+    fn list_open(
+        &self,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        add: &mut AddEntry<'_>,
+    ) -> Res<()> {
+        let listing = {
+            let listings = self.listings.lock();
+            match listings.open.get(&fh.0) {
+                None => return self.list(ino, offset, add),
+                Some(l) if offset > 0 => l.clone(),
+                Some(_) => None,
+            }
+        };
+        let listing = match listing {
+            Some(l) => l,
+            None if offset > 0 => return self.list(ino, offset, add),
+            None => {
+                let whole = self.whole_listing(ino)?;
+                if let Some(l) = self.listings.lock().open.get_mut(&fh.0) {
+                    *l = whole.clone();
+                }
+                match whole {
+                    Some(l) => l,
+                    None => return self.list(ino, offset, add),
+                }
+            }
+        };
+        let first = listing.partition_point(|e| e.offset <= offset);
+        for e in &listing[first..] {
+            if add(&e.entry()) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every entry of `ino` read under one hold of the volume's lock, so from
+    /// one image; None if it has more than [`WHOLE_LISTING_MAX`].
+    fn whole_listing(&self, ino: INodeNo) -> Res<Option<Arc<[ListedEntry]>>> {
+        self.on_shown_image(|| {
+            let mut entries = Vec::new();
+            self.list_in_batches(ino, 0, WHOLE_LISTING_MAX + 1, &mut |e| {
+                entries.push(ListedEntry::of(e));
+                false
+            })?;
+            Ok((entries.len() <= WHOLE_LISTING_MAX).then(|| entries.into()))
+        })
     }
 
     /// `.snapshot`: ".", "..", then one directory per snapshot (offset = id + 2).
@@ -1611,18 +1741,21 @@ impl Filesystem for TwinFs {
             Ok(Node::Tree(Tree::Live, i)) => self
                 .volume
                 .open_file(i)
-                .map(|()| FopenFlags::empty())
+                .map(|()| (self.listing_handle(), FopenFlags::empty()))
                 .map_err(errno),
             Ok(Node::Tree(tree, i)) => self
                 .volume
                 .getattr(tree.view(), i)
-                .map(|_| FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR)
+                .map(|_| {
+                    let cached = FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR;
+                    (FileHandle(0), cached)
+                })
                 .map_err(errno),
-            Ok(Node::SnapshotDir) => Ok(FopenFlags::empty()),
+            Ok(Node::SnapshotDir) => Ok((FileHandle(0), FopenFlags::empty())),
             Err(e) => Err(e),
         };
         match result {
-            Ok(f) => reply.opened(FileHandle(0), f),
+            Ok((fh, f)) => reply.opened(fh, f),
             Err(e) => reply.error(self.on_inode(e)),
         }
     }
@@ -1631,12 +1764,12 @@ impl Filesystem for TwinFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
         log::trace!("readdir {} @{offset}", ino.0);
-        let result = self.list(ino, offset, &mut |e| {
+        let result = self.list_open(ino, fh, offset, &mut |e| {
             reply.add(
                 INodeNo(e.fuse_ino),
                 e.offset,
@@ -1654,7 +1787,7 @@ impl Filesystem for TwinFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
@@ -1663,7 +1796,7 @@ impl Filesystem for TwinFs {
         let mut entries = Vec::new();
         let result = self.on_shown_image(|| {
             entries.clear();
-            self.list(ino, offset, &mut |e| {
+            self.list_open(ino, fh, offset, &mut |e| {
                 entries.push((e.node, e.fuse_ino, e.offset, e.name.to_vec()));
                 entries.len() >= READDIR_BATCH
             })
@@ -1703,11 +1836,12 @@ impl Filesystem for TwinFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
         log::trace!("releasedir {}", ino.0);
+        self.listings.lock().open.remove(&fh.0);
         let result = match self.node(ino) {
             Ok(Node::Tree(Tree::Live, i)) => self.volume.release_file(i).map_err(errno),
             _ => Ok(()),
