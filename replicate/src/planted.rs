@@ -20,14 +20,17 @@ pub enum Bug {
     /// The peer keeps the transfers a CP it applied covers: its log store
     /// grows without bound.
     KeepCoveredLog = 4,
+    /// Promote replays the transfers the peer holds but the last.
+    PromoteDropsLast = 5,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 4] = [
+    pub const ALL: [Bug; 5] = [
         Bug::AckBeforeDurable,
         Bug::SuperblockBeforeBlocks,
         Bug::SkipRefHash,
         Bug::KeepCoveredLog,
+        Bug::PromoteDropsLast,
     ];
 
     pub fn name(self) -> &'static str {
@@ -36,6 +39,7 @@ impl Bug {
             Bug::SuperblockBeforeBlocks => "superblock-before-blocks",
             Bug::SkipRefHash => "skip-ref-hash",
             Bug::KeepCoveredLog => "keep-covered-log",
+            Bug::PromoteDropsLast => "promote-drops-last",
         }
     }
 

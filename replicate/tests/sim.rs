@@ -98,6 +98,13 @@ fn planted_keep_covered_log_is_reported_as_an_unbounded_log_store() {
 }
 
 #[test]
+fn planted_promote_drops_last_is_reported_as_a_promoted_peer_short_of_an_fsync() {
+    let r = first_report(Bug::PromoteDropsLast).expect("reported within the bound");
+    let why = r.breach.as_deref().unwrap_or_default();
+    assert!(why.contains("the peer promoted"), "{}", explain(&r));
+}
+
+#[test]
 fn a_seed_replays_exactly() {
     let opts = SimOptions {
         keep_trace: true,

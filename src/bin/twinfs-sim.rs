@@ -18,7 +18,7 @@ use twinfs_replicate::sim::{run, Report, SimOptions};
 const USAGE: &str =
     "usage: twinfs-sim (--seed S | --seeds A..B) [--steps N] [--plant BUG] [--trace] [--keep-going]
   --trace: print the trace of clean seeds too; --keep-going: run every seed, list the failing ones
-  BUG: ack-before-durable, superblock-before-blocks, skip-ref-hash, keep-covered-log (needs --features planted-bugs)";
+  BUG: ack-before-durable, superblock-before-blocks, skip-ref-hash, keep-covered-log, promote-drops-last (needs --features planted-bugs)";
 
 /// Lines of a failing run's trace printed (its end).
 const TRACE_LINES: usize = 400;
@@ -146,6 +146,7 @@ fn main() -> ExitCode {
         totals.xattr_ops += r.xattr_ops;
         totals.snapshot_ops += r.snapshot_ops;
         totals.nospace += r.nospace;
+        totals.promotes += r.promotes;
         totals.source_crashes += r.source_crashes;
         totals.eio += r.eio;
         totals.net.peer_kills += r.net.peer_kills + r.net.peer_commit_kills;
@@ -166,7 +167,7 @@ fn main() -> ExitCode {
     }
     let per = |x: u64| x as f64 / n.max(1) as f64;
     println!(
-        "{n} seeds clean in {secs:.1} s ({:.0} seeds/min); per seed: {:.0} ops, {:.1} fsyncs, {:.1} checkpoints, {:.1} xattr sets/removes, {:.2} snapshot creates/deletes, {:.2} ENOSPC, {:.2} source crashes ({:.2} after EIO), {:.2} peer kills, {:.2} partitions, {:.1} session ends, {:.1} resyncs, {:.1} CPs applied at the peer, {:.2} peer log corruptions, {:.2} missing-block rounds",
+        "{n} seeds clean in {secs:.1} s ({:.0} seeds/min); per seed: {:.0} ops, {:.1} fsyncs, {:.1} checkpoints, {:.1} xattr sets/removes, {:.2} snapshot creates/deletes, {:.2} ENOSPC, {:.2} source crashes ({:.2} after EIO), {:.2} peer kills, {:.2} partitions, {:.1} session ends, {:.1} resyncs, {:.1} CPs applied at the peer, {:.2} peer log corruptions, {:.2} missing-block rounds, {:.2} promotes checked",
         n as f64 / secs.max(1e-9) * 60.0,
         per(totals.ops),
         per(totals.fsyncs),
@@ -183,6 +184,7 @@ fn main() -> ExitCode {
         per(totals.net.peer_cps),
         per(totals.net.peer_corruptions),
         per(totals.net.missing_rounds),
+        per(totals.promotes),
     );
     ExitCode::SUCCESS
 }

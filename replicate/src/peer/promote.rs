@@ -25,6 +25,8 @@ use twinfs_fs::nvlog::LogRegion;
 use twinfs_fs::superblock::{self, Superblock};
 use twinfs_fs::{BlockAddr, TransferId, Volume, VolumeConfig, BLOCK_SIZE};
 
+use crate::planted::{self, Bug};
+
 use super::image::MirrorImage;
 use super::journal;
 use super::logstore::LogStore;
@@ -193,6 +195,9 @@ fn write_round(
         let Some(loc) = log.get(next) else {
             break (log.highest() >= next).then(|| format!("transfer {next} is not held (a gap)"));
         };
+        if planted::active(Bug::PromoteDropsLast) && log.highest() == next {
+            break None;
+        }
         let len_blocks = loc.len / BLOCK_SIZE as u64;
         let bytes = log
             .read_batch(next)

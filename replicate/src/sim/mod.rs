@@ -20,6 +20,11 @@
 //! - after every crash and replay the volume's files equal the model at some
 //!   point between the last durable one and the crash;
 //! - the peer never refuses the source's history (nothing here forks it);
+//! - the source lost now, a copy of the peer's directory promoted holds a
+//!   state the workload went through since the peer last held the source's
+//!   CP, and none older than the last fsync the peer acknowledged (checked
+//!   now and then, and after the run's last convergence, when it must equal
+//!   the source);
 //! - queues and in-flight frames stay within their bounds.
 //!
 //! A breach ends the run with the seed and a trace of what happened.
@@ -27,7 +32,7 @@
 pub mod model;
 pub mod net;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -36,7 +41,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use twinfs_fs::cp::{CpBlock as FsCpBlock, CpSink};
-use twinfs_fs::device::{BlockDevice, CrashDevice, FaultDevice, LostWrite};
+use twinfs_fs::device::{BlockDevice, CrashDevice, FaultDevice, FileDevice, LostWrite};
 use twinfs_fs::lineage::GenerationId;
 use twinfs_fs::nvlog::batch::SealedBatch;
 use twinfs_fs::superblock::Superblock;
@@ -109,6 +114,8 @@ pub struct Report {
     pub snapshot_ops: u64,
     /// Operations refused for want of space.
     pub nospace: u64,
+    /// Copies of the peer's directory promoted and checked.
+    pub promotes: u64,
     pub source_crashes: u64,
     pub eio: u64,
     pub net: net::Stats,
@@ -161,6 +168,7 @@ impl Replicator for Hooks {
                         );
                         net.breach(msg);
                     }
+                    net.peer_acked_fsync = true;
                 }
                 net.note(format!("fsync of transfer {}: {poll:?}", id.0));
                 return crate::source::machine::Link::fsync_result(poll).expect("not Wait");
@@ -248,6 +256,15 @@ struct Sim {
     /// States the volume may hold after a crash: the model at the last
     /// durable point and after every operation since.
     since_durable: Vec<Model>,
+    /// States a promoted peer may hold: the model when the peer last held
+    /// the source's CP and after every operation since.
+    since_peer_caught_up: Vec<Model>,
+    /// The first of `since_peer_caught_up` a promoted peer may hold: the
+    /// state of the last fsync the peer acknowledged.
+    peer_acked: usize,
+    /// The peer's disk rotted a transfer it held since it last caught up:
+    /// promote stops at that transfer, so any state since may come out.
+    peer_rotted: bool,
     /// The volume failed (EIO): the next step restarts it.
     failed: bool,
     /// The disk's EIO countdown is armed (until the next power cut).
@@ -256,6 +273,78 @@ struct Sim {
     /// `None` when an interrupted create or delete left its content unknown.
     snapshots: std::collections::BTreeMap<String, Option<(u64, Model)>>,
     report: Report,
+}
+
+/// The workload's operations.
+#[derive(Clone, Copy, Debug)]
+enum Op {
+    Create,
+    Write,
+    SetXattr,
+    RemoveXattr,
+    Truncate,
+    Link,
+    Unlink,
+    Rename,
+    Fsync,
+    Checkpoint,
+    SnapshotCreate,
+    SnapshotDelete,
+}
+
+impl Op {
+    /// Each operation with its weight.
+    const WEIGHTS: [(Op, u32); 12] = [
+        (Op::Create, 15),
+        (Op::Write, 29),
+        (Op::SetXattr, 4),
+        (Op::RemoveXattr, 2),
+        (Op::Truncate, 8),
+        (Op::Link, 6),
+        (Op::Unlink, 8),
+        (Op::Rename, 8),
+        (Op::Fsync, 14),
+        (Op::Checkpoint, 3),
+        (Op::SnapshotCreate, 2),
+        (Op::SnapshotDelete, 1),
+    ];
+    const TOTAL_WEIGHT: u32 = {
+        let mut sum = 0;
+        let mut i = 0;
+        while i < Op::WEIGHTS.len() {
+            sum += Op::WEIGHTS[i].1;
+            i += 1;
+        }
+        sum
+    };
+
+    /// The operation `r` (below [`Op::TOTAL_WEIGHT`]) falls on.
+    fn pick(mut r: u32) -> Op {
+        for (op, weight) in Op::WEIGHTS {
+            if r < weight {
+                return op;
+            }
+            r -= weight;
+        }
+        unreachable!("r is below the total weight")
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Op::Create => "create",
+            Op::Write => "write",
+            Op::SetXattr => "setxattr",
+            Op::RemoveXattr => "removexattr",
+            Op::Truncate => "truncate",
+            Op::Link => "link",
+            Op::Unlink => "unlink",
+            Op::Rename => "rename",
+            Op::Fsync => "fsync",
+            Op::Checkpoint => "checkpoint",
+            Op::SnapshotCreate => "snapshot create",
+            Op::SnapshotDelete => "snapshot delete",
+        }
+    }
 }
 
 impl Sim {
@@ -301,6 +390,9 @@ impl Sim {
             dir: 0,
             model: Model::default(),
             since_durable: Vec::new(),
+            since_peer_caught_up: Vec::new(),
+            peer_acked: 0,
+            peer_rotted: false,
             failed: false,
             eio_armed: false,
             snapshots: Default::default(),
@@ -317,6 +409,7 @@ impl Sim {
         ));
         sim.vol.checkpoint().map_err(|e| format!("first CP: {e}"))?;
         sim.since_durable = vec![sim.model.clone()];
+        sim.since_peer_caught_up = vec![sim.model.clone()];
         Ok(sim)
     }
 
@@ -358,7 +451,10 @@ impl Sim {
                     self.converge();
                 }
             }
-            980..=989 => self.net.lock().corrupt_peer_log(),
+            980..=987 => {
+                self.peer_rotted |= self.net.lock().corrupt_peer_log();
+            }
+            988..=993 => self.check_promote(false),
             _ => {
                 let after = self.rng.gen_range(0..10);
                 self.note(format!(
@@ -390,47 +486,39 @@ impl Sim {
     /// A workload operation, applied to the volume and the model.
     fn op(&mut self) {
         self.report.ops += 1;
-        let r = self.rng.gen_range(0..100);
-        let kind = match r {
-            0..=14 => "create",
-            15..=43 => "write",
-            44..=47 => "setxattr",
-            48..=49 => "removexattr",
-            50..=57 => "truncate",
-            58..=63 => "link",
-            64..=71 => "unlink",
-            72..=79 => "rename",
-            80..=93 => "fsync",
-            94..=96 => "checkpoint",
-            97..=98 => "snapshot create",
-            _ => "snapshot delete",
-        };
-        let result: Result<String, FsError> = match r {
-            0..=14 => self.op_create(),
-            15..=43 => self.op_write(),
-            44..=47 => self.op_setxattr(),
-            48..=49 => self.op_removexattr(),
-            50..=57 => self.op_truncate(),
-            58..=63 => self.op_link(),
-            64..=71 => self.op_unlink(),
-            72..=79 => self.op_rename(),
-            80..=93 => {
+        let op = Op::pick(self.rng.gen_range(0..Op::TOTAL_WEIGHT));
+        let result: Result<String, FsError> = match op {
+            Op::Create => self.op_create(),
+            Op::Write => self.op_write(),
+            Op::SetXattr => self.op_setxattr(),
+            Op::RemoveXattr => self.op_removexattr(),
+            Op::Truncate => self.op_truncate(),
+            Op::Link => self.op_link(),
+            Op::Unlink => self.op_unlink(),
+            Op::Rename => self.op_rename(),
+            Op::Fsync => {
                 self.report.fsyncs += 1;
+                self.net.lock().peer_acked_fsync = false;
                 self.vol.fsync().map(|()| {
                     self.since_durable = vec![self.model.clone()];
+                    if self.net.lock().peer_acked_fsync {
+                        self.remember_for_peer();
+                        self.peer_acked = self.since_peer_caught_up.len() - 1;
+                    }
                     "fsync".to_string()
                 })
             }
-            94..=96 => {
+            Op::Checkpoint => {
                 self.report.checkpoints += 1;
                 self.vol.checkpoint().map(|cp| {
                     self.since_durable = vec![self.model.clone()];
                     format!("checkpoint: CP {}", cp.0)
                 })
             }
-            97..=98 => self.op_snapshot_create(),
-            _ => self.op_snapshot_delete(),
+            Op::SnapshotCreate => self.op_snapshot_create(),
+            Op::SnapshotDelete => self.op_snapshot_delete(),
         };
+        let kind = op.name();
         match result {
             Ok(what) => {
                 if !what.is_empty() {
@@ -439,6 +527,7 @@ impl Sim {
                 if self.since_durable.last() != Some(&self.model) {
                     self.since_durable.push(self.model.clone());
                 }
+                self.remember_for_peer();
             }
             Err(e) => {
                 self.note(format!("op {kind} failed: {e}"));
@@ -747,11 +836,66 @@ impl Sim {
                 ));
                 self.model = found;
                 self.since_durable = vec![self.model.clone()];
+                self.remember_for_peer();
             }
             None => {
                 let d = found.diff(&self.since_durable[0]);
                 self.breach(format!(
                     "after a crash the volume holds no state the model allows (vs the last durable one: {d})"
+                ));
+            }
+        }
+    }
+
+    /// Adds the model's state to those a promoted peer may hold.
+    fn remember_for_peer(&mut self) {
+        if self.since_peer_caught_up.last() != Some(&self.model) {
+            self.since_peer_caught_up.push(self.model.clone());
+        }
+    }
+
+    /// The source is lost now: promotes a copy of the peer's directory (as
+    /// `twinfs promote` would the directory itself) and checks the volume
+    /// it makes against the states the peer may hold; with `exact`, only
+    /// the current one (the peer has just caught up).
+    fn check_promote(&mut self, exact: bool) {
+        let (peer_dir, applied_any) = {
+            let net = self.net.lock();
+            (net.peer_dir.clone(), net.stats.peer_cps > 0)
+        };
+        if !applied_any {
+            return;
+        }
+        self.report.promotes += 1;
+        let copy = peer_dir.with_extension("promoted");
+        let found = promote_copy(&peer_dir, &copy, &[ROOT_INO.0, self.dir]);
+        let _ = std::fs::remove_dir_all(&copy);
+        let (found, promoted) = match found {
+            Ok(f) => f,
+            Err(e) => return self.breach(format!("promoting a copy of the peer's directory: {e}")),
+        };
+        let allowed = if exact {
+            std::slice::from_ref(&self.model)
+        } else if self.peer_rotted {
+            &self.since_peer_caught_up[..]
+        } else {
+            &self.since_peer_caught_up[self.peer_acked..]
+        };
+        match allowed.iter().rposition(|m| *m == found) {
+            Some(i) => self.note(format!(
+                "promote check: {promoted}; the state {} operations after the earliest allowed",
+                i
+            )),
+            None => {
+                let (i, d) = allowed
+                    .iter()
+                    .map(|m| found.diff(m))
+                    .enumerate()
+                    .min_by_key(|(_, d)| d.len())
+                    .expect("a state");
+                self.breach(format!(
+                    "the peer promoted ({promoted}) holds none of the {} states the source went through since the peer's last acknowledged fsync (vs the nearest, {i}: {d})",
+                    allowed.len()
                 ));
             }
         }
@@ -790,6 +934,9 @@ impl Sim {
         match net.peer_applied() {
             Some((_, root)) if root == want.root_hash().0 => {
                 net.note(format!("converge: the peer holds CP {}", want.cp.0));
+                self.since_peer_caught_up = vec![self.model.clone()];
+                self.peer_acked = 0;
+                self.peer_rotted = false;
                 let kept = net.peer_keeps_covered(&want);
                 if !kept.is_empty() {
                     let msg = format!(
@@ -846,6 +993,44 @@ fn open_volume(
     Ok(vol)
 }
 
+/// Copies the peer's directory `dir` to `copy`, promotes the copy, and
+/// reads the directories `dirs` of the volume it makes; with what promote
+/// said.
+fn promote_copy(dir: &Path, copy: &Path, dirs: &[u64]) -> Result<(Model, String), String> {
+    let _ = std::fs::remove_dir_all(copy);
+    copy_dir(dir, copy).map_err(|e| format!("copying {}: {e}", dir.display()))?;
+    let p = crate::peer::promote(copy).map_err(|e| e.to_string())?;
+    let dev: Arc<dyn BlockDevice> =
+        Arc::new(FileDevice::open(&p.image, false).map_err(|e| format!("opening the image: {e}"))?);
+    let cfg = VolumeConfig {
+        read_only: true,
+        background: false,
+        ..VolumeConfig::default()
+    };
+    let vol = Volume::open(dev, cfg).map_err(|e| format!("opening the promoted volume: {e}"))?;
+    let found = Model::of_volume(&vol, View::Live, dirs);
+    let _ = vol.close();
+    let said = format!(
+        "CP {} + {} transfers = CP {}",
+        p.applied_cp, p.replayed, p.final_cp
+    );
+    Ok((found?, said))
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let target = to.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            copy_dir(&e.path(), &target)?;
+        } else {
+            std::fs::copy(e.path(), target)?;
+        }
+    }
+    Ok(())
+}
+
 fn show(name: &[u8]) -> String {
     String::from_utf8_lossy(name).into_owned()
 }
@@ -881,6 +1066,9 @@ pub fn run(opts: &SimOptions) -> Report {
                     sim.crash_source();
                 }
                 sim.converge();
+            }
+            if !sim.breached() {
+                sim.check_promote(true);
             }
             // Break the cycle volume → hooks → volume.
             sim.vol.set_replicator(None);

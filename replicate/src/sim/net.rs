@@ -92,6 +92,8 @@ pub struct Net {
     /// stays acknowledged even when its disk later loses it (the rot this
     /// simulation injects is such a loss, not a bug of the protocol).
     pub peer_high_water: u64,
+    /// An fsync in sync or strict mode returned with the peer holding it.
+    pub peer_acked_fsync: bool,
     pub breach: Option<String>,
     pub stats: Stats,
     /// Link faults happen in [`Net::pump`].
@@ -126,6 +128,7 @@ impl Net {
             roots: BTreeSet::new(),
             checked_peer: None,
             peer_high_water: 0,
+            peer_acked_fsync: false,
             breach: None,
             stats: Stats::default(),
             faults: true,
@@ -691,18 +694,19 @@ impl Net {
     }
 
     /// Flips a byte in a data block of a transfer the peer holds (its disk
-    /// rots): a `Ref` to it must come out missing, never wrong.
-    pub fn corrupt_peer_log(&mut self) {
-        let Some(peer) = &self.peer else { return };
+    /// rots): a `Ref` to it must come out missing, never wrong. Returns
+    /// whether it did.
+    pub fn corrupt_peer_log(&mut self) -> bool {
+        let Some(peer) = &self.peer else { return false };
         let log = peer.log_store();
         let ids: Vec<u64> = log.ids().collect();
         if ids.is_empty() {
-            return;
+            return false;
         }
         let id = ids[self.rng.gen_range(0..ids.len())];
-        let Some(loc) = log.get(id) else { return };
+        let Some(loc) = log.get(id) else { return false };
         if loc.nblocks == 0 {
-            return;
+            return false;
         }
         let block = self.rng.gen_range(0..u64::from(loc.nblocks));
         let at = loc.offset
@@ -726,6 +730,7 @@ impl Net {
                 "peer: disk flips a byte of transfer {id}, data block {block}"
             ));
         }
+        flipped.is_ok()
     }
 
     // ---- invariants ---------------------------------------------------------
