@@ -129,6 +129,14 @@ pub fn load_map(
     Ok((map, tree))
 }
 
+/// How the volume's data blocks are taken (see [`Allocator::space`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Space {
+    pub free: u64,
+    pub snapshot_only: u64,
+    pub peer_only: u64,
+}
+
 /// The allocator of a writable volume. Only the CP writer allocates.
 pub struct Allocator {
     total: u64,
@@ -191,20 +199,24 @@ impl Allocator {
         self.map.count_ones() + self.tree.len() as u64
     }
 
-    /// Blocks kept only by snapshots, and only for the peer (by no snapshot
-    /// either): what deleting every snapshot, or the peer catching up,
-    /// would give back.
-    pub fn held_only_blocks(&self) -> (u64, u64) {
-        let (mut snapshots, mut peer) = (0, 0);
+    /// Free blocks, blocks kept only by snapshots, and blocks kept only for
+    /// the peer (by no snapshot either): what deleting every snapshot, or
+    /// the peer catching up, would give back. One walk of the bitmaps.
+    pub fn space(&self) -> Space {
+        let (mut busy, mut snapshot_only, mut peer_only) = (0u64, 0u64, 0u64);
         for w in 0..self.map.words.len() {
             let live = self.map.word(w) | self.committed.word(w);
             let snap = self.snapshots.word(w);
-            snapshots += u64::from((snap & !live).count_ones());
-            if let Some(h) = &self.hold {
-                peer += u64::from((h.word(w) & !live & !snap).count_ones());
-            }
+            let hold = self.hold.as_ref().map_or(0, |h| h.word(w));
+            busy += u64::from((live | snap | hold).count_ones());
+            snapshot_only += u64::from((snap & !live).count_ones());
+            peer_only += u64::from((hold & !live & !snap).count_ones());
         }
-        (snapshots, peer)
+        Space {
+            free: self.free_after(busy),
+            snapshot_only,
+            peer_only,
+        }
     }
 
     /// Whether a protected image (not the working one) references block `i`.
@@ -228,12 +240,17 @@ impl Allocator {
 
     /// Blocks that could be allocated now (statfs "free").
     pub fn free_blocks(&self) -> u64 {
-        let mut used: u64 = (0..self.map.words.len())
+        let busy = (0..self.map.words.len())
             .map(|w| u64::from(self.busy_word(w).count_ones()))
             .sum();
+        self.free_after(busy)
+    }
+
+    /// Free blocks when `busy` blocks of the bitmaps are taken.
+    fn free_after(&self, busy: u64) -> u64 {
         // Map-tree blocks are never in `map`; count those no held image has.
-        used += self.tree.iter().filter(|&&b| !self.held(b)).count() as u64;
-        (self.total - self.data_start).saturating_sub(used)
+        let tree = self.tree.iter().filter(|&&b| !self.held(b)).count() as u64;
+        (self.total - self.data_start).saturating_sub(busy + tree)
     }
 
     fn find(&mut self) -> Result<u64> {
@@ -534,8 +551,20 @@ mod tests {
         a.free(BlockAddr(10), CpNumber(3)).unwrap();
         a.committed();
         let free = a.free_blocks();
+        let held = Space {
+            free,
+            snapshot_only: 0,
+            peer_only: 1,
+        };
+        assert_eq!(a.space(), held);
         assert_eq!(a.release_peer_hold(CpNumber(3)), 1);
         assert_eq!(a.free_blocks(), free + 1);
+        let released = Space {
+            free: free + 1,
+            peer_only: 0,
+            ..held
+        };
+        assert_eq!(a.space(), released);
         assert_eq!(
             a.peer_hold(),
             Some(CpNumber(3)),

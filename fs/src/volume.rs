@@ -393,10 +393,11 @@ struct SpaceCounts {
 
 impl SpaceCounts {
     fn store(&self, alloc: &Allocator) {
-        let (snapshots, peer) = alloc.held_only_blocks();
-        self.free.store(alloc.free_blocks(), Ordering::Relaxed);
-        self.snapshot_only.store(snapshots, Ordering::Relaxed);
-        self.peer_only.store(peer, Ordering::Relaxed);
+        let space = alloc.space();
+        self.free.store(space.free, Ordering::Relaxed);
+        self.snapshot_only
+            .store(space.snapshot_only, Ordering::Relaxed);
+        self.peer_only.store(space.peer_only, Ordering::Relaxed);
     }
 }
 
@@ -528,30 +529,17 @@ pub fn mkfs(dev: Arc<dyn BlockDevice>, opts: &MkfsOptions) -> Result<Superblock>
     // The map tree's blocks live outside the map (see alloc).
     let alloc_root = mkfs_map(&mut w, &map_writes, &map_holes)?;
     drop(w);
+    let generation = opts
+        .generation
+        .unwrap_or_else(lineage::random_generation_id);
     let sb = Superblock {
-        uuid,
-        total_blocks: total,
-        log_start: 2,
-        log_blocks,
-        cp: CpNumber(0),
-        next_ino: FIRST_USER_INO,
         alloc_cursor: alloc.cursor(),
         used_blocks: alloc.used_blocks(),
         inodes: 1,
         meta,
         alloc: alloc_root,
-        log: LogPosition {
-            next_transfer: TransferId(1),
-            replay_offset: 0,
-            last_batch_hash: [0; 32],
-        },
         cp_time: time,
-        peer_hold: None,
-        lineage: Lineage::start(
-            opts.generation
-                .unwrap_or_else(lineage::random_generation_id),
-        ),
-        replica: false,
+        ..Superblock::empty(uuid, total, log_blocks, generation)
     };
     // Wipe the other slot and the head of the log so that nothing of an
     // earlier volume on this device can be mistaken for ours.
