@@ -180,6 +180,39 @@ fn put_u64(b: &mut [u8], off: usize, v: u64) {
 }
 
 impl Superblock {
+    /// The superblock of an image that holds nothing yet: CP 0, empty trees,
+    /// the log at its start, one generation. mkfs and tests set what they
+    /// need over it (`..Superblock::empty(..)`).
+    pub fn empty(
+        uuid: [u8; 16],
+        total_blocks: u64,
+        log_blocks: u64,
+        generation: crate::lineage::GenerationId,
+    ) -> Superblock {
+        Superblock {
+            uuid,
+            total_blocks,
+            log_start: 2,
+            log_blocks,
+            cp: CpNumber(0),
+            next_ino: FIRST_USER_INO,
+            alloc_cursor: 0,
+            used_blocks: 0,
+            inodes: 0,
+            meta: TreeRoot::EMPTY,
+            alloc: TreeRoot::EMPTY,
+            log: LogPosition {
+                next_transfer: TransferId(1),
+                replay_offset: 0,
+                last_batch_hash: [0; 32],
+            },
+            cp_time: Timestamp::new(0, 0),
+            peer_hold: None,
+            lineage: Lineage::start(generation),
+            replica: false,
+        }
+    }
+
     /// First block that data may use: after both slots and the log.
     pub fn data_start(&self) -> u64 {
         self.log_start + self.log_blocks

@@ -243,7 +243,6 @@ mod tests {
     /// expected (a panic with overflow checks).
     #[test]
     fn replay_stops_after_the_last_transfer_id() {
-        use crate::btree::TreeRoot;
         use crate::device::MemDevice;
         use crate::superblock::LogPosition;
         let sealed = batch::OpenBatch::new(TransferId(u64::MAX)).seal(&[9; 16], [7; 32]);
@@ -251,26 +250,13 @@ mod tests {
         dev.write(BlockAddr(2 + 3), &sealed.bytes)
             .expect("in the region");
         let sb = Superblock {
-            uuid: [9; 16],
-            total_blocks: 64,
-            log_start: 2,
-            log_blocks: 20,
             cp: CpNumber(1),
-            next_ino: Ino(2),
-            alloc_cursor: 0,
-            used_blocks: 0,
-            inodes: 1,
-            meta: TreeRoot::EMPTY,
-            alloc: TreeRoot::EMPTY,
             log: LogPosition {
                 next_transfer: TransferId(u64::MAX),
                 replay_offset: 3,
                 last_batch_hash: [7; 32],
             },
-            cp_time: Timestamp::new(0, 0),
-            peer_hold: None,
-            lineage: crate::lineage::Lineage::start(crate::lineage::GenerationId(1)),
-            replica: false,
+            ..Superblock::empty([9; 16], 64, 20, crate::lineage::GenerationId(1))
         };
         let scan = scan(&dev, &sb);
         assert_eq!(scan.batches.len(), 1);

@@ -8,12 +8,11 @@
 //! written, and says why it stopped.
 
 use arbitrary::Unstructured;
-use twinfs_fs::btree::TreeRoot;
 use twinfs_fs::device::{BlockDevice, MemDevice};
-use twinfs_fs::lineage::{GenerationId, Lineage};
+use twinfs_fs::lineage::GenerationId;
 use twinfs_fs::nvlog::{self, LogRegion};
 use twinfs_fs::superblock::{LogPosition, Superblock};
-use twinfs_fs::{BlockAddr, CpNumber, Ino, Timestamp, TransferId, BLOCK_SIZE};
+use twinfs_fs::{BlockAddr, CpNumber, TransferId, BLOCK_SIZE};
 
 use crate::arb;
 
@@ -32,26 +31,13 @@ pub fn run(data: &[u8]) {
     let mut anchor = [0u8; 32];
     let _ = u.fill_buffer(&mut anchor);
     let sb = Superblock {
-        uuid: UUID,
-        total_blocks: 2 + log_blocks + 16,
-        log_start: 2,
-        log_blocks,
         cp: CpNumber(1),
-        next_ino: Ino(2),
-        alloc_cursor: 0,
-        used_blocks: 0,
-        inodes: 1,
-        meta: TreeRoot::EMPTY,
-        alloc: TreeRoot::EMPTY,
         log: LogPosition {
             next_transfer: TransferId(next_transfer),
             replay_offset,
             last_batch_hash: anchor,
         },
-        cp_time: Timestamp::new(0, 0),
-        peer_hold: None,
-        lineage: Lineage::start(GenerationId(7)),
-        replica: false,
+        ..Superblock::empty(UUID, 2 + log_blocks + 16, log_blocks, GenerationId(7))
     };
     let dev = MemDevice::new(sb.total_blocks);
     let mut region = LogRegion::new(log_blocks, replay_offset);

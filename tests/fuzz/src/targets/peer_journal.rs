@@ -16,10 +16,9 @@
 use std::collections::BTreeMap;
 
 use arbitrary::Unstructured;
-use twinfs_fs::btree::TreeRoot;
-use twinfs_fs::lineage::{GenerationId, Lineage};
+use twinfs_fs::lineage::GenerationId;
 use twinfs_fs::superblock::{LogPosition, Superblock, MAX_VOLUME_BLOCKS};
-use twinfs_fs::{CpNumber, Ino, Timestamp, BLOCK_SIZE};
+use twinfs_fs::{CpNumber, BLOCK_SIZE};
 use twinfs_replicate::peer::image::MirrorImage;
 use twinfs_replicate::peer::journal::{self, Recovery, COMMIT_MAGIC};
 
@@ -136,27 +135,16 @@ fn superblock(u: &mut Unstructured, cp: u64) -> (Vec<u8>, Option<Superblock>) {
     }
     let total_blocks = u.int_in_range(4..=1u64 << 20).unwrap_or(64);
     let log_blocks = u.int_in_range(1..=total_blocks - 3).unwrap_or(1);
+    let cp = if u.ratio(1u8, 8).unwrap_or(false) {
+        cp + 1
+    } else {
+        cp
+    };
     let sb = Superblock {
-        uuid: [0x22; 16],
-        total_blocks,
-        log_start: 2,
-        log_blocks,
-        cp: CpNumber(if u.ratio(1u8, 8).unwrap_or(false) {
-            cp + 1
-        } else {
-            cp
-        }),
-        next_ino: Ino(2),
-        alloc_cursor: 0,
-        used_blocks: 0,
+        cp: CpNumber(cp),
         inodes: 1,
-        meta: TreeRoot::EMPTY,
-        alloc: TreeRoot::EMPTY,
         log: LogPosition::default(),
-        cp_time: Timestamp::new(0, 0),
-        peer_hold: None,
-        lineage: Lineage::start(GenerationId(7)),
-        replica: false,
+        ..Superblock::empty([0x22; 16], total_blocks, log_blocks, GenerationId(7))
     };
     let bytes = sb.encode().to_vec();
     (bytes, Some(sb))
