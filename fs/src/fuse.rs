@@ -2089,6 +2089,13 @@ pub struct Unmounter {
 }
 
 impl Unmounter {
+    fn new(mountpoint: PathBuf) -> Unmounter {
+        Unmounter {
+            mountpoint: Arc::new(mountpoint),
+            finished: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
     fn umount2(&self, flags: libc::c_int) -> io::Result<()> {
         if self.finished.load(Ordering::SeqCst) {
             return Ok(());
@@ -2242,14 +2249,11 @@ pub fn mount_with(
         cfg.threads
     );
     let acl = config.acl;
+    let unmounter = Unmounter::new(mountpoint.clone());
     let session = match kernel_mount::mount(&mountpoint, &config.mount_options, acl)? {
         Some(fd) => Session::from_fd(fs, fd, acl, config).inspect_err(|_| {
             // The kernel never got its answer to INIT: take the mount away.
-            let _ = Unmounter {
-                mountpoint: Arc::new(mountpoint.clone()),
-                finished: Arc::new(AtomicBool::new(false)),
-            }
-            .unmount_lazy();
+            let _ = unmounter.unmount_lazy();
         })?,
         None => Session::new(fs, &mountpoint, &config)?,
     };
@@ -2262,8 +2266,7 @@ pub fn mount_with(
                 .spawn(move || sync_worker(&volume, &rx))
         })
         .collect::<io::Result<Vec<_>>>()?;
-    let finished = Arc::new(AtomicBool::new(false));
-    let done = finished.clone();
+    let done = unmounter.finished.clone();
     let session = std::thread::Builder::new()
         .name("twinfs-fuse".into())
         .spawn(move || {
@@ -2281,10 +2284,7 @@ pub fn mount_with(
         })?;
     raise_read_ahead(&mountpoint);
     Ok(MountHandle {
-        unmounter: Unmounter {
-            mountpoint: Arc::new(mountpoint),
-            finished,
-        },
+        unmounter,
         session: Some(session),
         workers,
     })
