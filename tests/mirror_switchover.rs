@@ -71,6 +71,18 @@ fn writer(
     refused
 }
 
+/// `twinfs switchover` of the primary mounted on `mountpoint`, which then
+/// listens on `port` as its new peer's, in `dir` if given.
+fn switchover(mountpoint: &Path, port: u16, dir: Option<&Path>) {
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec!["switchover", s(mountpoint), "--listen", &listen];
+    if let Some(d) = dir {
+        args.extend(["--dir", s(d)]);
+    }
+    let out = twinfs_ok(&args);
+    assert!(out.contains("the peer is the primary"), "{out}");
+}
+
 #[test]
 fn two_switchovers_with_a_writer_running_lose_no_fsynced_file() {
     let _serial = serial();
@@ -116,15 +128,7 @@ fn two_switchovers_with_a_writer_running_lose_no_fsynced_file() {
 
     // A hands over to B.
     let t0 = Instant::now();
-    let out = twinfs_ok(&[
-        "switchover",
-        s(&ma),
-        "--listen",
-        &format!("127.0.0.1:{port_a}"),
-        "--dir",
-        s(&root.join("pa")),
-    ]);
-    assert!(out.contains("the peer is the primary"), "{out}");
+    switchover(&ma, port_a, Some(&root.join("pa")));
     wait_for("B to take writes", WAIT, || {
         write_fsynced(&mb.join("w"), "probe-b", b"b").is_ok()
     });
@@ -138,13 +142,7 @@ fn two_switchovers_with_a_writer_running_lose_no_fsynced_file() {
     std::thread::sleep(Duration::from_millis(800));
 
     // And back: B hands over to A (B's image lives in its peer directory).
-    let out = twinfs_ok(&[
-        "switchover",
-        s(&mb),
-        "--listen",
-        &format!("127.0.0.1:{port_b}"),
-    ]);
-    assert!(out.contains("the peer is the primary"), "{out}");
+    switchover(&mb, port_b, None);
     wait_for("A to take writes", WAIT, || {
         write_fsynced(&ma.join("w"), "probe-a", b"a").is_ok()
     });
@@ -255,13 +253,7 @@ fn measure_switchover_and_promote_times() {
             (&mb, &ma, port_b, &mut to_a, None),
         ] {
             let t0 = Instant::now();
-            let listen = format!("127.0.0.1:{port}");
-            let mut args = vec!["switchover", s(from), "--listen", &listen];
-            let dir_arg = dir.as_ref().filter(|d| !d.exists());
-            if let Some(d) = dir_arg {
-                args.extend(["--dir", s(d)]);
-            }
-            twinfs_ok(&args);
+            switchover(from, port, dir.as_deref().filter(|d| !d.exists()));
             wait_for("the other side to take writes", WAIT, || {
                 write_fsynced(&to.join("w"), "probe", b"p").is_ok()
             });
@@ -342,15 +334,7 @@ fn a_switchover_with_the_old_mount_in_use_keeps_the_new_replica_view() {
     b.wait_view();
     let user = fs::File::open(a.path("kept-open")).unwrap();
 
-    let out = twinfs_ok(&[
-        "switchover",
-        s(&ma),
-        "--listen",
-        &format!("127.0.0.1:{port_a}"),
-        "--dir",
-        s(&root.join("pa")),
-    ]);
-    assert!(out.contains("the peer is the primary"), "{out}");
+    switchover(&ma, port_a, Some(&root.join("pa")));
     wait_for("B to take writes", WAIT, || {
         write_fsynced(&mb, "on-b", b"b").is_ok()
     });
