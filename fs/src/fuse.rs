@@ -55,7 +55,7 @@
 //! which saves the ENOENT storms of compilers searching include paths). A mount whose volume changes under it
 //! (a replica view, [`MountConfig::changing`]) uses [`CHANGING_TTL`], no
 //! negative entries, no `KEEP_CACHE`, and `FUSE_AUTO_INVAL_DATA`; each
-//! opened directory is listed from one CP ([`Listings`]).
+//! opened directory is listed from one CP (`Listings`).
 //!
 //! Without the writeback cache the kernel marks inodes `S_NOCMTIME` and
 //! `S_NOATIME`: times come only from the volume, which updates mtime and ctime
