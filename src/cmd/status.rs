@@ -522,23 +522,23 @@ pub fn human(v: &serde_json::Value) -> String {
         let c = &v["capacity"];
         let size = u(&c["size_bytes"]);
         let used = u(&c["used_bytes"]);
+        let held = u(&c["peer_held_bytes"]);
         let mut line = format!(
-            "{} used of {} ({}%), {} free, {} snapshot{}",
+            "{} used of {} ({}%), {} free{}, {} snapshot{}",
             human_bytes(used),
             human_bytes(size),
             (used * 100).checked_div(size).unwrap_or(0),
             human_bytes(u(&c["free_bytes"])),
+            if held > 0 {
+                format!(" ({} of it kept for the peer's CP)", human_bytes(held))
+            } else {
+                String::new()
+            },
             u(&c["snapshots"]),
             if u(&c["snapshots"]) == 1 { "" } else { "s" }
         );
         if u(&c["snapshots"]) > 0 {
             line += &format!(" holding {}", human_bytes(u(&c["snapshot_bytes"])));
-        }
-        if u(&c["peer_held_bytes"]) > 0 {
-            line += &format!(
-                ", {} kept for the peer's CP",
-                human_bytes(u(&c["peer_held_bytes"]))
-            );
         }
         lines.push(("capacity", line));
         let b = &v["bytes"];
@@ -675,7 +675,12 @@ mod tests {
             p.last_error = Some("connection refused".into());
             p.rtt_ms = Some(38.952377000000006);
             st.mode_in_force = "async".into();
+            st.capacity.peer_held_bytes = 512 << 20;
         });
+        assert!(
+            degraded.contains("9.0 GiB free (512.0 MiB of it kept for the peer's CP), 2 snapshots"),
+            "{degraded}"
+        );
         assert!(degraded.starts_with("   state: DEGRADED\n  action: fsync does not wait for the peer meanwhile; check that the peer runs and is reachable at b:7070"), "{degraded}");
         assert!(
             degraded.contains("    mode: sync configured, async in force\n"),

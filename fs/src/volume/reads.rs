@@ -222,14 +222,15 @@ impl Volume {
         })
     }
 
+    /// Blocks kept only for the peer's CP count as free: a write that needs
+    /// them has them (the hold is given up, and the peer catches up by a
+    /// resync), so a volume whose peer is away shows the room its deletes
+    /// made.
     pub fn statfs(&self) -> StatFs {
         let st = self.inner.state.read();
         let reserved = self.inner.reserved_blocks(&st);
-        let free = self
-            .inner
-            .space
-            .free
-            .load(Ordering::Relaxed)
+        let space = &self.inner.space;
+        let free = (space.free.load(Ordering::Relaxed) + space.peer_only.load(Ordering::Relaxed))
             .saturating_sub(reserved);
         let inodes = (st.image.inodes as i64
             + st.active.inode_delta
