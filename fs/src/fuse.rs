@@ -360,7 +360,9 @@ fn fuser_config(cfg: &mut MountConfig, read_only_volume: bool) -> io::Result<Con
         opts.retain(|o| *o != MountOption::RW);
         opts.push(MountOption::RO);
     }
-    if opts.contains(&MountOption::AutoUnmount) && acl == SessionACL::Owner {
+    // SAFETY: geteuid has no preconditions.
+    let through_fusermount = unsafe { libc::geteuid() } != 0;
+    if opts.contains(&MountOption::AutoUnmount) && acl == SessionACL::Owner && through_fusermount {
         // fusermount3 needs allow_root or allow_other for auto_unmount.
         acl = SessionACL::RootAndOwner;
     }
@@ -2140,6 +2142,9 @@ pub struct MountHandle {
     unmounter: Unmounter,
     session: Option<JoinHandle<io::Result<()>>>,
     workers: Vec<JoinHandle<()>>,
+    /// Unmounts should this process die (`auto_unmount`); let go once the
+    /// session has ended.
+    watchdog: Option<kernel_mount::Watchdog>,
 }
 
 impl std::fmt::Debug for MountHandle {
@@ -2187,6 +2192,7 @@ impl MountHandle {
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
+        drop(self.watchdog.take());
         result
     }
 }
@@ -2212,6 +2218,8 @@ impl Drop for MountHandle {
                 "{} is still in use after {DROP_WAIT:?}; leaving its session running",
                 self.unmounter.mountpoint.display()
             );
+            // It still watches over the mount left running.
+            std::mem::forget(self.watchdog.take());
             return;
         }
         if let Err(e) = self.join() {
@@ -2250,12 +2258,15 @@ pub fn mount_with(
     );
     let acl = config.acl;
     let unmounter = Unmounter::new(mountpoint.clone());
-    let session = match kernel_mount::mount(&mountpoint, &config.mount_options, acl)? {
-        Some(fd) => Session::from_fd(fs, fd, acl, config).inspect_err(|_| {
-            // The kernel never got its answer to INIT: take the mount away.
-            let _ = unmounter.unmount_lazy();
-        })?,
-        None => Session::new(fs, &mountpoint, &config)?,
+    let (session, watchdog) = match kernel_mount::mount(&mountpoint, &config.mount_options, acl)? {
+        Some(own) => {
+            let session = Session::from_fd(fs, own.fd, acl, config).inspect_err(|_| {
+                // The kernel never got its answer to INIT: take the mount away.
+                let _ = unmounter.unmount_lazy();
+            })?;
+            (session, own.watchdog)
+        }
+        None => (Session::new(fs, &mountpoint, &config)?, None),
     };
     let workers = (0..SYNC_WORKERS)
         .map(|i| {
@@ -2287,6 +2298,7 @@ pub fn mount_with(
         unmounter,
         session: Some(session),
         workers,
+        watchdog,
     })
 }
 

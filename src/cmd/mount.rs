@@ -209,14 +209,17 @@ fn serve(config: &MountConfig, what: &str, ready: &mut Ready) -> Result<(), CmdE
     Ok(())
 }
 
-/// The mount options in FUSE spelling; `auto_unmount` is added when the
-/// fuse3 helper is installed, so that a killed daemon leaves no stale mount.
+/// The mount options in FUSE spelling; `auto_unmount` is added where it
+/// works (as root, or with the fuse3 helper installed), so that a killed
+/// daemon leaves no stale mount.
 fn fuse_options(config: &MountConfig) -> Vec<String> {
     let mut out: Vec<String> = config.fuse_options.iter().map(fuse_word).collect();
     if !out.iter().any(|o| o.starts_with("fsname=")) {
         out.push(format!("fsname={}", config.image.display()));
     }
-    if !out.iter().any(|o| o == "auto_unmount") && fusermount3_present() {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !out.iter().any(|o| o == "auto_unmount") && (root || fusermount3_present()) {
         out.push("auto_unmount".into());
     }
     out

@@ -192,6 +192,11 @@ pub fn find_daemon(mp: &Path) -> Option<i32> {
         if !matches!(name, b"twinfs" | b"mount.fuse.twinfs" | b"mount.twinfs") {
             continue;
         }
+        // A daemon's auto_unmount watchdog has its command line.
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim_end() == "twinfs-watchdog" {
+            continue;
+        }
         let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
         let names_mp = args[1..].iter().any(|a| {
             !a.is_empty()
