@@ -677,19 +677,6 @@ impl TwinFs {
     /// still hold, for a name, an inode the CP now shown no longer has (a
     /// file replaced by a rename): ESTALE, not ENOENT, makes it look the
     /// name up again, and the new CP may well have it.
-    /// The handle of a directory opened in the live tree: one with a
-    /// [`Listings`] entry on a mount whose image changes, else 0.
-    fn listing_handle(&self) -> FileHandle {
-        if !self.changing {
-            return FileHandle(0);
-        }
-        let mut listings = self.listings.lock();
-        listings.last_handle += 1;
-        let fh = listings.last_handle;
-        listings.open.insert(fh, None);
-        FileHandle(fh)
-    }
-
     fn on_inode(&self, e: Errno) -> Errno {
         if self.changing && e == Errno::ENOENT {
             Errno::ESTALE
@@ -841,7 +828,7 @@ impl TwinFs {
 
     // ---- directories ----
 
-    /// Up to READDIR_BATCH entries of `dir` after `cookie` (read under the
+    /// Up to `limit` entries of `dir` after `cookie` (read under the
     /// volume's lock, so nothing may call the volume from inside).
     fn dir_batch(&self, view: View, dir: Ino, cookie: u64, limit: usize) -> Res<Vec<Listing>> {
         let mut out = Vec::with_capacity(limit.min(READDIR_BATCH));
@@ -903,6 +890,19 @@ impl TwinFs {
         }
     }
 
+    /// The handle of a directory opened in the live tree: one with a
+    /// [`Listings`] entry on a mount whose image changes, else 0.
+    fn listing_handle(&self) -> FileHandle {
+        if !self.changing {
+            return FileHandle(0);
+        }
+        let mut listings = self.listings.lock();
+        listings.last_handle += 1;
+        let fh = listings.last_handle;
+        listings.open.insert(fh, None);
+        FileHandle(fh)
+    }
+
     /// Lists `ino` after `offset` for the directory handle `fh`: from the
     /// handle's listing read whole from one image (see [`Listings`]) where
     /// it has one, else as [`TwinFs::list`] does.
@@ -913,27 +913,21 @@ impl TwinFs {
         offset: u64,
         add: &mut AddEntry<'_>,
     ) -> Res<()> {
-        let listing = {
-            let listings = self.listings.lock();
-            match listings.open.get(&fh.0) {
-                None => return self.list(ino, offset, add),
-                Some(l) if offset > 0 => l.clone(),
-                Some(_) => None,
-            }
+        let Some(kept) = self.listings.lock().open.get(&fh.0).cloned() else {
+            return self.list(ino, offset, add);
         };
-        let listing = match listing {
-            Some(l) => l,
-            None if offset > 0 => return self.list(ino, offset, add),
-            None => {
-                let whole = self.whole_listing(ino)?;
-                if let Some(l) = self.listings.lock().open.get_mut(&fh.0) {
-                    *l = whole.clone();
-                }
-                match whole {
-                    Some(l) => l,
-                    None => return self.list(ino, offset, add),
-                }
+        let listing = if offset == 0 {
+            // The start, or a rewinddir: read afresh.
+            let whole = self.whole_listing(ino)?;
+            if let Some(l) = self.listings.lock().open.get_mut(&fh.0) {
+                *l = whole.clone();
             }
+            whole
+        } else {
+            kept
+        };
+        let Some(listing) = listing else {
+            return self.list(ino, offset, add);
         };
         let first = listing.partition_point(|e| e.offset <= offset);
         for e in &listing[first..] {

@@ -124,8 +124,8 @@ pub const WATCHDOG_NAME: &CStr = c"twinfs-watchdog";
 /// writes to, which the kernel closes when the process dies however it
 /// dies. It then detaches the mount point only if what is mounted there
 /// answers "not connected" (or "connection aborted"), a FUSE mount whose
-/// daemon is gone: never a live mount made there since. Dropping the watchdog (after a clean
-/// unmount) lets the child go and reaps it.
+/// daemon is gone: never a live mount made there since. Dropping the
+/// watchdog (after a clean unmount) lets the child go and reaps it.
 pub struct Watchdog {
     pid: libc::pid_t,
     /// The write end; the child sees its end when this closes.
@@ -205,7 +205,10 @@ unsafe fn watch(pipe: libc::c_int, mountpoint: &CString, dev_null: &CStr, root: 
     // descriptor closed (its pipe may close first).
     if dir >= 0 {
         libc::close(dir);
-    } else if matches!(*libc::__errno_location(), libc::ENOTCONN | libc::ECONNABORTED) {
+    } else if matches!(
+        *libc::__errno_location(),
+        libc::ENOTCONN | libc::ECONNABORTED
+    ) {
         libc::umount2(mountpoint.as_ptr(), libc::MNT_DETACH);
     }
     libc::_exit(0)
