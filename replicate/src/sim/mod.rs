@@ -20,8 +20,8 @@
 //! - after every crash and replay the volume's files equal the model at some
 //!   point between the last durable one and the crash;
 //! - the peer never refuses the source's history (nothing here forks it);
-//! - the source lost now, a copy of the peer's directory promoted holds a
-//!   state the workload went through since the peer last held the source's
+//! - the source lost now, a copy of the peer's directory promoted is clean
+//!   to fsck and holds a state the workload went through since the peer last held the source's
 //!   CP, and none older than the last fsync the peer acknowledged (checked
 //!   now and then, and after the run's last convergence, when it must equal
 //!   the source);
@@ -994,8 +994,8 @@ fn open_volume(
 }
 
 /// Copies the peer's directory `dir` to `copy`, promotes the copy, and
-/// reads the directories `dirs` of the volume it makes; with what promote
-/// said.
+/// reads the directories `dirs` of the volume it makes (which fsck must
+/// find clean); with what promote said.
 fn promote_copy(dir: &Path, copy: &Path, dirs: &[u64]) -> Result<(Model, String), String> {
     let _ = std::fs::remove_dir_all(copy);
     copy_dir(dir, copy).map_err(|e| format!("copying {}: {e}", dir.display()))?;
@@ -1007,9 +1007,26 @@ fn promote_copy(dir: &Path, copy: &Path, dirs: &[u64]) -> Result<(Model, String)
         background: false,
         ..VolumeConfig::default()
     };
-    let vol = Volume::open(dev, cfg).map_err(|e| format!("opening the promoted volume: {e}"))?;
+    let vol =
+        Volume::open(dev.clone(), cfg).map_err(|e| format!("opening the promoted volume: {e}"))?;
     let found = Model::of_volume(&vol, View::Live, dirs);
     let _ = vol.close();
+    let fsck = twinfs_fs::fsck::check(&*dev, &mut |_| {})
+        .map_err(|e| format!("fsck of the promoted image: {e}"))?;
+    if !fsck.is_clean() {
+        let first: Vec<String> = fsck
+            .problems
+            .iter()
+            .take(3)
+            .map(|p| p.to_string())
+            .collect();
+        return Err(format!(
+            "fsck of the promoted image: {} errors, {} warnings: {}",
+            fsck.errors(),
+            fsck.warnings(),
+            first.join("; ")
+        ));
+    }
     let said = format!(
         "CP {} + {} transfers = CP {}",
         p.applied_cp, p.replayed, p.final_cp
